@@ -1,0 +1,66 @@
+from django.contrib.auth.models import AbstractUser, BaseUserManager
+from django.db import models
+from django.db.models import F, Q
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def _create_user(self, email: str, password: str | None, **extra_fields):
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **extra_fields)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email: str, password: str | None = None, **extra_fields):
+        extra_fields.setdefault("is_staff", False)
+        extra_fields.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra_fields)
+
+    def create_superuser(self, email: str, password: str | None = None, **extra_fields):
+        extra_fields.setdefault("is_staff", True)
+        extra_fields.setdefault("is_superuser", True)
+        return self._create_user(email, password, **extra_fields)
+
+
+class User(AbstractUser):
+    """A customer or staff member; the email address is the login."""
+
+    username = None
+    email = models.EmailField("email address", unique=True)
+
+    # Cached from the ledger, written only by credits.services in the same
+    # transaction as the entries; `credits_verify` checks them.
+    credit_balance = models.BigIntegerField(default=0, help_text="Micro-dollars (cached).")
+    credit_held = models.BigIntegerField(default=0, help_text="Micro-dollars held (cached).")
+
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    promotion_eligible = models.BooleanField(
+        default=True, help_text="May still earn the first-token promotion."
+    )
+    promotion_claimed = models.BooleanField(default=False)
+
+    USERNAME_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = UserManager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(credit_balance__gte=0), name="user_credit_balance_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(credit_held__gte=0) & Q(credit_held__lte=F("credit_balance")),
+                name="user_credit_held_within_balance",
+            ),
+            models.CheckConstraint(
+                condition=~(Q(promotion_claimed=True) & Q(first_token_at__isnull=True)),
+                name="user_promotion_claimed_needs_first_token",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.email

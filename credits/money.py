@@ -1,0 +1,82 @@
+"""The one module that owns money.
+
+Amounts are integers of micro-dollars (1 USD = 1_000_000 micros) everywhere
+else; they never pass through float. The single rounding rule of the product:
+
+    cost of a call = ceil((input_tokens * input_price_per_million_micros
+                           + output_tokens * output_price_per_million_micros) / 1_000_000)
+
+i.e. one rounding per call, always up to the next whole micro-dollar, so a
+call is never billed less than it cost and sub-micro prices never vanish.
+"""
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+MICROS_PER_USD = 1_000_000
+TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are quoted per million tokens
+
+
+def ceil_div(numerator: int, denominator: int) -> int:
+    """Integer ceiling division for non-negative numerators (no float involved)."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    return -(-numerator // denominator)
+
+
+def cost_micros(
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    input_price_per_million_micros: int,
+    output_price_per_million_micros: int,
+) -> int:
+    """The price of one call, rounded once, up, to a whole micro-dollar."""
+    for name, value in (
+        ("input_tokens", input_tokens),
+        ("output_tokens", output_tokens),
+        ("input_price_per_million_micros", input_price_per_million_micros),
+        ("output_price_per_million_micros", output_price_per_million_micros),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    total = (
+        input_tokens * input_price_per_million_micros
+        + output_tokens * output_price_per_million_micros
+    )
+    return ceil_div(total, TOKENS_PER_PRICE_UNIT)
+
+
+def usd_to_micros(value: str | int | Decimal) -> int:
+    """Parse a USD amount ("20", "0.000125", Decimal("1.5"), 3) exactly.
+
+    Refuses floats (they are not exact) and anything finer than a micro-dollar.
+    """
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError("USD amounts must be given as str, int or Decimal, never float")
+    try:
+        amount = Decimal(value.strip() if isinstance(value, str) else value)
+    except (InvalidOperation, TypeError) as exc:
+        raise ValueError(f"{value!r} is not a USD amount") from exc
+    if not amount.is_finite():
+        raise ValueError(f"{value!r} is not a USD amount")
+    micros = amount * MICROS_PER_USD
+    if micros != micros.to_integral_value():
+        raise ValueError(f"{value!r} has more than six decimal places")
+    return int(micros)
+
+
+def format_usd(micros: int) -> str:
+    """Micro-dollars as a USD string with six decimals: 19999874 -> "19.999874"."""
+    if isinstance(micros, bool) or not isinstance(micros, int):
+        raise TypeError(f"micro-dollar amounts are integers, got {micros!r}")
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def display_usd(micros: int, places: int = 2) -> str:
+    """For people: "$19.99" (banker's rounding applies to display only, never to the books)."""
+    quantum = Decimal(1).scaleb(-places)
+    value = (Decimal(micros) / MICROS_PER_USD).quantize(quantum, rounding=ROUND_HALF_EVEN)
+    sign = "-" if value < 0 else ""
+    return f"{sign}${abs(value):,.{places}f}"

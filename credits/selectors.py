@@ -1,0 +1,109 @@
+"""Reads of the ledger: balances, grants, history, the promotion's state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from accounts.models import User
+from credits import money
+from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
+
+
+@dataclass(frozen=True)
+class PromotionTerms:
+    amount_micros: int
+    window_seconds: int
+    expiry_days: int
+
+
+def promotion_terms(user: User) -> PromotionTerms:
+    """The first-token promotion this user plays for."""
+    return PromotionTerms(
+        amount_micros=money.usd_to_micros(str(settings.PROMOTION_AMOUNT_USD)),
+        window_seconds=int(settings.PROMOTION_WINDOW_SECONDS),
+        expiry_days=int(settings.PROMOTION_EXPIRY_DAYS),
+    )
+
+
+@dataclass(frozen=True)
+class PromotionStatus:
+    eligible: bool  # could still earn it by generating a first token now
+    claimed: bool
+    deadline: dt.datetime
+    seconds_remaining: float
+    amount_micros: int
+    expiry_days: int
+
+    def as_json(self) -> dict:
+        return {
+            "eligible": self.eligible,
+            "claimed": self.claimed,
+            "deadline": self.deadline.isoformat(),
+            "seconds_remaining": self.seconds_remaining,
+            "amount": money.format_usd(self.amount_micros),
+        }
+
+
+def promotion_status(user: User, *, now: dt.datetime | None = None) -> PromotionStatus:
+    now = now or timezone.now()
+    terms = promotion_terms(user)
+    deadline = user.date_joined + dt.timedelta(seconds=terms.window_seconds)
+    remaining = max(0.0, (deadline - now).total_seconds())
+    eligible = (
+        not user.promotion_claimed
+        and user.promotion_eligible
+        and user.first_token_at is None
+        and now <= deadline
+    )
+    return PromotionStatus(
+        eligible=eligible,
+        claimed=user.promotion_claimed,
+        deadline=deadline,
+        seconds_remaining=round(remaining, 3) if eligible else 0.0,
+        amount_micros=terms.amount_micros,
+        expiry_days=terms.expiry_days,
+    )
+
+
+@dataclass(frozen=True)
+class UserCredits:
+    balance_micros: int
+    available_micros: int
+    held_micros: int
+    promotional_micros: int
+    grants: list[CreditGrant]
+    history: QuerySet[LedgerEntry]
+    active_holds: list[CreditHold]
+    promotion: PromotionStatus
+    next_expiry: dt.datetime | None
+
+
+def get_user_credits(*, user: User, now: dt.datetime | None = None) -> UserCredits:
+    """Balance, available (usable and not held), held, grants and history.
+
+    `available` leaves out grants already past expiry that the expiry task has
+    not swept yet, so it is what a debit could draw right now.
+    """
+    now = now or timezone.now()
+    user.refresh_from_db(fields=["credit_balance", "credit_held", "first_token_at",
+                                 "promotion_claimed", "promotion_eligible"])
+    grants = list(CreditGrant.objects.filter(user=user).order_by("-granted_at", "-id"))
+    usable = [g for g in grants if g.is_usable_at(now)]
+    available = sum(g.free_micros for g in usable)
+    expiries = [g.expires_at for g in usable if g.expires_at and g.remaining_micros > 0]
+    return UserCredits(
+        balance_micros=user.credit_balance,
+        available_micros=available,
+        held_micros=user.credit_held,
+        promotional_micros=sum(g.remaining_micros for g in usable if g.kind == "PROMOTIONAL"),
+        grants=grants,
+        history=LedgerEntry.objects.filter(user=user).select_related("grant"),
+        active_holds=list(CreditHold.objects.filter(user=user, status=HoldStatus.ACTIVE)),
+        promotion=promotion_status(user, now=now),
+        next_expiry=min(expiries) if expiries else None,
+    )

@@ -1,0 +1,58 @@
+import os
+
+import pytest
+from django.db import connection
+
+from accounts.models import User
+from credits import services
+from credits.models import GrantKind
+
+USD = 1_000_000
+
+
+def pytest_collection_modifyitems(config, items):
+    """PostgreSQL-only tests skip on SQLite, saying so; under CI (REQUIRE_POSTGRES) they must run."""
+    if connection.vendor == "postgresql":
+        return
+    if os.environ.get("REQUIRE_POSTGRES"):
+        raise pytest.UsageError("REQUIRE_POSTGRES is set but DATABASE_URL is not PostgreSQL")
+    skip = pytest.mark.skip(
+        reason="needs real PostgreSQL (row locks, concurrent transactions); "
+        "set DATABASE_URL=postgres://... to run"
+    )
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def make_user(db):
+    counter = {"n": 0}
+
+    def make(email: str | None = None, **fields) -> User:
+        counter["n"] += 1
+        return User.objects.create_user(
+            email or f"user{counter['n']}@example.com", "correct-horse-battery", **fields
+        )
+
+    return make
+
+
+@pytest.fixture
+def user(make_user) -> User:
+    return make_user("ada@example.com")
+
+
+@pytest.fixture
+def fund(db):
+    """fund(user, usd=10, kind=PURCHASED, **kw) -> grant"""
+
+    def grant(user, usd: int = 10, kind: str = GrantKind.PURCHASED, **kwargs):
+        return services.add_credit(user=user, amount_micros=usd * USD, kind=kind, **kwargs)
+
+    return grant
+
+
+def assert_books_balance(*user_ids: int) -> None:
+    problems = services.verify_balances(user_ids=user_ids or None)
+    assert problems == [], "\n".join(map(str, problems))
