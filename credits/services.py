@@ -376,6 +376,56 @@ def void_grant(
         return locked_grant
 
 
+@dataclass(frozen=True)
+class TakeBackResult:
+    taken_micros: int
+    shortfall_micros: int  # already spent or held: could not be taken back
+
+
+def take_back_credit(
+    *,
+    grant: CreditGrant | int,
+    amount_micros: int,
+    reason: str,
+    idempotency_key: str,
+    actor: User | None = None,
+    now: dt.datetime | None = None,
+) -> TakeBackResult:
+    """Take credit back from one grant (a payment refund, a clawback) with a REFUND entry.
+
+    Takes at most the grant's unheld remainder: never below zero, never from any
+    other grant. Returns what was taken and what could not be. Idempotent on
+    `idempotency_key` (a replay returns the original result).
+    """
+    _require_amount(amount_micros)
+    reason = _require_text(reason, name="reason")
+    now = _now(now)
+    grant_id = grant.pk if isinstance(grant, CreditGrant) else grant
+    user_id = CreditGrant.objects.filter(pk=grant_id).values_list("user_id", flat=True).first()
+    if user_id is None:
+        raise GrantNotActive(f"Unknown grant {grant_id!r}.")
+    operation_key = f"take-back:{idempotency_key}"
+    with transaction.atomic():
+        locked = _lock_user(user_id)
+        previous = list(LedgerEntry.objects.filter(user_id=user_id, operation_key=operation_key))
+        if previous:
+            taken = -sum(e.amount_micros for e in previous)
+            requested = int(previous[0].reference.rpartition(":")[2] or 0)
+            if previous[0].grant_id != grant_id or requested != amount_micros:
+                raise IdempotencyConflict(
+                    f"Idempotency key {idempotency_key!r} was used for another take-back."
+                )
+            return TakeBackResult(taken_micros=taken, shortfall_micros=amount_micros - taken)
+        locked_grant = CreditGrant.objects.select_for_update().get(pk=grant_id)
+        taken = min(amount_micros, locked_grant.free_micros)
+        # The requested amount rides in the reference so a replay can be checked.
+        writer = _Writer(locked, operation_key=operation_key, now=now, actor=actor,
+                         reference=f"take-back:{grant_id}:{amount_micros}")
+        writer.write(EntryType.REFUND, grant=locked_grant, amount=-taken, description=reason)
+        writer.flush()
+        return TakeBackResult(taken_micros=taken, shortfall_micros=amount_micros - taken)
+
+
 def expire_credits(*, now: dt.datetime | None = None, batch_size: int = 200) -> int:
     """Expire the unheld remainder of every grant whose `expires_at` has passed.
 
