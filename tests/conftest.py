@@ -6,8 +6,7 @@ from django.db import connection
 from accounts.models import User
 from credits import services
 from credits.models import GrantKind
-
-USD = 1_000_000
+from tests.books import USD
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,7 +51,3 @@ def fund(db):
 
     return grant
 
-
-def assert_books_balance(*user_ids: int) -> None:
-    problems = services.verify_balances(user_ids=user_ids or None)
-    assert problems == [], "\n".join(map(str, problems))
