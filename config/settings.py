@@ -136,6 +136,14 @@ PROMOTION_EXPIRY_DAYS = env.int("PROMOTION_EXPIRY_DAYS", default=30)
 # Holds older than this belong to calls that died without settling.
 STALE_HOLD_SECONDS = env.int("STALE_HOLD_SECONDS", default=15 * 60)
 
+# --- Buying credit -----------------------------------------------------------
+# With no Stripe keys the embedded `test` provider (a local TEST MODE page) takes payments.
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+PURCHASE_MIN_USD = env("PURCHASE_MIN_USD", default="5")
+PURCHASE_MAX_USD = env("PURCHASE_MAX_USD", default="1000")
+
 # --- REST framework ----------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
