@@ -51,7 +51,7 @@ def usd_to_micros(value: str | int | Decimal) -> int:
 
     Refuses floats (they are not exact) and anything finer than a micro-dollar.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise ValueError("USD amounts must be given as str, int or Decimal, never float")
     try:
         amount = Decimal(value.strip() if isinstance(value, str) else value)

@@ -184,7 +184,7 @@ def add_credit(
     kind: str,
     description: str = "",
     actor: User | None = None,
-    expires_at: dt.datetime | None | object = _DEFAULT,
+    expires_at: dt.datetime | object | None = _DEFAULT,
     idempotency_key: str | None = None,
     source_reference: str = "",
     now: dt.datetime | None = None,
