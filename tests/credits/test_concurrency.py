@@ -1,0 +1,108 @@
+"""Real threads against real PostgreSQL: no overspending, no double promotion, no lost update."""
+
+import datetime as dt
+import random
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from accounts.models import User
+from credits import services
+from credits.exceptions import CreditError, InsufficientCredits
+from credits.models import CreditGrant, GrantKind, LedgerEntry
+from inference.services import record_first_token
+from tests.books import USD, assert_books_balance
+from tests.concurrency import run_concurrently
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def test_fifty_concurrent_one_dollar_debits_against_twenty_dollars_spend_exactly_twenty(make_user):
+    user = make_user()
+    services.add_credit(user=user, amount_micros=20 * USD, kind=GrantKind.PURCHASED)
+
+    results = run_concurrently(
+        lambda i: services.use_credits(user=user.pk, amount_micros=USD, reference=f"req-{i}"), 50)
+
+    succeeded = [r for r in results if isinstance(r, services.DebitResult)]
+    refused = [r for r in results if isinstance(r, InsufficientCredits)]
+    assert (len(succeeded), len(refused)) == (20, 30)
+    user.refresh_from_db()
+    assert user.credit_balance == 0
+    assert_books_balance(user.pk)
+
+
+def test_twenty_concurrent_first_tokens_award_one_promotion(make_user):
+    user = make_user()
+
+    results = run_concurrently(lambda i: record_first_token(user_id=user.pk), 20)
+
+    assert results.count(True) == 1 and results.count(False) == 19
+    assert CreditGrant.objects.filter(user=user, kind=GrantKind.PROMOTIONAL).count() == 1
+    user.refresh_from_db()
+    assert user.credit_balance == 20 * USD and user.promotion_claimed
+    assert_books_balance(user.pk)
+
+
+def test_concurrent_promotion_applications_grant_once(make_user):
+    user = make_user()
+    User.objects.filter(pk=user.pk).update(first_token_at=timezone.now())
+
+    results = run_concurrently(lambda i: services.apply_first_token_promotion(user=user.pk), 20)
+
+    grant_ids = {r.pk for r in results if isinstance(r, CreditGrant)}
+    assert len(grant_ids) == 1, results
+    assert User.objects.get(pk=user.pk).credit_balance == 20 * USD
+
+
+def test_holds_captures_and_expiry_racing_debits_never_go_negative(make_user):
+    users = [make_user() for _ in range(3)]
+    now = timezone.now()
+    for user in users:
+        services.add_credit(user=user, amount_micros=3 * USD, kind=GrantKind.PROMOTIONAL,
+                            expires_at=now + dt.timedelta(seconds=2), now=now)
+        services.add_credit(user=user, amount_micros=2 * USD, kind=GrantKind.PURCHASED, now=now)
+    later = now + dt.timedelta(seconds=3)  # the promotional lots are past expiry for some calls
+
+    def act(i: int):
+        user = users[i % len(users)]
+        rng = random.Random(i)
+        moment = later if i % 2 else now
+        kind = i % 4
+        if kind == 0:
+            return services.expire_credits(now=later)
+        if kind == 1:
+            return services.use_credits(user=user.pk, amount_micros=rng.randint(1, USD), now=moment)
+        hold = services.authorize(user=user.pk, amount_micros=rng.randint(1, 2 * USD), now=moment)
+        if kind == 2:
+            return services.capture(hold=hold, amount_micros=rng.randint(0, hold.amount_micros),
+                                    now=later)
+        return services.release(hold=hold, now=later)
+
+    results = run_concurrently(act, 40)
+
+    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, CreditError)]
+    assert unexpected == []
+    services.expire_credits(now=later)
+    for user in users:
+        user.refresh_from_db()
+        assert 0 <= user.credit_held <= user.credit_balance <= 2 * USD
+    assert not LedgerEntry.objects.filter(balance_after_micros__lt=0).exists()
+    assert_books_balance()
+    call_command("credits_verify")
+
+
+def test_concurrent_expiry_runs_expire_each_grant_once(make_user):
+    now = timezone.now()
+    users = [make_user() for _ in range(10)]
+    for user in users:
+        services.add_credit(user=user, amount_micros=USD, kind=GrantKind.PROMOTIONAL,
+                            expires_at=now + dt.timedelta(seconds=1), now=now)
+    after = now + dt.timedelta(seconds=2)
+
+    results = run_concurrently(lambda i: services.expire_credits(now=after), 4)
+
+    assert sum(results) == 10
+    assert LedgerEntry.objects.filter(entry_type="EXPIRY").count() == 10
+    assert_books_balance()
