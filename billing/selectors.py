@@ -1,0 +1,156 @@
+"""Reads for the billing pages: prices, alerts, history, usage and the spend chart's data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.db.models import QuerySet, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from accounts.models import ApiKey, User
+from credits import money
+from credits.models import EntryType, GrantKind, LedgerEntry
+from credits.selectors import UserCredits
+from inference.models import AiModel, UsageRecord
+
+EXPIRY_WARNING_DAYS = 3
+LOW_BALANCE_MICROS = 1_000_000  # below $1 of available credit we suggest a top-up
+USAGE_CHART_DAYS = 30
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    id: str
+    name: str
+    input_price_per_million_micros: int
+    output_price_per_million_micros: int
+    context_length: int
+
+    @property
+    def input_display(self) -> str:
+        return money.display_usd(self.input_price_per_million_micros)
+
+    @property
+    def output_display(self) -> str:
+        return money.display_usd(self.output_price_per_million_micros)
+
+
+def model_price_list(*, now: dt.datetime | None = None) -> list[ModelPrice]:
+    """Active models with the price in effect now (models without a price are not callable)."""
+    now = now or timezone.now()
+    rows = []
+    for model in AiModel.objects.active().prefetch_related("prices"):
+        prices = [p for p in model.prices.all() if p.effective_from <= now]
+        if not prices:
+            continue
+        price = max(prices, key=lambda p: p.effective_from)
+        rows.append(ModelPrice(
+            id=model.id,
+            name=model.display_name or model.id,
+            input_price_per_million_micros=price.input_price_per_million_micros,
+            output_price_per_million_micros=price.output_price_per_million_micros,
+            context_length=model.context_length,
+        ))
+    return rows
+
+
+@dataclass(frozen=True)
+class Alert:
+    level: str  # info, success, warn, danger
+    code: str
+    message: str
+    action: str = ""  # "buy", "onboarding" or ""
+
+
+def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) -> list[Alert]:
+    """The banners a user should see now, most urgent first."""
+    now = now or timezone.now()
+    alerts: list[Alert] = []
+    usable = [g for g in credits.grants if g.is_usable_at(now) and g.remaining_micros > 0]
+    if credits.balance_micros == 0:
+        alerts.append(Alert("danger", "exhausted",
+                            "Your balance is exhausted: API calls are refused until you add credit.",
+                            "buy"))
+    elif credits.available_micros < LOW_BALANCE_MICROS:
+        alerts.append(Alert(
+            "warn", "low_balance",
+            f"Low balance: {money.display_usd(credits.available_micros)} available.", "buy"))
+    soon = now + dt.timedelta(days=EXPIRY_WARNING_DAYS)
+    expiring = [g for g in usable if g.expires_at and g.expires_at <= soon]
+    if expiring:
+        amount = sum(g.remaining_micros for g in expiring)
+        first = min(g.expires_at for g in expiring)
+        alerts.append(Alert(
+            "warn", "expiring",
+            f"{money.display_usd(amount)} of credit expires within {EXPIRY_WARNING_DAYS} days "
+            f"(first on {first:%b %-d, %H:%M} UTC). Use it before then.", ""))
+    if credits.promotion.eligible:
+        alerts.append(Alert(
+            "info", "promotion_offer",
+            f"{money.display_usd(credits.promotion.amount_micros)} free credit is waiting: "
+            "generate your first token before the countdown ends.", "onboarding"))
+    elif credits.promotional_micros > 0:
+        promo_expiry = min(
+            (g.expires_at for g in usable if g.kind == GrantKind.PROMOTIONAL and g.expires_at),
+            default=None,
+        )
+        until = f" until {promo_expiry:%b %-d, %Y}" if promo_expiry else ""
+        alerts.append(Alert(
+            "success", "promotion_available",
+            f"You have {money.display_usd(credits.promotional_micros)} of promotional credit "
+            f"to use{until}.", ""))
+    return alerts
+
+
+def history_entries(*, user: User, entry_type: str = "") -> QuerySet[LedgerEntry]:
+    """The user's ledger entries, newest first, optionally of one type."""
+    qs = LedgerEntry.objects.filter(user=user).select_related("grant").order_by("-created_at", "-id")
+    if entry_type in EntryType.values:
+        qs = qs.filter(entry_type=entry_type)
+    return qs
+
+
+def recent_usage(*, user: User, limit: int = 20) -> list[UsageRecord]:
+    return list(UsageRecord.objects.filter(user=user).select_related("model")[:limit])
+
+
+def api_keys(*, user: User) -> list[ApiKey]:
+    return list(ApiKey.objects.filter(user=user).order_by("revoked_at", "-created_at"))
+
+
+@dataclass(frozen=True)
+class DailySpend:
+    days: list[dt.date]                       # oldest first, every day in the range
+    models: list[str]                         # by total spend, largest first
+    micros: dict[tuple[dt.date, str], int]    # (day, model) -> cost
+    total_micros: int
+
+
+def daily_spend_by_model(
+    *, user: User, days: int = USAGE_CHART_DAYS, now: dt.datetime | None = None
+) -> DailySpend:
+    """Cost of the user's calls per UTC day and model over the last `days` days (today included)."""
+    now = now or timezone.now()
+    today = now.astimezone(dt.UTC).date()
+    start = today - dt.timedelta(days=days - 1)
+    start_at = dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC)
+    rows = (
+        UsageRecord.objects.filter(user=user, started_at__gte=start_at, cost_micros__gt=0)
+        .annotate(day=TruncDate("started_at", tzinfo=dt.UTC))
+        .values("day", "model_id")
+        .annotate(total=Sum("cost_micros"))
+        .order_by()
+    )
+    micros: dict[tuple[dt.date, str], int] = {}
+    per_model: dict[str, int] = {}
+    for row in rows:
+        micros[(row["day"], row["model_id"])] = row["total"]
+        per_model[row["model_id"]] = per_model.get(row["model_id"], 0) + row["total"]
+    return DailySpend(
+        days=[start + dt.timedelta(days=i) for i in range(days)],
+        models=sorted(per_model, key=lambda m: (-per_model[m], m)),
+        micros=micros,
+        total_micros=sum(per_model.values()),
+    )

@@ -1,0 +1,116 @@
+"""The billing dashboard and the ledger's CSV export (thin doors over the selectors)."""
+
+import csv
+from urllib.parse import urlencode
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import StreamingHttpResponse
+from django.shortcuts import render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from accounts.forms import ApiKeyForm
+from billing import selectors
+from billing.charts import spend_chart
+from credits import money
+from credits.models import EntryType
+from credits.selectors import get_user_credits
+
+HISTORY_PAGE_SIZE = 25
+NEW_KEY_SECRET_KEY = "new_api_key_secret"  # set by accounts.views.create_key
+
+
+@login_required
+def dashboard(request):
+    user = request.user
+    now = timezone.now()
+    credits = get_user_credits(user=user, now=now)
+    entry_type = request.GET.get("type", "")
+    if entry_type not in EntryType.values:
+        entry_type = ""
+    page = Paginator(selectors.history_entries(user=user, entry_type=entry_type),
+                     HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    new_key = request.session.pop(NEW_KEY_SECRET_KEY, None)
+    return render(request, "billing/dashboard.html", {
+        "credits": credits,
+        "balance": money.display_usd(credits.balance_micros),
+        "available": money.display_usd(credits.available_micros),
+        "held": money.display_usd(credits.held_micros),
+        "promotional": money.display_usd(credits.promotional_micros),
+        "promo_expiry": _promo_expiry(credits, now),
+        "alerts": selectors.dashboard_alerts(credits, now=now),
+        "grants": credits.grants,
+        "now": now,
+        "page": page,
+        "entry_type": entry_type,
+        "entry_types": EntryType.choices,
+        "type_query": urlencode({"type": entry_type}) if entry_type else "",
+        "chart": spend_chart(selectors.daily_spend_by_model(user=user, now=now)),
+        "usage": selectors.recent_usage(user=user),
+        "api_keys": selectors.api_keys(user=user),
+        "new_key": new_key,
+        "key_form": ApiKeyForm(),
+        "buy_url": _buy_url(),
+        "notifications": _notifications(user),
+    })
+
+
+class _Echo:
+    """A file-like object whose write returns the line, for streaming csv."""
+
+    def write(self, value):
+        return value
+
+
+CSV_HEADER = ["time", "type", "amount_usd", "balance_after_usd", "held_change_usd",
+              "description", "reference", "grant_id", "entry_id"]
+
+
+@login_required
+def history_csv(request):
+    """The whole ledger history (optionally one type) as CSV, streamed row by row."""
+    entry_type = request.GET.get("type", "")
+    entries = selectors.history_entries(user=request.user, entry_type=entry_type)
+    writer = csv.writer(_Echo())
+
+    def rows():
+        yield writer.writerow(CSV_HEADER)
+        for e in entries.iterator(chunk_size=500):
+            yield writer.writerow([
+                e.created_at.isoformat(), e.entry_type, money.format_usd(e.amount_micros),
+                money.format_usd(e.balance_after_micros), money.format_usd(e.held_change_micros),
+                e.description, e.reference, e.grant_id or "", e.pk,
+            ])
+
+    suffix = f"-{entry_type.lower()}" if entry_type in EntryType.values else ""
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="tokenbank-ledger{suffix}-{timezone.now():%Y%m%d}.csv"'
+    )
+    return response
+
+
+def _promo_expiry(credits, now):
+    expiries = [g.expires_at for g in credits.grants
+                if g.kind == "PROMOTIONAL" and g.remaining_micros > 0 and g.is_usable_at(now)
+                and g.expires_at]
+    return min(expiries) if expiries else None
+
+
+def _buy_url() -> str:
+    try:
+        return reverse("billing:buy")
+    except NoReverseMatch:  # purchase pages not installed
+        return ""
+
+
+def _notifications(user):
+    """Recent notifications, if the notifications selector exists in this build."""
+    try:
+        from credits import selectors as credit_selectors
+
+        recent = credit_selectors.recent_notifications
+    except (ImportError, AttributeError):
+        return []
+    return list(recent(user=user, limit=5))
