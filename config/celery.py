@@ -1,3 +1,10 @@
+"""The Celery app: `celery -A config worker` and `celery -A config beat`.
+
+Every setting comes from config/settings.py under the CELERY_ namespace
+(CELERY_TASK_TIME_LIMIT -> task_time_limit); the periodic schedule is
+settings.CELERY_BEAT_SCHEDULE. Tasks live in each app's tasks.py.
+"""
+
 import os
 
 from celery import Celery

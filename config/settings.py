@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -111,7 +112,13 @@ if REDIS_URL:
         }
     }
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    # Enqueueing happens in web requests: fail in well under a second when Redis
+    # is down (the caller logs and moves on; a periodic sweep catches up).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_connect_timeout": 0.5,
+        "socket_timeout": 2,
+        "visibility_timeout": 3600,  # acks_late: an unacked task comes back after this
+    }
 else:
     # Embedded default: shared across processes through the database, no server needed.
     CACHES = {
@@ -129,6 +136,50 @@ else:
         "store_processed": False,
     }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# Setting names are Celery's lowercase names under the CELERY_ namespace
+# (CELERY_TASK_TIME_LIMIT -> task_time_limit), read by config/celery.py.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_IGNORE_RESULT = True  # no result backend: tasks record their effects in the database
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # with acks_late, a worker holds one unacked task at a time
+CELERY_BROKER_CONNECTION_TIMEOUT = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A failed publish is not retried in the caller (no retry storm in a web request).
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_TIMEZONE = TIME_ZONE
+# The periodic schedule's one home: static, code-reviewed, identical in every
+# environment, and usable by `worker --beat` on the filesystem broker (see README).
+CELERY_BEAT_SCHEDULE = {
+    "expire-credits": {
+        "task": "credits.tasks.expire_credits",
+        "schedule": 60.0,
+        "options": {"expires": 55},  # a backlog after an outage collapses into the next run
+    },
+    "release-stale-holds": {
+        "task": "credits.tasks.release_stale_holds",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "catch-up-notifications": {
+        "task": "credits.tasks.catch_up_notifications",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
+    "notify-expiring-credits": {
+        "task": "credits.tasks.notify_expiring_credits",
+        "schedule": crontab(hour=8, minute=0),
+    },
+}
+
+# --- Notifications -----------------------------------------------------------
+SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
+LOW_BALANCE_THRESHOLD_USD = env("LOW_BALANCE_THRESHOLD_USD", default="1")
+EXPIRING_SOON_DAYS = env.int("EXPIRING_SOON_DAYS", default=3)
+# How far back the periodic sweep looks for events whose notification was never enqueued.
+NOTIFICATION_CATCH_UP_HOURS = env.int("NOTIFICATION_CATCH_UP_HOURS", default=48)
 
 # --- Money and the promotion -------------------------------------------------
 PROMOTION_AMOUNT_USD = env("PROMOTION_AMOUNT_USD", default="20")
@@ -136,6 +187,10 @@ PROMOTION_WINDOW_SECONDS = env.int("PROMOTION_WINDOW_SECONDS", default=180)
 PROMOTION_EXPIRY_DAYS = env.int("PROMOTION_EXPIRY_DAYS", default=30)
 # Holds older than this belong to calls that died without settling.
 STALE_HOLD_SECONDS = env.int("STALE_HOLD_SECONDS", default=15 * 60)
+# Staff money actions (admin): above the threshold a second staff member must approve;
+# the Support group may grant and refund up to its limit.
+ADMIN_APPROVAL_THRESHOLD_USD = env("ADMIN_APPROVAL_THRESHOLD_USD", default="100")
+SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")
 
 # --- Buying credit -----------------------------------------------------------
 # With no Stripe keys the embedded `test` provider (a local TEST MODE page) takes payments.
@@ -147,14 +202,36 @@ PURCHASE_MAX_USD = env("PURCHASE_MAX_USD", default="1000")
 
 # --- REST framework ----------------------------------------------------------
 REST_FRAMEWORK = {
+    # Bearer API keys first (so a missing key answers 401), then the web pages' session
+    # cookie; session-authenticated POSTs must send the X-CSRFToken header.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "EXCEPTION_HANDLER": "inference.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
 }
+
+# --- Inference ---------------------------------------------------------------
+# Named backends; an AiModel's `backend` field picks one (see inference/backends.py).
+DEMO_BACKEND_TOKEN_DELAY_MS = env.float("DEMO_BACKEND_TOKEN_DELAY_MS", default=0)
+INFERENCE_BACKENDS = {
+    "demo": {"ENGINE": "demo"},
+    "openai_compatible": {
+        "ENGINE": "openai_compatible",
+        "BASE_URL": env("UPSTREAM_BASE_URL", default="http://127.0.0.1:11434/v1"),
+        "API_KEY": env("UPSTREAM_API_KEY", default=""),
+        "TIMEOUT_SECONDS": env.float("UPSTREAM_TIMEOUT_SECONDS", default=60),
+    },
+}
+# Bench only: False skips holds, charges, usage records and the promotion.
+INFERENCE_BILLING_ENABLED = env.bool("INFERENCE_BILLING_ENABLED", default=True)
+API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=120)  # per key; 0 = off
+REGISTER_RATE_LIMIT_PER_HOUR = env.int("REGISTER_RATE_LIMIT_PER_HOUR", default=20)  # per address
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "TokenBank inference API",
     "DESCRIPTION": "OpenAI-compatible inference, metered from a credit ledger.",

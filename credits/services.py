@@ -22,7 +22,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from accounts.models import User
-from credits import money
+from credits import money, notifications
 from credits.exceptions import (
     CaptureExceedsHold,
     GrantNotActive,
@@ -112,6 +112,7 @@ class _Writer:
         self.reference = reference
         self.entries: list[LedgerEntry] = []
         self.touched_grants: dict[int, CreditGrant] = {}
+        self.balance_before = user.credit_balance
 
     def write(self, entry_type: str, *, grant: CreditGrant, amount: int = 0, held_change: int = 0,
               hold: CreditHold | None = None, description: str = "", key_suffix: str = "") -> None:
@@ -162,6 +163,12 @@ class _Writer:
         for grant in self.touched_grants.values():
             grant.save(update_fields=["remaining_micros", "held_micros", "voided_at"])
         self.user.save(update_fields=["credit_balance", "credit_held"])
+        if self.user.credit_balance < self.balance_before and any(
+            e.entry_type in notifications.SPENDING_ENTRY_TYPES for e in self.entries
+        ):
+            # No query: at most an enqueue after commit when a threshold is crossed.
+            notifications.balance_changed(user_id=self.user.pk, before_micros=self.balance_before,
+                                          after_micros=self.user.credit_balance)
         return LedgerEntry.objects.bulk_create(self.entries)
 
 
@@ -703,6 +710,7 @@ def apply_first_token_promotion(
         locked.promotion_claimed = True
         locked.save(update_fields=["promotion_claimed"])
         _back_pending_holds(locked, grant, now)
+        notifications.promotion_granted(user_id=locked.pk)  # emailed after commit
         return grant
 
 

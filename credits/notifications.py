@@ -1,0 +1,357 @@
+"""Telling users about their credit: what to send, when, and at most once.
+
+Events: the first-token promotion was granted, credit expires soon, credit
+expired, the balance fell below LOW_BALANCE_THRESHOLD_USD, the balance is used up.
+
+- The ledger calls `promotion_granted` / `balance_changed` inside its transaction;
+  they only schedule an enqueue for after the commit (no query, nothing sent if
+  the transaction rolls back). An enqueue that fails (Redis down) is logged and
+  dropped; `catch_up` (periodic) finds the missed events later.
+- `notify` re-checks the event for the user, claims a unique
+  (user, event, key) Notification row, then emails. A second call, a retry or a
+  concurrent worker finds the row and sends nothing: at most once per occurrence.
+- `recent_notifications` is the dashboard's read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import IntegrityError, transaction
+from django.db.models import CharField, Exists, F, OuterRef, Sum, Value
+from django.db.models.functions import Cast, Concat
+from django.template.loader import render_to_string
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from accounts.models import User
+from credits import money
+from credits.models import (
+    CreditGrant,
+    EntryType,
+    LedgerEntry,
+    Notification,
+    NotificationEvent,
+)
+
+logger = logging.getLogger(__name__)
+
+# Entry types that spend credit; an expiry alone does not send a balance notice
+# (the "credits expired" one says it).
+SPENDING_ENTRY_TYPES = frozenset({EntryType.USAGE, EntryType.CAPTURE, EntryType.ADJUSTMENT})
+
+_TEMPLATES = {
+    NotificationEvent.PROMOTION_GRANTED: "promotion_granted",
+    NotificationEvent.CREDITS_EXPIRING: "credits_expiring",
+    NotificationEvent.CREDITS_EXPIRED: "credits_expired",
+    NotificationEvent.LOW_BALANCE: "low_balance",
+    NotificationEvent.BALANCE_EXHAUSTED: "balance_exhausted",
+}
+_SUBJECTS = {
+    NotificationEvent.PROMOTION_GRANTED: "You earned {amount} of free TokenBank credit",
+    NotificationEvent.CREDITS_EXPIRING: "{amount} of your TokenBank credit expires on {expires}",
+    NotificationEvent.CREDITS_EXPIRED: "{amount} of your TokenBank credit expired",
+    NotificationEvent.LOW_BALANCE: "Your TokenBank balance is low: {balance}",
+    NotificationEvent.BALANCE_EXHAUSTED: "Your TokenBank balance is used up",
+}
+_SUMMARIES = {
+    NotificationEvent.PROMOTION_GRANTED: (
+        "Your first token earned you {amount} of promotional credit, usable until {expires}."
+    ),
+    NotificationEvent.CREDITS_EXPIRING: (
+        "{amount} of {kind} credit expires on {expires}. Credit expiring soonest is used first."
+    ),
+    NotificationEvent.CREDITS_EXPIRED: "{amount} of {kind} credit reached its expiry date.",
+    NotificationEvent.LOW_BALANCE: (
+        "Your balance is {balance}, below {threshold}. Top up to keep your API calls running."
+    ),
+    NotificationEvent.BALANCE_EXHAUSTED: (
+        "Your balance is $0.00: API calls are refused until you add credit."
+    ),
+}
+
+
+def low_balance_threshold_micros() -> int:
+    return money.usd_to_micros(str(settings.LOW_BALANCE_THRESHOLD_USD))
+
+
+# --- hooks the ledger calls inside its transactions (the debit hot path) --------
+
+
+def balance_changed(*, user_id: int, before_micros: int, after_micros: int) -> None:
+    """A spend moved the balance from `before` to `after`. No query: when it
+    crosses the low-balance threshold or reaches zero, schedule an enqueue."""
+    if after_micros >= before_micros:
+        return
+    if after_micros == 0:
+        enqueue_on_commit(user_id=user_id, event=NotificationEvent.BALANCE_EXHAUSTED)
+    elif after_micros < low_balance_threshold_micros() <= before_micros:
+        enqueue_on_commit(user_id=user_id, event=NotificationEvent.LOW_BALANCE)
+
+
+def promotion_granted(*, user_id: int) -> None:
+    enqueue_on_commit(user_id=user_id, event=NotificationEvent.PROMOTION_GRANTED)
+
+
+def enqueue_on_commit(*, user_id: int, event: str) -> None:
+    """Enqueue `send_notification` once the current transaction commits (now, if
+    none is open); dropped if it rolls back."""
+    transaction.on_commit(partial(_enqueue, user_id, str(event)), robust=True)
+
+
+def _enqueue(user_id: int, event: str) -> None:
+    from credits.tasks import send_notification  # tasks import this module
+
+    try:
+        # retry=False: one short connection attempt, never a retry loop in a request.
+        send_notification.apply_async((user_id, event), retry=False)
+    except Exception:
+        logger.warning(
+            "Could not enqueue %s notification for user %s (broker down?); "
+            "the periodic catch-up will send it.", event, user_id, exc_info=True,
+        )
+
+
+# --- deciding and sending ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Occurrence:
+    key: str
+    context: dict = field(default_factory=dict)
+    grant: CreditGrant | None = None
+
+
+def _when(moment: dt.datetime | None) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+
+def _promotion_granted(user: User, now: dt.datetime) -> list[_Occurrence]:
+    from credits.services import FIRST_TOKEN_PROMOTION_KEY  # services import this module
+
+    grant = CreditGrant.objects.filter(
+        user=user, idempotency_key=FIRST_TOKEN_PROMOTION_KEY, voided_at__isnull=True
+    ).first()
+    if grant is None:
+        return []
+    return [_Occurrence(key="first-token", grant=grant, context={
+        "amount": money.display_usd(grant.amount_micros), "expires": _when(grant.expires_at),
+    })]
+
+
+def _expiring(user: User, now: dt.datetime) -> list[_Occurrence]:
+    horizon = now + dt.timedelta(days=settings.EXPIRING_SOON_DAYS)
+    grants = CreditGrant.objects.filter(
+        user=user, voided_at__isnull=True, expires_at__gt=now, expires_at__lte=horizon,
+        remaining_micros__gt=F("held_micros"),
+    ).order_by("expires_at", "id")
+    return [
+        _Occurrence(key=f"grant:{g.pk}", grant=g, context={
+            "amount": money.display_usd(g.free_micros), "expires": _when(g.expires_at),
+            "kind": g.get_kind_display().lower(),
+        })
+        for g in grants
+    ]
+
+
+def _expired(user: User, now: dt.datetime) -> list[_Occurrence]:
+    since = now - dt.timedelta(hours=settings.NOTIFICATION_CATCH_UP_HOURS)
+    rows = (
+        LedgerEntry.objects.filter(user=user, entry_type=EntryType.EXPIRY, created_at__gte=since)
+        .order_by("grant_id")
+        .values("grant_id")
+        .annotate(total=Sum("amount_micros"))
+    )
+    totals = {row["grant_id"]: -row["total"] for row in rows if row["total"]}
+    grants = CreditGrant.objects.in_bulk(list(totals))
+    return [
+        _Occurrence(key=f"grant:{grant_id}", grant=grants[grant_id], context={
+            "amount": money.display_usd(amount),
+            "kind": grants[grant_id].get_kind_display().lower(),
+            "expires": _when(grants[grant_id].expires_at),
+        })
+        for grant_id, amount in totals.items()
+    ]
+
+
+def _funding_episode(user: User) -> str:
+    """Balance notices repeat once per top-up: the key names the latest grant."""
+    latest = CreditGrant.objects.filter(user=user).order_by("-id").values_list("id", flat=True)
+    return f"after-grant:{latest.first() or 0}"
+
+
+def _low_balance(user: User, now: dt.datetime) -> list[_Occurrence]:
+    threshold = low_balance_threshold_micros()
+    if not 0 < user.credit_balance < threshold:
+        return []  # topped up meanwhile, or exhausted (that notice says it)
+    return [_Occurrence(key=_funding_episode(user), context={
+        "balance": money.display_usd(user.credit_balance),
+        "threshold": money.display_usd(threshold),
+    })]
+
+
+def _exhausted(user: User, now: dt.datetime) -> list[_Occurrence]:
+    if user.credit_balance != 0 or not CreditGrant.objects.filter(user=user).exists():
+        return []
+    return [_Occurrence(key=_funding_episode(user), context={"balance": money.display_usd(0)})]
+
+
+_OCCURRENCES = {
+    NotificationEvent.PROMOTION_GRANTED: _promotion_granted,
+    NotificationEvent.CREDITS_EXPIRING: _expiring,
+    NotificationEvent.CREDITS_EXPIRED: _expired,
+    NotificationEvent.LOW_BALANCE: _low_balance,
+    NotificationEvent.BALANCE_EXHAUSTED: _exhausted,
+}
+
+
+def notify(*, user_id: int, event: str, now: dt.datetime | None = None) -> list[Notification]:
+    """Record and email what `event` means for this user now, each occurrence once.
+
+    The condition is checked again here (a top-up since the enqueue cancels a
+    low-balance notice). Idempotent and safe to run concurrently: the unique
+    (user, event, key) row is committed before the email is sent, so no
+    occurrence is ever emailed twice; a failed send is recorded on the row,
+    not retried. Returns the notifications created by this call.
+    """
+    event = NotificationEvent(event)
+    now = now or timezone.now()
+    user = User.objects.filter(pk=user_id).first()
+    if user is None:
+        return []
+    occurrences = _OCCURRENCES[event](user, now)
+    if not occurrences:
+        return []
+    told = set(
+        Notification.objects.filter(user=user, event=event).values_list("key", flat=True)
+    )
+    created = []
+    for occurrence in occurrences:
+        if occurrence.key not in told:
+            notification = _record_and_send(user, event, occurrence, now)
+            if notification is not None:
+                created.append(notification)
+    return created
+
+
+def _dashboard_url() -> str:
+    try:
+        path = reverse("billing:dashboard")
+    except NoReverseMatch:
+        path = "/"
+    return settings.SITE_URL.rstrip("/") + path
+
+
+def _record_and_send(user: User, event: NotificationEvent, occurrence: _Occurrence,
+                     now: dt.datetime) -> Notification | None:
+    subject = _SUBJECTS[event].format(**occurrence.context)
+    summary = _SUMMARIES[event].format(**occurrence.context)
+    try:
+        with transaction.atomic():
+            notification = Notification.objects.create(
+                user=user, event=event, key=occurrence.key, grant=occurrence.grant,
+                subject=subject[:255], summary=summary[:500], created_at=now,
+            )
+    except IntegrityError:
+        return None  # another worker claimed it first
+    context = {**occurrence.context, "user": user, "summary": summary, "subject": subject,
+               "dashboard_url": _dashboard_url()}
+    name = _TEMPLATES[event]
+    try:
+        message = EmailMultiAlternatives(
+            subject=subject, body=render_to_string(f"emails/{name}.txt", context), to=[user.email]
+        )
+        message.attach_alternative(render_to_string(f"emails/{name}.html", context), "text/html")
+        message.send()
+    except Exception as exc:
+        logger.exception("Could not email %s to user %s", event, user.pk)
+        notification.email_error = f"{type(exc).__name__}: {exc}"[:500]
+        Notification.objects.filter(pk=notification.pk).update(email_error=notification.email_error)
+        return notification
+    notification.emailed_at = timezone.now()
+    Notification.objects.filter(pk=notification.pk).update(emailed_at=notification.emailed_at)
+    return notification
+
+
+# --- periodic sweeps ---------------------------------------------------------------
+
+
+def _notify_each(user_ids, event: str, now: dt.datetime) -> int:
+    return sum(len(notify(user_id=uid, event=event, now=now)) for uid in sorted(set(user_ids)))
+
+
+def notify_expiring_soon(*, now: dt.datetime | None = None) -> int:
+    """Tell each user about credit expiring within EXPIRING_SOON_DAYS, once per grant."""
+    now = now or timezone.now()
+    horizon = now + dt.timedelta(days=settings.EXPIRING_SOON_DAYS)
+    told = Notification.objects.filter(
+        user_id=OuterRef("user_id"), event=NotificationEvent.CREDITS_EXPIRING,
+        grant_id=OuterRef("pk"),
+    )
+    user_ids = (
+        CreditGrant.objects.filter(
+            voided_at__isnull=True, expires_at__gt=now, expires_at__lte=horizon,
+            remaining_micros__gt=F("held_micros"),
+        )
+        .filter(~Exists(told))
+        .values_list("user_id", flat=True)
+    )
+    return _notify_each(user_ids, NotificationEvent.CREDITS_EXPIRING, now)
+
+
+def catch_up(*, now: dt.datetime | None = None) -> int:
+    """Send what the enqueue-on-commit hooks missed (broker down, worker lost) and
+    the expiry notices, looking back NOTIFICATION_CATCH_UP_HOURS. Idempotent."""
+    from credits.services import FIRST_TOKEN_PROMOTION_KEY
+
+    now = now or timezone.now()
+    since = now - dt.timedelta(hours=settings.NOTIFICATION_CATCH_UP_HOURS)
+    sent = 0
+
+    promotion_told = Notification.objects.filter(
+        user_id=OuterRef("user_id"), event=NotificationEvent.PROMOTION_GRANTED
+    )
+    promoted = CreditGrant.objects.filter(
+        idempotency_key=FIRST_TOKEN_PROMOTION_KEY, granted_at__gte=since, voided_at__isnull=True
+    ).filter(~Exists(promotion_told))
+    sent += _notify_each(promoted.values_list("user_id", flat=True),
+                         NotificationEvent.PROMOTION_GRANTED, now)
+
+    expiry_told = Notification.objects.filter(
+        user_id=OuterRef("user_id"), event=NotificationEvent.CREDITS_EXPIRED,
+        key=OuterRef("notice_key"),
+    )
+    expired = (
+        LedgerEntry.objects.filter(entry_type=EntryType.EXPIRY, created_at__gte=since)
+        .annotate(notice_key=Concat(Value("grant:"), Cast("grant_id", output_field=CharField())))
+        .filter(~Exists(expiry_told))
+        .order_by()
+        .values_list("user_id", flat=True)
+    )
+    sent += _notify_each(expired, NotificationEvent.CREDITS_EXPIRED, now)
+
+    spent_recently = LedgerEntry.objects.filter(
+        user_id=OuterRef("pk"), entry_type__in=SPENDING_ENTRY_TYPES, amount_micros__lt=0,
+        created_at__gte=since,
+    )
+    low = User.objects.filter(credit_balance__lt=low_balance_threshold_micros()).filter(
+        Exists(spent_recently)
+    )
+    for user_id, balance in low.values_list("pk", "credit_balance"):
+        event = NotificationEvent.BALANCE_EXHAUSTED if balance == 0 else NotificationEvent.LOW_BALANCE
+        sent += len(notify(user_id=user_id, event=event, now=now))
+    return sent
+
+
+# --- the dashboard's read ------------------------------------------------------------
+
+
+def recent_notifications(*, user: User, limit: int = 10) -> list[Notification]:
+    """The user's latest notifications, newest first (subject, summary, created_at,
+    event and get_event_display(), emailed_at)."""
+    return list(Notification.objects.filter(user=user).order_by("-created_at", "-id")[:limit])

@@ -1,0 +1,47 @@
+"""Celery doors to the credits services: each takes ids (JSON), calls one
+service and is idempotent, so a redelivery after a lost worker is harmless
+(acks_late + reject_on_worker_lost). The schedule is settings.CELERY_BEAT_SCHEDULE."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from celery import shared_task
+
+from credits import notifications, services
+
+_IDEMPOTENT = {"acks_late": True, "reject_on_worker_lost": True}
+
+
+def _moment(now: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(now) if now else None
+
+
+# Every minute: a run cut by its time limit rolls back only the user in progress;
+# the next run carries on.
+@shared_task(**_IDEMPOTENT, soft_time_limit=50, time_limit=58)
+def expire_credits(now: str | None = None) -> int:
+    """Expire the unheld remainder of every grant past its expiry; returns grants expired."""
+    return services.expire_credits(now=_moment(now))
+
+
+@shared_task(**_IDEMPOTENT, soft_time_limit=50, time_limit=58)
+def release_stale_holds() -> int:
+    """Release holds older than STALE_HOLD_SECONDS (calls that died without settling)."""
+    return services.release_stale_holds()
+
+
+@shared_task(**_IDEMPOTENT)
+def send_notification(user_id: int, event: str) -> int:
+    """Enqueued after a ledger commit; sends each occurrence at most once."""
+    return len(notifications.notify(user_id=user_id, event=event))
+
+
+@shared_task(**_IDEMPOTENT)
+def notify_expiring_credits(now: str | None = None) -> int:
+    return notifications.notify_expiring_soon(now=_moment(now))
+
+
+@shared_task(**_IDEMPOTENT)
+def catch_up_notifications(now: str | None = None) -> int:
+    return notifications.catch_up(now=_moment(now))
