@@ -1,0 +1,76 @@
+"""Staff views of billing: packages are editable; purchases and provider events are
+the books' evidence and read-only (money moves only through billing.services)."""
+
+from django.contrib import admin
+
+from billing.models import CreditPackage, PaymentEvent, Purchase
+from credits.money import display_usd
+
+
+@admin.register(CreditPackage)
+class CreditPackageAdmin(admin.ModelAdmin):
+    list_display = ["name", "amount", "is_active", "position"]
+    list_editable = ["is_active", "position"]
+
+    @admin.display(description="Amount", ordering="amount_micros")
+    def amount(self, obj: CreditPackage) -> str:
+        return display_usd(obj.amount_micros)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class PaymentEventInline(admin.TabularInline):
+    model = PaymentEvent
+    fields = ["event_type", "event_id", "received_at", "deliveries", "outcome", "note"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Purchase)
+class PurchaseAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at", "user_email", "amount", "provider", "status", "refunded", "refund_shortfall",
+    ]
+    list_filter = ["status", "provider", "created_at"]
+    search_fields = ["user_email", "provider_session_id", "provider_payment_id", "id"]
+    date_hierarchy = "created_at"
+    inlines = [PaymentEventInline]
+
+    @admin.display(description="Amount", ordering="amount_micros")
+    def amount(self, obj: Purchase) -> str:
+        return display_usd(obj.amount_micros)
+
+    @admin.display(description="Refunded", ordering="refunded_micros")
+    def refunded(self, obj: Purchase) -> str:
+        return display_usd(obj.refunded_micros) if obj.refunded_micros else "—"
+
+    @admin.display(description="Refund not taken back", ordering="refund_shortfall_micros")
+    def refund_shortfall(self, obj: Purchase) -> str:
+        # Refunded at the provider but already spent: money staff may want to recover.
+        return display_usd(obj.refund_shortfall_micros) if obj.refund_shortfall_micros else "—"
+
+
+@admin.register(PaymentEvent)
+class PaymentEventAdmin(ReadOnlyAdmin):
+    list_display = ["received_at", "provider", "event_type", "event_id", "outcome", "deliveries",
+                    "processed_at"]
+    list_filter = ["provider", "event_type", "outcome"]
+    search_fields = ["event_id", "object_reference", "note"]
+    date_hierarchy = "received_at"

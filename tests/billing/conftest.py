@@ -1,0 +1,105 @@
+import hashlib
+import hmac
+import json
+import time
+import uuid
+
+import pytest
+
+from billing.models import Provider, Purchase
+
+WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
+WEBHOOK_URL = "/billing/webhooks/stripe/"
+USD = 1_000_000
+
+
+def stripe_signature(payload: str, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
+    """The Stripe-Signature header exactly as Stripe builds it."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{ts}.{payload}".encode(), hashlib.sha256).hexdigest()
+    return f"t={ts},v1={digest}"
+
+
+@pytest.fixture
+def stripe_keys(settings):
+    settings.STRIPE_SECRET_KEY = "sk_test_not_used_no_network"
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    return settings
+
+
+@pytest.fixture
+def test_provider(settings):
+    settings.STRIPE_SECRET_KEY = ""
+    settings.STRIPE_WEBHOOK_SECRET = ""
+    return settings
+
+
+def deliver(client, event: dict, *, signature: str | None = None, payload: str | None = None):
+    """POST an event to the webhook, signed like Stripe unless told otherwise."""
+    body = payload if payload is not None else json.dumps(event)
+    headers = {}
+    sig = stripe_signature(body) if signature is None else signature
+    if sig:
+        headers["HTTP_STRIPE_SIGNATURE"] = sig
+    return client.post(WEBHOOK_URL, data=body, content_type="application/json", **headers)
+
+
+def stripe_purchase(user, usd: int = 10) -> Purchase:
+    """A purchase as start_checkout leaves it after Stripe opened its session."""
+    return Purchase.objects.create(
+        user=user,
+        user_email=user.email,
+        provider=Provider.STRIPE,
+        amount_micros=usd * USD,
+        provider_session_id=f"cs_test_{uuid.uuid4().hex}",
+        idempotency_key=f"purchase:{uuid.uuid4().hex}",
+    )
+
+
+def event(event_type: str, obj: dict, *, event_id: str | None = None) -> dict:
+    return {
+        "id": event_id or f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": int(time.time()),
+        "livemode": False,
+        "type": event_type,
+        "data": {"object": obj},
+    }
+
+
+def session_event(purchase: Purchase, *, event_type: str = "checkout.session.completed",
+                  amount_cents: int | None = None, payment_status: str = "paid",
+                  currency: str = "usd", event_id: str | None = None) -> dict:
+    cents = purchase.amount_micros // 10_000 if amount_cents is None else amount_cents
+    return event(event_type, {
+        "id": purchase.provider_session_id,
+        "object": "checkout.session",
+        "amount_total": cents,
+        "currency": currency,
+        "client_reference_id": str(purchase.pk),
+        "customer_email": purchase.user_email,
+        "metadata": {"purchase_id": str(purchase.pk), "user_id": str(purchase.user_id)},
+        "mode": "payment",
+        "payment_intent": payment_intent_id(purchase),
+        "payment_status": payment_status,
+        "status": "complete" if payment_status == "paid" else "open",
+    }, event_id=event_id)
+
+
+def refund_event(purchase: Purchase, *, refunded_cents: int, event_id: str | None = None) -> dict:
+    cents = purchase.amount_micros // 10_000
+    return event("charge.refunded", {
+        "id": f"ch_{purchase.pk.hex[:24]}",
+        "object": "charge",
+        "amount": cents,
+        "amount_captured": cents,
+        "amount_refunded": refunded_cents,
+        "currency": "usd",
+        "payment_intent": payment_intent_id(purchase),
+        "refunded": refunded_cents == cents,
+    }, event_id=event_id)
+
+
+def payment_intent_id(purchase: Purchase) -> str:
+    return f"pi_{purchase.pk.hex[:24]}"
