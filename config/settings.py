@@ -198,14 +198,36 @@ PURCHASE_MAX_USD = env("PURCHASE_MAX_USD", default="1000")
 
 # --- REST framework ----------------------------------------------------------
 REST_FRAMEWORK = {
+    # Bearer API keys first (so a missing key answers 401), then the web pages' session
+    # cookie; session-authenticated POSTs must send the X-CSRFToken header.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "EXCEPTION_HANDLER": "inference.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
 }
+
+# --- Inference ---------------------------------------------------------------
+# Named backends; an AiModel's `backend` field picks one (see inference/backends.py).
+DEMO_BACKEND_TOKEN_DELAY_MS = env.float("DEMO_BACKEND_TOKEN_DELAY_MS", default=0)
+INFERENCE_BACKENDS = {
+    "demo": {"ENGINE": "demo"},
+    "openai_compatible": {
+        "ENGINE": "openai_compatible",
+        "BASE_URL": env("UPSTREAM_BASE_URL", default="http://127.0.0.1:11434/v1"),
+        "API_KEY": env("UPSTREAM_API_KEY", default=""),
+        "TIMEOUT_SECONDS": env.float("UPSTREAM_TIMEOUT_SECONDS", default=60),
+    },
+}
+# Bench only: False skips holds, charges, usage records and the promotion.
+INFERENCE_BILLING_ENABLED = env.bool("INFERENCE_BILLING_ENABLED", default=True)
+API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=120)  # per key; 0 = off
+REGISTER_RATE_LIMIT_PER_HOUR = env.int("REGISTER_RATE_LIMIT_PER_HOUR", default=20)  # per address
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "TokenBank inference API",
     "DESCRIPTION": "OpenAI-compatible inference, metered from a credit ledger.",

@@ -1,8 +1,11 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as account_views
 from accounts.urls import auth_patterns
+from inference.errors import api_not_found
+from inference.urls import api_urlpatterns, v1_urlpatterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -10,4 +13,25 @@ urlpatterns = [
     path("accounts/", include(auth_patterns)),
     path("accounts/", include("accounts.urls")),
     path("billing/", include("billing.urls")),
+    # The JSON API (inference issue): OpenAI-compatible under /v1, the rest under /api.
+    path("v1/", include(v1_urlpatterns)),
+    path("api/", include("accounts.api")),
+    path("api/", include(api_urlpatterns)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
+
+# Keep last: unknown URLs under /v1 and /api answer in the API's JSON error envelope.
+urlpatterns += [re_path(r"^(?:v1|api)(?:/|$)", api_not_found)]
+handler500 = "config.urls.server_error"
+
+
+def server_error(request, *args, **kwargs):
+    """JSON for the API's paths, Django's page elsewhere."""
+    from django.views.defaults import server_error as html_server_error
+
+    from inference.errors import api_server_error
+
+    if request.path.startswith(("/v1/", "/api/")):
+        return api_server_error(request)
+    return html_server_error(request)

@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import ApiKey, User
+from credits import services as credit_services
+from credits.exceptions import InsufficientCredits
+from credits.models import CreditHold
+from credits.money import format_usd
+from credits.selectors import promotion_status
+from credits.services import calculate_inference_cost
+from inference.backends import Prompt, Usage, count_tokens, get_backend
+from inference.exceptions import (
+    IdempotencyKeyReused,
+    InsufficientCreditsForCall,
+    InvalidRequest,
+    ModelNotFound,
+    PromotionNotGranted,
+    UpstreamError,
+)
+from inference.models import AiModel, IdempotentRequest, ModelPrice, UsageRecord, UsageStatus
 from inference.signals import first_token_generated
+
+logger = logging.getLogger(__name__)
 
 
 def record_first_token(*, user_id: int, at: dt.datetime | None = None) -> bool:
@@ -27,3 +53,341 @@ def record_first_token(*, user_id: int, at: dt.datetime | None = None) -> bool:
         if stamped:
             first_token_generated.send(sender=User, user_id=user_id, first_token_at=at)
         return bool(stamped)
+
+
+# --- metering a call -------------------------------------------------------------------
+
+
+def new_request_id(prefix: str = "gen") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def resolve_model(model_id: str) -> AiModel:
+    """An active model, by public id. Raises ModelNotFound."""
+    model = AiModel.objects.active().filter(pk=model_id).first() if model_id else None
+    if model is None:
+        raise ModelNotFound(f"The model {model_id!r} does not exist or is not available.",
+                            param="model")
+    return model
+
+
+def affordable_output_tokens(*, available_micros: int, prompt_tokens: int,
+                             price: ModelPrice) -> int:
+    """How many completion tokens `available_micros` pays for after the prompt (never < 0)."""
+    budget = available_micros * 1_000_000 - prompt_tokens * price.input_price_per_million_micros
+    if budget <= 0:
+        return 0
+    if price.output_price_per_million_micros == 0:
+        return 10**9
+    return budget // price.output_price_per_million_micros
+
+
+@dataclass
+class MeteredCall:
+    """One call from hold to settlement. Iterate `tokens()` exactly once.
+
+    The hold is taken by `start_call`; `tokens()` settles in its `finally`, so the
+    call is captured or released exactly once on every exit path: success, an
+    error, or the client going away (the generator is closed -> GeneratorExit).
+    """
+
+    request_id: str
+    user: User
+    api_key: ApiKey | None
+    model: AiModel
+    price: ModelPrice
+    prompt: Prompt
+    prompt_tokens: int
+    max_tokens: int
+    endpoint: str
+    streamed: bool
+    options: dict
+    backend: object
+    billed: bool
+    hold: CreditHold | None = None
+    started_at: dt.datetime = field(default_factory=timezone.now)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    pieces: list[str] = field(default_factory=list)
+    finish_reason: str = ""
+    status: str = ""
+    error: str = ""
+    usage: Usage | None = None
+    cost_micros: int = 0
+    promotion_applied: bool = False
+    first_token_ms: int | None = None
+    settled: bool = False
+    _balance_micros: int | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.usage.completion_tokens if self.usage else count_tokens(self.text)
+
+    @property
+    def charged_prompt_tokens(self) -> int:
+        return self.usage.prompt_tokens if self.usage else self.prompt_tokens
+
+    @property
+    def held_micros(self) -> int:
+        return self.hold.amount_micros if self.hold else 0
+
+    def balance_micros(self) -> int:
+        """The user's balance after this call's settlement (before it, while streaming)."""
+        if self._balance_micros is None or not self.settled:
+            self._balance_micros = (
+                User.objects.filter(pk=self.user.pk).values_list("credit_balance", flat=True).get()
+            )
+        return self._balance_micros
+
+    def promotion_json(self) -> dict:
+        self.user.refresh_from_db(fields=["first_token_at", "promotion_claimed",
+                                          "promotion_eligible"])
+        status = promotion_status(self.user)
+        return {"applied": self.promotion_applied, "eligible": status.eligible,
+                "seconds_remaining": status.seconds_remaining}
+
+    def tokens(self) -> Iterator[str]:
+        stream = None
+        status, error = UsageStatus.FAILED, ""
+        try:
+            stream = self.backend.generate(model_name=self.model.upstream_name, prompt=self.prompt,
+                                           max_tokens=self.max_tokens, options=self.options)
+            produced = 0
+            for piece in stream:
+                if not piece:
+                    continue
+                if self.first_token_ms is None:
+                    self._on_first_token()
+                produced += 1
+                self.pieces.append(piece)
+                yield piece
+            self.finish_reason = stream.finish_reason or "stop"
+            self.usage = stream.usage
+            status = UsageStatus.SUCCEEDED
+        except GeneratorExit:
+            status = UsageStatus.CLIENT_DISCONNECTED
+            raise
+        except PromotionNotGranted as exc:
+            status, error = UsageStatus.PROMOTION_NOT_GRANTED, str(exc)
+            raise
+        except UpstreamError as exc:
+            status, error = UsageStatus.UPSTREAM_ERROR, str(exc)
+            raise
+        except Exception as exc:
+            status, error = UsageStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if stream is not None:
+                stream.close()
+            self._settle(status=status, error=error)
+
+    def _on_first_token(self) -> None:
+        self.first_token_ms = int((time.monotonic() - self.started_monotonic) * 1000)
+        if not self.billed:
+            return
+        if self.user.first_token_at is None:
+            # The first token of the user's life: the promotion is decided in this transaction.
+            stamped = record_first_token(user_id=self.user.pk)
+            self.user.refresh_from_db(fields=["first_token_at", "promotion_claimed",
+                                              "promotion_eligible"])
+            self.promotion_applied = stamped and self.user.promotion_claimed
+        if self.hold is not None and self.hold.pending_promotion_micros > 0:
+            pending = CreditHold.objects.filter(pk=self.hold.pk).values_list(
+                "pending_promotion_micros", flat=True).get()
+            if pending:
+                raise PromotionNotGranted(
+                    "Insufficient credits: this call relied on the first-token promotion, but "
+                    "the first token came after the promotion window closed, so it was not "
+                    "granted. Nothing was charged. Add credits to continue.",
+                )
+            self.hold.pending_promotion_micros = 0
+
+    def _charge_for(self, status: str) -> int | None:
+        """Micro-dollars to capture, or None to release without charge."""
+        if status == UsageStatus.PROMOTION_NOT_GRANTED:
+            return None
+        if not self.pieces and status != UsageStatus.SUCCEEDED:
+            return None  # nothing was delivered: no charge
+        if status != UsageStatus.SUCCEEDED:
+            self.usage = None  # count what was produced, by the documented rule
+        cost = calculate_inference_cost(
+            input_tokens=self.charged_prompt_tokens,
+            output_tokens=self.completion_tokens,
+            input_price_per_million_micros=self.price.input_price_per_million_micros,
+            output_price_per_million_micros=self.price.output_price_per_million_micros,
+        )
+        if cost > self.held_micros:
+            logger.warning("Call %s cost %s micros over its hold of %s (upstream usage); "
+                           "charging the hold", self.request_id, cost, self.held_micros)
+            cost = self.held_micros
+        return cost
+
+    def _settle(self, *, status: str, error: str) -> None:
+        """Capture or release the hold once, then write the usage record. Never raises:
+        whatever fails here after delivery is logged loudly and the charge stands."""
+        if self.settled:
+            return
+        self.settled = True
+        self.status, self.error = status, error[:255]
+        if not self.billed:
+            return
+        try:
+            charge = self._charge_for(status)
+        except Exception:
+            logger.exception("BILLING: could not price call %s; releasing its hold",
+                             self.request_id)
+            charge = None
+        self.cost_micros = charge or 0
+        if self.hold is not None:
+            try:
+                if charge is None:
+                    credit_services.release(hold=self.hold)
+                else:
+                    credit_services.capture(hold=self.hold, amount_micros=charge,
+                                            description=f"{self.model.id} {self.request_id}")
+            except Exception:
+                logger.exception("BILLING: settling hold %s of call %s failed (charge %s); "
+                                 "the stale-hold sweep will release it", self.hold.pk,
+                                 self.request_id, charge)
+                self.cost_micros = 0
+        try:
+            UsageRecord.objects.create(
+                request_id=self.request_id, user_id=self.user.pk, api_key=self.api_key,
+                model=self.model, endpoint=self.endpoint,
+                hold_id=self.hold.pk if self.hold else None,
+                prompt_tokens=self.charged_prompt_tokens if self.pieces else self.prompt_tokens,
+                completion_tokens=self.completion_tokens if self.pieces else 0,
+                input_price_per_million_micros=self.price.input_price_per_million_micros,
+                output_price_per_million_micros=self.price.output_price_per_million_micros,
+                cost_micros=self.cost_micros, held_micros=self.held_micros,
+                streamed=self.streamed, status=status, finish_reason=self.finish_reason,
+                error=self.error, promotion_applied=self.promotion_applied,
+                latency_ms=int((time.monotonic() - self.started_monotonic) * 1000),
+                time_to_first_token_ms=self.first_token_ms, started_at=self.started_at,
+            )
+        except Exception:
+            logger.exception("BILLING: the usage record of call %s (charged %s micros) was "
+                             "not written", self.request_id, self.cost_micros)
+
+
+def start_call(
+    *,
+    user: User,
+    api_key: ApiKey | None,
+    model_id: str,
+    prompt: Prompt,
+    max_tokens: int | None,
+    endpoint: str,
+    streamed: bool = False,
+    options: dict | None = None,
+    request_id: str | None = None,
+) -> MeteredCall:
+    """Validate a call and hold its worst-case cost (prompt at the input price plus
+    `max_tokens`, or the model's limit, at the output price) at the price in effect now.
+
+    Raises ModelNotFound (unknown, inactive or unpriced model), InvalidRequest (limits),
+    InsufficientCreditsForCall (nothing held). A user inside the promotion window may
+    hold against the pending promotion. With INFERENCE_BILLING_ENABLED off (bench
+    only) nothing is held, charged or recorded.
+    """
+    model = resolve_model(model_id)
+    price = model.price_at()
+    if price is None:
+        raise ModelNotFound(f"The model {model.id!r} has no price yet and cannot be called.",
+                            param="model", code="model_not_priced")
+    backend = get_backend(model.backend)
+    prompt_tokens = backend.count_prompt_tokens(prompt)
+    if max_tokens is not None and max_tokens > model.max_output_tokens:
+        raise InvalidRequest(
+            f"max_tokens is {max_tokens}, but {model.id} produces at most "
+            f"{model.max_output_tokens} tokens.", param="max_tokens")
+    room = model.context_length - prompt_tokens
+    if room <= 0 or (max_tokens is not None and max_tokens > room):
+        raise InvalidRequest(
+            f"This model's context is {model.context_length} tokens; the prompt has "
+            f"{prompt_tokens} and max_tokens asks for {max_tokens or 'any'}.",
+            param="max_tokens" if room > 0 else "messages", code="context_length_exceeded")
+    limit = max_tokens if max_tokens is not None else min(model.max_output_tokens, room)
+    call = MeteredCall(
+        request_id=request_id or new_request_id(), user=user, api_key=api_key, model=model,
+        price=price, prompt=prompt, prompt_tokens=prompt_tokens, max_tokens=limit,
+        endpoint=endpoint, streamed=streamed, options=options or {}, backend=backend,
+        billed=bool(settings.INFERENCE_BILLING_ENABLED),
+    )
+    if not call.billed:
+        return call
+    worst = calculate_inference_cost(
+        input_tokens=prompt_tokens, output_tokens=limit,
+        input_price_per_million_micros=price.input_price_per_million_micros,
+        output_price_per_million_micros=price.output_price_per_million_micros,
+    )
+    if worst > 0:
+        try:
+            call.hold = credit_services.authorize(
+                user=user, amount_micros=worst, reference=call.request_id,
+                idempotency_key=call.request_id,
+            )
+        except InsufficientCredits as exc:
+            affordable = affordable_output_tokens(available_micros=exc.available_micros,
+                                                  prompt_tokens=prompt_tokens, price=price)
+            raise InsufficientCreditsForCall(
+                f"Insufficient credits: this call may cost up to ${format_usd(worst)} "
+                f"({prompt_tokens} prompt tokens + up to {limit} completion tokens on {model.id}) "
+                f"but ${format_usd(exc.available_micros)} is available, enough for "
+                f"{affordable} completion tokens. Lower max_tokens or add credits.",
+                required_micros=worst, available_micros=exc.available_micros,
+                affordable_tokens=affordable,
+            ) from exc
+    return call
+
+
+# --- idempotent replays ----------------------------------------------------------------
+
+
+def body_fingerprint(endpoint: str, body) -> str:
+    canonical = json.dumps({"endpoint": endpoint, "body": body}, sort_keys=True,
+                           separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim_idempotency_key(*, user: User, key: str, endpoint: str,
+                          body) -> tuple[IdempotentRequest, bool]:
+    """(record, is_replay). A replay with the same body gets the stored response;
+    a different body, or the first call still running, raises IdempotencyKeyReused."""
+    key = key.strip()
+    if not key or len(key) > 200:
+        raise InvalidRequest("The Idempotency-Key header must be 1 to 200 characters.",
+                             param="Idempotency-Key")
+    fingerprint = body_fingerprint(endpoint, body)
+    try:
+        with transaction.atomic():
+            record = IdempotentRequest.objects.create(
+                user=user, key=key, endpoint=endpoint, body_hash=fingerprint)
+        return record, False
+    except IntegrityError:
+        record = IdempotentRequest.objects.filter(user=user, key=key).first()
+    if record is None:  # forgotten meanwhile: the other call failed; try again
+        return claim_idempotency_key(user=user, key=key, endpoint=endpoint, body=body)
+    if record.body_hash != fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used with a different request body.",
+            param="Idempotency-Key")
+    if record.status_code is None:
+        raise IdempotencyKeyReused(
+            "A request with this Idempotency-Key is still being processed.",
+            param="Idempotency-Key", code="idempotency_request_in_progress")
+    return record, True
+
+
+def store_idempotent_response(*, record: IdempotentRequest, status_code: int, body: dict,
+                              headers: dict) -> None:
+    record.status_code, record.response_body, record.response_headers = status_code, body, headers
+    record.save(update_fields=["status_code", "response_body", "response_headers"])
+
+
+def forget_idempotency_key(*, record: IdempotentRequest) -> None:
+    """The call failed: free the key so the client can retry it."""
+    IdempotentRequest.objects.filter(pk=record.pk, status_code__isnull=True).delete()

@@ -1,0 +1,310 @@
+"""The OpenAI-compatible endpoints and /api/inference: thin doors onto inference.services.
+
+Streams are primed before the response starts: the hold, the first token and the
+promotion check happen while an HTTP error status can still be sent; a failure after
+that goes out as a final SSE event with an `error` object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from credits.money import format_usd
+from inference import services
+from inference.backends import Prompt
+from inference.errors import error_body, exception_handler
+from inference.exceptions import InferenceError
+from inference.models import AiModel
+from inference.ratelimit import ApiKeyRateThrottle
+from inference.serializers import (
+    ChatCompletionRequestSerializer,
+    CompletionRequestSerializer,
+    InferenceRequestSerializer,
+)
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Non-streaming calls: a replay with the same body returns the stored response.",
+)
+
+
+def _api_key(request):
+    return request.auth if hasattr(request.auth, "key_hash") else None
+
+
+class JsonAPIView(APIView):
+    renderer_classes = [JSONRenderer]
+    parser_classes = [JSONParser]
+
+
+class ModelListView(JsonAPIView):
+    """GET /v1/models: the active models and their current prices."""
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        data = []
+        for model in AiModel.objects.active().prefetch_related("prices"):
+            price = model.price_at()
+            if price is None:
+                continue
+            data.append({
+                "id": model.id,
+                "object": "model",
+                "created": int(model.created_at.timestamp()),
+                "owned_by": "tokenbank",
+                "context_length": model.context_length,
+                "max_output_tokens": model.max_output_tokens,
+                "pricing": {
+                    "input_per_million": format_usd(price.input_price_per_million_micros),
+                    "output_per_million": format_usd(price.output_price_per_million_micros),
+                    "currency": "USD",
+                },
+            })
+        return Response({"object": "list", "data": data})
+
+
+class _MeteredView(JsonAPIView):
+    throttle_classes = [ApiKeyRateThrottle]
+    serializer_class: type = ChatCompletionRequestSerializer
+    endpoint = ""
+    id_prefix = "gen"
+
+    def build_prompt(self, data) -> Prompt:
+        raise NotImplementedError
+
+    def render(self, call: services.MeteredCall, data, created: int) -> dict:
+        raise NotImplementedError
+
+    def stream_events(self, call, data, created, first):
+        raise NotImplementedError
+
+    def post(self, request):
+        serializer = self.serializer_class(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        stream = bool(data.get("stream"))
+        record = None
+        idempotency_key = request.headers.get("Idempotency-Key")
+        if idempotency_key is not None and not stream:
+            record, replay = services.claim_idempotency_key(
+                user=request.user, key=idempotency_key, endpoint=self.endpoint, body=request.data)
+            if replay:
+                headers = {**record.response_headers, "Idempotent-Replayed": "true"}
+                return Response(record.response_body, status=record.status_code, headers=headers)
+        created = int(time.time())
+        try:
+            call = services.start_call(
+                user=request.user, api_key=_api_key(request), model_id=data["model"],
+                prompt=self.build_prompt(data), max_tokens=data.get("max_tokens"),
+                endpoint=self.endpoint, streamed=stream, options=data,
+                request_id=services.new_request_id(self.id_prefix),
+            )
+            if stream:
+                return self.stream_response(call, data, created)
+            for _ in call.tokens():
+                pass
+        except Exception:
+            if record is not None:
+                services.forget_idempotency_key(record=record)
+            raise
+        body = self.render(call, data, created)
+        headers = {"X-Request-Id": call.request_id}
+        if call.billed:
+            headers["X-Credits-Balance"] = format_usd(call.balance_micros())
+            headers["X-Credits-Charged"] = format_usd(call.cost_micros)
+        if record is not None:
+            services.store_idempotent_response(record=record, status_code=200, body=body,
+                                               headers=headers)
+        return Response(body, headers=headers)
+
+    def usage(self, call) -> dict:
+        prompt_tokens = call.charged_prompt_tokens
+        completion_tokens = call.completion_tokens
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "cost": format_usd(call.cost_micros)}
+
+    def stream_response(self, call, data, created) -> StreamingHttpResponse:
+        tokens = call.tokens()
+        try:
+            first = next(tokens)  # errors before the first token are still HTTP statuses
+        except StopIteration:
+            first = None
+        events = self._guarded(self.stream_events(call, data, created, first, tokens))
+        response = StreamingHttpResponse(_ClosingStream(events, tokens),
+                                         content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        response["X-Request-Id"] = call.request_id
+        if call.billed:
+            # The charge is known only when the stream ends: see the final usage chunk.
+            response["X-Credits-Balance"] = format_usd(call.balance_micros())
+            response["X-Credits-Held"] = format_usd(call.held_micros)
+        return response
+
+    def _guarded(self, events):
+        try:
+            yield from events
+        except InferenceError as exc:
+            yield _sse(error_body(exc.message, type=exc.type, code=exc.code, param=exc.param))
+        except Exception as exc:
+            response = exception_handler(exc, {})
+            yield _sse(response.data)
+
+    def final_usage_chunk(self, call, base: dict) -> dict:
+        chunk = {**base, "choices": [], "usage": self.usage(call)}
+        if call.billed:
+            chunk["credits"] = {"balance": format_usd(call.balance_micros()),
+                                "charged": format_usd(call.cost_micros)}
+        return chunk
+
+
+class _ClosingStream:
+    """The SSE body; closing it (client gone) closes the metered token generator too,
+    which settles the call for the tokens produced."""
+
+    def __init__(self, events, tokens):
+        self.events, self.tokens = events, tokens
+
+    def __iter__(self):
+        return self.events
+
+    def close(self) -> None:
+        try:
+            self.events.close()
+        finally:
+            self.tokens.close()
+
+
+def _sse(payload) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ChatCompletionsView(_MeteredView):
+    """POST /v1/chat/completions (OpenAI's shape; `stream: true` for server-sent events)."""
+
+    serializer_class = ChatCompletionRequestSerializer
+    endpoint = "chat.completions"
+    id_prefix = "chatcmpl"
+
+    @extend_schema(request=ChatCompletionRequestSerializer, responses=OpenApiTypes.OBJECT,
+                   parameters=[IDEMPOTENCY_HEADER])
+    def post(self, request):
+        return super().post(request)
+
+    def build_prompt(self, data) -> Prompt:
+        messages = [{"role": m["role"], "content": m.get("content") or ""}
+                    for m in data["messages"]]
+        return Prompt(kind="chat", messages=messages)
+
+    def render(self, call, data, created) -> dict:
+        return {
+            "id": call.request_id, "object": "chat.completion", "created": created,
+            "model": call.model.id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": call.text},
+                         "logprobs": None, "finish_reason": call.finish_reason}],
+            "usage": self.usage(call),
+        }
+
+    def stream_events(self, call, data, created, first, tokens):
+        base = {"id": call.request_id, "object": "chat.completion.chunk", "created": created,
+                "model": call.model.id}
+
+        def chunk(delta, finish_reason=None):
+            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                              "finish_reason": finish_reason}]})
+
+        yield chunk({"role": "assistant", "content": ""})
+        if first is not None:
+            yield chunk({"content": first})
+            for piece in tokens:
+                yield chunk({"content": piece})
+        yield chunk({}, call.finish_reason or "stop")
+        if (data.get("stream_options") or {}).get("include_usage"):
+            yield _sse(self.final_usage_chunk(call, base))
+        yield DONE
+
+
+class CompletionsView(_MeteredView):
+    """POST /v1/completions (legacy text completions)."""
+
+    serializer_class = CompletionRequestSerializer
+    endpoint = "completions"
+    id_prefix = "cmpl"
+
+    @extend_schema(request=CompletionRequestSerializer, responses=OpenApiTypes.OBJECT,
+                   parameters=[IDEMPOTENCY_HEADER])
+    def post(self, request):
+        return super().post(request)
+
+    def build_prompt(self, data) -> Prompt:
+        return Prompt(kind="completion", text=data["prompt"])
+
+    def render(self, call, data, created) -> dict:
+        return {
+            "id": call.request_id, "object": "text_completion", "created": created,
+            "model": call.model.id,
+            "choices": [{"text": call.text, "index": 0, "logprobs": None,
+                         "finish_reason": call.finish_reason}],
+            "usage": self.usage(call),
+        }
+
+    def stream_events(self, call, data, created, first, tokens):
+        base = {"id": call.request_id, "object": "text_completion", "created": created,
+                "model": call.model.id}
+
+        def chunk(text, finish_reason=None):
+            return _sse({**base, "choices": [{"text": text, "index": 0, "logprobs": None,
+                                              "finish_reason": finish_reason}]})
+
+        if first is not None:
+            yield chunk(first)
+            for piece in tokens:
+                yield chunk(piece)
+        yield chunk("", call.finish_reason or "stop")
+        if (data.get("stream_options") or {}).get("include_usage"):
+            yield _sse(self.final_usage_chunk(call, base))
+        yield DONE
+
+
+class InferenceView(_MeteredView):
+    """POST /api/inference: {"model", "prompt", "max_tokens"} -> text, usage, cost, credits."""
+
+    serializer_class = InferenceRequestSerializer
+    endpoint = "inference"
+    id_prefix = "gen"
+
+    @extend_schema(request=InferenceRequestSerializer, responses=OpenApiTypes.OBJECT,
+                   parameters=[IDEMPOTENCY_HEADER])
+    def post(self, request):
+        return super().post(request)
+
+    def build_prompt(self, data) -> Prompt:
+        return Prompt(kind="completion", text=data["prompt"])
+
+    def render(self, call, data, created) -> dict:
+        body = {
+            "id": call.request_id, "model": call.model.id, "text": call.text,
+            "finish_reason": call.finish_reason, "usage": self.usage(call),
+            "cost": format_usd(call.cost_micros),
+        }
+        if call.billed:
+            body["credits"] = {"balance": format_usd(call.balance_micros()),
+                               "charged": format_usd(call.cost_micros),
+                               "promotion": call.promotion_json()}
+        return body
