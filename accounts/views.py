@@ -53,9 +53,19 @@ def onboarding(request):
     models = billing_selectors.model_price_list()
     demo_model = next((m.id for m in models if m.id == "demo-small"), models[0].id if models else "")
     first_token = user.first_token_at is not None
+    state = _promotion_state(credits.promotion, first_token)
+    buy_url = _buy_url()
     return render(request, "accounts/onboarding.html", {
+        "onboarding_config": {
+            "state": state,
+            "firstToken": first_token,
+            # A small page of entries keeps the 2-second poll cheap.
+            "creditsUrl": "/api/credits?page_size=5",
+            "completionsUrl": "/v1/chat/completions",
+            "buyUrl": buy_url,
+        },
         "credits": credits,
-        "promotion_state": _promotion_state(credits.promotion, first_token),
+        "promotion_state": state,
         "api_key": key,
         "secret": secret,
         "snippet_key": secret or "YOUR_API_KEY",
@@ -69,7 +79,7 @@ def onboarding(request):
         ),
         "offer_amount_display": money.display_usd(credits.promotion.amount_micros, places=0),
         "balance_display": money.display_usd(credits.balance_micros),
-        "buy_url": _buy_url(),
+        "buy_url": buy_url,
     })
 
 

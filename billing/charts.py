@@ -42,6 +42,8 @@ class SpendChart:
     plot_right: int
     empty: bool
     summary: str
+    center_x: int = (PAD_LEFT + WIDTH - PAD_RIGHT) // 2
+    center_y: int = (PAD_TOP + HEIGHT - PAD_BOTTOM) // 2
 
 
 def _nice_ceiling(value: int) -> int:

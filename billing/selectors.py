@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -16,7 +17,6 @@ from credits.selectors import UserCredits
 from inference.models import AiModel, UsageRecord
 
 EXPIRY_WARNING_DAYS = 3
-LOW_BALANCE_MICROS = 1_000_000  # below $1 of available credit we suggest a top-up
 USAGE_CHART_DAYS = 30
 
 
@@ -56,6 +56,11 @@ def model_price_list(*, now: dt.datetime | None = None) -> list[ModelPrice]:
     return rows
 
 
+def low_balance_micros() -> int:
+    """Below this much available credit we suggest a top-up (the notifications' threshold)."""
+    return money.usd_to_micros(str(getattr(settings, "LOW_BALANCE_THRESHOLD_USD", "1")))
+
+
 @dataclass(frozen=True)
 class Alert:
     level: str  # info, success, warn, danger
@@ -69,11 +74,14 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
     now = now or timezone.now()
     alerts: list[Alert] = []
     usable = [g for g in credits.grants if g.is_usable_at(now) and g.remaining_micros > 0]
-    if credits.balance_micros == 0:
-        alerts.append(Alert("danger", "exhausted",
-                            "Your balance is exhausted: API calls are refused until you add credit.",
-                            "buy"))
-    elif credits.available_micros < LOW_BALANCE_MICROS:
+    if credits.balance_micros == 0 and not credits.promotion.eligible:
+        message = (
+            "Your balance is exhausted: API calls are refused until you add credit."
+            if credits.grants
+            else "You have no credit yet: API calls are refused until you add some."
+        )
+        alerts.append(Alert("danger", "exhausted", message, "buy"))
+    elif credits.balance_micros > 0 and credits.available_micros < low_balance_micros():
         alerts.append(Alert(
             "warn", "low_balance",
             f"Low balance: {money.display_usd(credits.available_micros)} available.", "buy"))

@@ -40,14 +40,14 @@ def dashboard(request):
         "promotional": money.display_usd(credits.promotional_micros),
         "promo_expiry": _promo_expiry(credits, now),
         "alerts": selectors.dashboard_alerts(credits, now=now),
-        "grants": credits.grants,
-        "now": now,
+        "grant_rows": [_grant_row(g, now) for g in credits.grants],
+        "history_rows": [_entry_row(e) for e in page.object_list],
         "page": page,
         "entry_type": entry_type,
         "entry_types": EntryType.choices,
         "type_query": urlencode({"type": entry_type}) if entry_type else "",
         "chart": spend_chart(selectors.daily_spend_by_model(user=user, now=now)),
-        "usage": selectors.recent_usage(user=user),
+        "usage": [_usage_row(r) for r in selectors.recent_usage(user=user)],
         "api_keys": selectors.api_keys(user=user),
         "new_key": new_key,
         "key_form": ApiKeyForm(),
@@ -91,6 +91,66 @@ def history_csv(request):
     return response
 
 
+def signed_usd(micros: int) -> str:
+    """For people: cents when the amount is whole cents, else all six decimals ("-$0.000135")."""
+    places = 2 if micros % 10_000 == 0 else 6
+    text = money.display_usd(abs(micros), places=places)
+    return ("+" if micros > 0 else "-" if micros < 0 else "") + text
+
+
+def _entry_row(entry) -> dict:
+    amount = signed_usd(entry.amount_micros)
+    if entry.amount_micros == 0 and entry.held_change_micros:
+        amount = f"held {signed_usd(entry.held_change_micros)}"
+    return {
+        "created_at": entry.created_at,
+        "type": entry.entry_type,
+        "type_display": entry.get_entry_type_display(),
+        "amount": amount,
+        "positive": entry.amount_micros > 0,
+        "balance_after": money.display_usd(
+            entry.balance_after_micros,
+            places=2 if entry.balance_after_micros % 10_000 == 0 else 6,
+        ),
+        "description": entry.description,
+    }
+
+
+def _grant_row(grant, now) -> dict:
+    if grant.voided_at is not None:
+        state = "voided"
+    elif grant.expires_at is not None and grant.expires_at <= now:
+        state = "expired"
+    else:
+        state = "active"
+    return {
+        "kind": grant.kind,
+        "kind_display": grant.get_kind_display(),
+        "amount": money.display_usd(grant.amount_micros),
+        "remaining": money.display_usd(
+            grant.remaining_micros, places=2 if grant.remaining_micros % 10_000 == 0 else 6
+        ),
+        "granted_at": grant.granted_at,
+        "expires_at": grant.expires_at,
+        "expires_in": _days_label(grant.expires_at - now) if grant.expires_at else "",
+        "state": state,
+        "description": grant.description,
+    }
+
+
+def _days_label(delta) -> str:
+    days = int(delta.total_seconds() / 86400 + 0.5)  # 29.9997 days reads "in 30 days"
+    if days >= 1:
+        return f"in {days} day{'s' if days != 1 else ''}"
+    hours = max(0, int(delta.total_seconds() // 3600))
+    return f"in {hours} hour{'s' if hours != 1 else ''}" if hours else "within the hour"
+
+
+def _usage_row(record):
+    record.cost_usd = money.format_usd(record.cost_micros)
+    return record
+
+
 def _promo_expiry(credits, now):
     expiries = [g.expires_at for g in credits.grants
                 if g.kind == "PROMOTIONAL" and g.remaining_micros > 0 and g.is_usable_at(now)
@@ -106,11 +166,9 @@ def _buy_url() -> str:
 
 
 def _notifications(user):
-    """Recent notifications, if the notifications selector exists in this build."""
+    """Recent notifications (credits.notifications is the Celery side's selector)."""
     try:
-        from credits import selectors as credit_selectors
-
-        recent = credit_selectors.recent_notifications
-    except (ImportError, AttributeError):
+        from credits.notifications import recent_notifications
+    except ImportError:  # notifications not installed in this build
         return []
-    return list(recent(user=user, limit=5))
+    return recent_notifications(user=user, limit=5)

@@ -155,5 +155,10 @@
     document.querySelectorAll("[data-countdown-root]").forEach(function (root) { Countdown(root); });
     initCopyButtons(document);
     initTabs(document);
+    document.querySelectorAll("form[data-confirm]").forEach(function (f) {
+      f.addEventListener("submit", function (e) {
+        if (!window.confirm(f.getAttribute("data-confirm"))) e.preventDefault();
+      });
+    });
   });
 })();
