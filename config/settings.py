@@ -115,6 +115,7 @@ if REDIS_URL:
     # Enqueueing happens in web requests: fail in well under a second when Redis
     # is down (the caller logs and moves on; a periodic sweep catches up).
     CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "max_retries": 0,  # kombu's default retries a refused connection for ~2 s
         "socket_connect_timeout": 0.5,
         "socket_timeout": 2,
         "visibility_timeout": 3600,  # acks_late: an unacked task comes back after this
