@@ -188,6 +188,10 @@ PROMOTION_WINDOW_SECONDS = env.int("PROMOTION_WINDOW_SECONDS", default=180)
 PROMOTION_EXPIRY_DAYS = env.int("PROMOTION_EXPIRY_DAYS", default=30)
 # Holds older than this belong to calls that died without settling.
 STALE_HOLD_SECONDS = env.int("STALE_HOLD_SECONDS", default=15 * 60)
+# Staff money actions (admin): above the threshold a second staff member must approve;
+# the Support group may grant and refund up to its limit.
+ADMIN_APPROVAL_THRESHOLD_USD = env("ADMIN_APPROVAL_THRESHOLD_USD", default="100")
+SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")
 
 # --- Buying credit -----------------------------------------------------------
 # With no Stripe keys the embedded `test` provider (a local TEST MODE page) takes payments.

@@ -38,6 +38,10 @@ class CreditGrant(models.Model):
     idempotency_key = models.CharField(max_length=200)
     # Where it came from: a promotion, a payment, a support ticket...
     source_reference = models.CharField(max_length=200, blank=True)
+    # The promotion arm a promotional grant was awarded under (credits.promotions).
+    promotion_variant = models.ForeignKey(
+        "PromotionVariant", null=True, blank=True, on_delete=models.PROTECT, related_name="grants"
+    )
 
     class Meta:
         ordering = ["granted_at", "id"]
@@ -80,6 +84,8 @@ class EntryType(models.TextChoices):
     VOID = "VOID", "Void"
     REFUND = "REFUND", "Refund"
     ADJUSTMENT = "ADJUSTMENT", "Adjustment"
+    # Amount 0: records a staff change of the grant's expiry (credits.services.change_grant_expiry).
+    EXPIRY_CHANGE = "EXPIRY_CHANGE", "Expiry change"
 
 
 class ImmutableEntryError(Exception):
@@ -250,3 +256,186 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} ({self.key}) for {self.user_id}"
+
+
+# --- promotions as data ----------------------------------------------------------
+
+
+class PromotionKind(models.TextChoices):
+    FIRST_TOKEN = "FIRST_TOKEN", "First token"
+    REFERRAL = "REFERRAL", "Referral"
+    TIERED = "TIERED", "Tiered"
+
+
+class Promotion(models.Model):
+    """A promotion's terms. New sign-ups are assigned a live promotion (one variant,
+    stickily); `is_active` is the kill switch: off, nobody earns it any more, and
+    credit already awarded is left alone."""
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(
+        max_length=16, choices=PromotionKind.choices, default=PromotionKind.FIRST_TOKEN
+    )
+    is_active = models.BooleanField(
+        default=True, help_text="Kill switch: untick to stop new awards at once."
+    )
+    active_from = models.DateTimeField(help_text="Sign-ups from this moment are assigned to it.")
+    active_to = models.DateTimeField(
+        null=True, blank=True, help_text="Empty: no end. Sign-ups after it are not assigned."
+    )
+    # Empty terms follow the PROMOTION_* settings (the default promotion starts so).
+    amount_micros = models.BigIntegerField(
+        null=True, blank=True, help_text="Micro-dollars awarded. Empty: PROMOTION_AMOUNT_USD."
+    )
+    window_seconds = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="The first token must come this soon after registering. "
+        "Empty: PROMOTION_WINDOW_SECONDS.",
+    )
+    expiry_days = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="The awarded credit expires after this. Empty: PROMOTION_EXPIRY_DAYS.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-active_from", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_micros__isnull=True) | Q(amount_micros__gt=0),
+                name="promotion_amount_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(active_to__isnull=True) | Q(active_to__gt=F("active_from")),
+                name="promotion_ends_after_it_starts",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PromotionVariant(models.Model):
+    """An A/B arm of a promotion; empty terms fall back to the promotion's."""
+
+    promotion = models.ForeignKey(Promotion, on_delete=models.PROTECT, related_name="variants")
+    name = models.CharField(max_length=50)
+    weight = models.PositiveIntegerField(
+        default=1, help_text="Share of sign-ups: weight / sum of the promotion's weights."
+    )
+    amount_micros = models.BigIntegerField(null=True, blank=True)
+    window_seconds = models.PositiveIntegerField(null=True, blank=True)
+    expiry_days = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["promotion_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["promotion", "name"], name="variant_name_unique"),
+            models.CheckConstraint(condition=Q(weight__gt=0), name="variant_weight_positive"),
+            models.CheckConstraint(
+                condition=Q(amount_micros__isnull=True) | Q(amount_micros__gt=0),
+                name="variant_amount_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.promotion.name} / {self.name}"
+
+
+class PromotionAssignment(models.Model):
+    """Which promotion (and variant) a user plays for; written once at sign-up.
+
+    `promotion` is empty when no promotion was running when they signed up."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="promotion_assignment"
+    )
+    promotion = models.ForeignKey(
+        Promotion, null=True, blank=True, on_delete=models.PROTECT, related_name="assignments"
+    )
+    variant = models.ForeignKey(
+        PromotionVariant, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="assignments",
+    )
+    assigned_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.user_id} -> {self.variant or self.promotion or 'no promotion'}"
+
+
+# --- staff money actions: audit and four-eyes approval ------------------------------
+
+
+class StaffActionKind(models.TextChoices):
+    GRANT = "GRANT", "Grant credit"
+    ADJUST = "ADJUST", "Adjust balance"
+    REFUND = "REFUND", "Refund"
+    VOID = "VOID", "Void rest of grant"
+    CHANGE_EXPIRY = "CHANGE_EXPIRY", "Change grant expiry"
+    EXPIRE_NOW = "EXPIRE_NOW", "Expire grant now"
+    REVOKE_KEYS = "REVOKE_KEYS", "Revoke API keys"
+
+
+class StaffActionStatus(models.TextChoices):
+    PENDING = "PENDING", "Pending approval"
+    APPLIED = "APPLIED", "Applied"
+    REJECTED = "REJECTED", "Rejected"
+
+
+class StaffAction(models.Model):
+    """The audit record of one staff money action, and its approval request.
+
+    Written by credits.staff_actions only. A row is never deleted; its status
+    moves once, from PENDING to APPLIED or REJECTED (or is APPLIED at once when
+    no second pair of eyes is needed). The ledger entries it caused carry the
+    same actor and reason and the grant's idempotency key `staff-action:<id>`."""
+
+    kind = models.CharField(max_length=16, choices=StaffActionKind.choices)
+    status = models.CharField(max_length=16, choices=StaffActionStatus.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="staff_actions"
+    )
+    grant = models.ForeignKey(
+        CreditGrant, null=True, blank=True, on_delete=models.PROTECT, related_name="staff_actions",
+        help_text="The grant acted on (void, expiry) or created (grant, refund, positive adjust).",
+    )
+    amount_micros = models.BigIntegerField(
+        null=True, blank=True, help_text="Signed for adjustments."
+    )
+    grant_kind = models.CharField(max_length=16, choices=GrantKind.choices, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    usage_reference = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(max_length=255)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField()
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="+",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.CharField(max_length=255, blank=True)
+    result = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        permissions = [
+            ("grant_credit", "Can grant credit"),
+            ("adjust_credit", "Can adjust a balance"),
+            ("refund_credit", "Can refund credit"),
+            ("void_grant", "Can void the rest of a grant"),
+            ("change_grant_expiry", "Can change a grant's expiry or expire it now"),
+            ("revoke_api_keys", "Can revoke a user's API keys"),
+            ("exceed_support_limit", "Can grant and refund above SUPPORT_GRANT_LIMIT_USD"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status="PENDING") | Q(decided_at__isnull=False),
+                name="staff_action_decided_has_time",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "requested_at"], name="staff_action_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} for {self.user_id} ({self.status})"

@@ -5,29 +5,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
 from credits import money
 from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
-
-
-@dataclass(frozen=True)
-class PromotionTerms:
-    amount_micros: int
-    window_seconds: int
-    expiry_days: int
+from credits.promotions import PromotionTerms, user_promotion_terms
 
 
 def promotion_terms(user: User) -> PromotionTerms:
-    """The first-token promotion this user plays for."""
-    return PromotionTerms(
-        amount_micros=money.usd_to_micros(str(settings.PROMOTION_AMOUNT_USD)),
-        window_seconds=int(settings.PROMOTION_WINDOW_SECONDS),
-        expiry_days=int(settings.PROMOTION_EXPIRY_DAYS),
-    )
+    """The first-token promotion this user plays for: their assigned promotion and
+    variant (credits.promotions), or the PROMOTION_* settings when they have none.
+    `active` is False when its kill switch is off or no promotion was running."""
+    return user_promotion_terms(user)
 
 
 @dataclass(frozen=True)
@@ -55,7 +46,8 @@ def promotion_status(user: User, *, now: dt.datetime | None = None) -> Promotion
     deadline = user.date_joined + dt.timedelta(seconds=terms.window_seconds)
     remaining = max(0.0, (deadline - now).total_seconds())
     eligible = (
-        not user.promotion_claimed
+        terms.active
+        and not user.promotion_claimed
         and user.promotion_eligible
         and user.first_token_at is None
         and now <= deadline

@@ -226,7 +226,8 @@ def add_credit(
 
 def _grant_locked(user: User, *, amount_micros: int, kind: str, description: str, actor,
                   expires_at: dt.datetime | None, idempotency_key: str | None,
-                  source_reference: str, now: dt.datetime) -> CreditGrant:
+                  source_reference: str, now: dt.datetime,
+                  promotion_variant_id: int | None = None) -> CreditGrant:
     key = idempotency_key or f"grant:{uuid.uuid4().hex}"
     existing = CreditGrant.objects.filter(user_id=user.pk, idempotency_key=key).first()
     if existing is not None:
@@ -239,6 +240,7 @@ def _grant_locked(user: User, *, amount_micros: int, kind: str, description: str
         user_id=user.pk, kind=kind, amount_micros=amount_micros, remaining_micros=0,
         granted_at=now, expires_at=expires_at, description=description[:255], actor=actor,
         idempotency_key=key, source_reference=source_reference,
+        promotion_variant_id=promotion_variant_id,
     )
     writer = _Writer(user, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
                      reference=source_reference)
@@ -379,6 +381,51 @@ def void_grant(
             writer.write(EntryType.VOID, grant=locked_grant, amount=-free, description=reason)
         else:
             writer.touched_grants[locked_grant.pk] = locked_grant
+        writer.flush()
+        return locked_grant
+
+
+def change_grant_expiry(
+    *,
+    grant: CreditGrant | int,
+    expires_at: dt.datetime | None,
+    reason: str,
+    actor: User | None = None,
+    now: dt.datetime | None = None,
+) -> CreditGrant:
+    """Move a grant's expiry (None: never expires).
+
+    The grant row holds the current expiry; the history is an EXPIRY_CHANGE entry
+    of amount 0 carrying the actor, the reason and the old and new expiry. An
+    expiry at or before `now` expires the free remainder at once (EXPIRY entry);
+    credit held by an in-flight call expires when its hold settles.
+    Raises GrantNotActive for a voided or already expired grant, InvalidAmount
+    without a reason or when nothing would change.
+    """
+    reason = _require_text(reason, name="reason")
+    now = _now(now)
+    grant_id = grant.pk if isinstance(grant, CreditGrant) else grant
+    user_id = CreditGrant.objects.filter(pk=grant_id).values_list("user_id", flat=True).first()
+    if user_id is None:
+        raise GrantNotActive(f"Unknown grant {grant_id!r}.")
+    with transaction.atomic():
+        locked = _lock_user(user_id)
+        locked_grant = CreditGrant.objects.select_for_update().get(pk=grant_id)
+        if locked_grant.voided_at is not None:
+            raise GrantNotActive(f"Grant #{grant_id} was voided.")
+        old = locked_grant.expires_at
+        if old is not None and old <= now:
+            raise GrantNotActive(f"Grant #{grant_id} has already expired.")
+        if expires_at == old:
+            raise InvalidAmount(f"Grant #{grant_id} already expires then.")
+        locked_grant.expires_at = expires_at
+        locked_grant.save(update_fields=["expires_at"])
+        change = f"expiry:{old.isoformat() if old else 'never'}->" + (
+            expires_at.isoformat() if expires_at else "never")
+        writer = _Writer(locked, operation_key=f"expiry-change:{uuid.uuid4().hex}", now=now,
+                         actor=actor, reference=change)
+        writer.write(EntryType.EXPIRY_CHANGE, grant=locked_grant, amount=0, description=reason)
+        writer.sweep_expired([locked_grant])
         writer.flush()
         return locked_grant
 
@@ -679,8 +726,9 @@ def check_promotion_eligibility(
 def apply_first_token_promotion(
     *, user: User | int, now: dt.datetime | None = None
 ) -> CreditGrant | None:
-    """Grant the first-token promotion iff the user's first token came within
-    PROMOTION_WINDOW_SECONDS of registering (inclusive). Exactly once per user:
+    """Grant the first-token promotion iff the user's first token came within the
+    window of their assigned promotion (`promotion_terms`; inclusive) while that
+    promotion is active. The grant records the variant. Exactly once per user:
     the grant's idempotency key is unique per user in the database. Holds made
     against the pending promotion are moved onto the new grant.
     Returns the grant, or None when the user did not earn it.
@@ -696,7 +744,8 @@ def apply_first_token_promotion(
         in_window = locked.first_token_at - locked.date_joined <= dt.timedelta(
             seconds=terms.window_seconds
         )
-        if not (in_window and locked.promotion_eligible):
+        # An inactive promotion (kill switch) awards nothing from now on.
+        if not (in_window and locked.promotion_eligible and terms.active):
             if locked.promotion_eligible:
                 locked.promotion_eligible = False
                 locked.save(update_fields=["promotion_eligible"])
@@ -706,6 +755,7 @@ def apply_first_token_promotion(
             description="First-token promotion", actor=None,
             expires_at=now + dt.timedelta(days=terms.expiry_days),
             idempotency_key=FIRST_TOKEN_PROMOTION_KEY, source_reference="first-token", now=now,
+            promotion_variant_id=terms.variant_id,
         )
         locked.promotion_claimed = True
         locked.save(update_fields=["promotion_claimed"])
