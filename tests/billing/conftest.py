@@ -1,10 +1,12 @@
 import hashlib
 import hmac
+import importlib
 import json
 import time
 import uuid
 
 import pytest
+from django.apps import apps
 
 from billing.models import Provider, Purchase
 
@@ -18,6 +20,13 @@ def stripe_signature(payload: str, *, secret: str = WEBHOOK_SECRET, timestamp: i
     ts = int(time.time()) if timestamp is None else timestamp
     digest = hmac.new(secret.encode(), f"{ts}.{payload}".encode(), hashlib.sha256).hexdigest()
     return f"t={ts},v1={digest}"
+
+
+@pytest.fixture
+def packages(db):
+    """The seeded packages, re-seeded if a transactional test flushed them."""
+    seeding = importlib.import_module("billing.migrations.0002_seed_credit_packages")
+    seeding.seed(apps, None)
 
 
 @pytest.fixture
