@@ -1,0 +1,155 @@
+"""The billing dashboard in every state, the history's filter/pagination/CSV, and API keys."""
+
+import csv
+import datetime as dt
+import io
+import re
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import ApiKey
+from accounts.services import create_api_key
+from credits import services
+from credits.models import GrantKind, LedgerEntry
+from inference.services import record_first_token
+from tests.web.conftest import backdate_signup, make_usage
+
+pytestmark = pytest.mark.django_db
+USD = 1_000_000
+
+
+def page(client, **params) -> str:
+    response = client.get(reverse("billing:dashboard"), params)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def alerts(html: str) -> set[str]:
+    return set(re.findall(r'data-alert="([a-z_]+)"', html))
+
+
+def test_new_member_in_window_sees_the_offer_not_an_exhausted_balance(signed_in):
+    html = page(signed_in)
+    assert alerts(html) == {"promotion_offer"}
+    assert re.search(r"data-balance>\$0\.00<", html)
+
+
+def test_zero_balance_after_the_window_says_exhausted_with_purchase_path(signed_in, member):
+    backdate_signup(member, 600)
+    html = page(signed_in)
+    assert alerts(html) == {"exhausted"}
+    assert "no credit yet" in html
+
+
+def test_claimed_promotion_shows_balance_promotional_part_and_30_day_expiry(signed_in, member):
+    record_first_token(user_id=member.pk)
+    html = page(signed_in)
+    assert re.search(r"data-balance>\$20\.00<", html)
+    assert re.search(r"data-promotional>\$20\.00<", html)
+    expiry = timezone.now() + dt.timedelta(days=30)
+    assert f"expires {expiry:%b} {expiry.day}, {expiry:%Y}" in html
+    assert "promotion_available" in alerts(html)
+    grants = html[html.index("data-grants"):html.index('id="history"')]
+    assert "Promotional" in grants and "in 30 days" in grants
+
+
+def test_held_credit_shows_in_balance_card(signed_in, member, fund):
+    fund(member, usd=10)
+    services.authorize(user=member, amount_micros=2 * USD, reference="call-1")
+    html = page(signed_in)
+    assert re.search(r"data-balance>\$10\.00<", html)
+    assert re.search(r"data-available>\$8\.00<", html)
+    assert re.search(r"data-held>\$2\.00<", html)
+
+
+def test_credit_expiring_within_three_days_and_low_balance_raise_banners(signed_in, member, fund):
+    backdate_signup(member, 600)
+    fund(member, usd=1, kind=GrantKind.ADJUSTMENT, description="Goodwill",
+         expires_at=timezone.now() + dt.timedelta(days=2))
+    services.use_credits(user=member, amount_micros=500_000, reference="r1")
+    assert alerts(page(signed_in)) == {"expiring", "low_balance"}
+
+
+def test_history_is_paginated_filtered_by_type_and_newest_first(signed_in, member, fund):
+    fund(member, usd=10)
+    for i in range(30):
+        services.use_credits(user=member, amount_micros=1000 + i, reference=f"r{i}")
+    first = page(signed_in)
+    assert "Page 1 of 2" in first and "31 entries" in first
+    assert "-$0.001029" in first  # newest debit first
+    second = page(signed_in, page=2)
+    assert "Page 2 of 2" in second and "+$10.00" in second
+    grants_only = page(signed_in, type="GRANT")
+    rows = grants_only[grants_only.index("data-history"):]
+    assert "+$10.00" in rows and "-$0.00" not in rows
+    assert "Page 1 of" not in grants_only
+
+
+def test_csv_export_streams_every_entry_and_honours_the_filter(signed_in, member, fund):
+    fund(member, usd=10)
+    for i in range(3):
+        services.use_credits(user=member, amount_micros=250_000, reference=f"r{i}")
+    response = signed_in.get(reverse("billing:history_csv"))
+    assert response.status_code == 200 and response.streaming
+    assert response["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert len(rows) == LedgerEntry.objects.filter(user=member).count() == 4
+    assert rows[0]["type"] == "USAGE" and rows[0]["amount_usd"] == "-0.250000"
+    assert rows[-1]["type"] == "GRANT" and rows[-1]["balance_after_usd"] == "10.000000"
+    usage = signed_in.get(reverse("billing:history_csv"), {"type": "USAGE"})
+    usage_rows = list(csv.DictReader(io.StringIO(b"".join(usage.streaming_content).decode())))
+    assert [r["type"] for r in usage_rows] == ["USAGE"] * 3
+
+
+def test_csv_export_only_contains_the_users_own_entries(signed_in, make_user, fund):
+    other = make_user("mallory@example.com")
+    fund(other, usd=99)
+    response = signed_in.get(reverse("billing:history_csv"))
+    body = b"".join(response.streaming_content).decode()
+    assert "99.000000" not in body
+
+
+def test_usage_chart_and_request_log_show_spend_per_model(signed_in, member, make_user):
+    make_usage(member, model_id="demo-small", cost_micros=1_500_000, days_ago=0)
+    make_usage(member, model_id="demo-large", cost_micros=3_000_000, days_ago=2)
+    make_usage(member, model_id="demo-large", cost_micros=7_000_000, days_ago=40)  # too old
+    make_usage(make_user("other@example.com"), model_id="demo-medium", cost_micros=9_000_000)
+    html = page(signed_in)
+    chart = html[html.index('<svg class="chart"'):html.index("</svg>", html.index('<svg class="chart"'))]
+    assert chart.count("<rect") == 2
+    assert "demo-small $1.50" in chart and "demo-large $3.00" in chart
+    assert "demo-medium" not in html[html.index('<svg class="chart"'):html.index("data-grants")]
+    log = html[html.index("data-usage-log"):html.index("data-grants")]
+    assert log.count("<tr>") == 1 + 3  # header + this user's three requests
+    assert "321 ms" in log and "$1.500000" in log
+
+
+def test_empty_usage_chart_says_so(signed_in):
+    assert "No spend in the last 30 days yet." in page(signed_in)
+
+
+def test_create_key_shows_the_secret_once(signed_in, member):
+    response = signed_in.post(reverse("accounts:create_key"), {"name": "laptop"})
+    assert response["Location"] == reverse("billing:dashboard") + "#keys"
+    key = ApiKey.objects.get(user=member, name="laptop")
+    html = page(signed_in)
+    secret = re.search(r"data-new-key>(sk-[^<]+)<", html).group(1)
+    assert secret.endswith(key.last_four)
+    assert secret not in page(signed_in)
+
+
+def test_revoke_key_marks_it_revoked_and_other_users_keys_are_out_of_reach(
+    signed_in, member, make_user
+):
+    key = ApiKey.objects.get(user=member)
+    other_key, _ = create_api_key(user=make_user("eve@example.com"), name="theirs")
+    assert signed_in.post(reverse("accounts:revoke_key", args=[other_key.pk])).status_code == 404
+    other_key.refresh_from_db()
+    assert other_key.revoked_at is None
+    signed_in.post(reverse("accounts:revoke_key", args=[key.pk]))
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert "revoked" in page(signed_in)
+    assert signed_in.get(reverse("accounts:revoke_key", args=[key.pk])).status_code == 405
