@@ -80,6 +80,12 @@ def can_perform(staff: User, kind: str, amount_micros: int | None = None) -> boo
     return True
 
 
+def can_review(staff: User) -> bool:
+    """May see the approve / reject pages (the rules are checked per action)."""
+    return staff.is_active and staff.is_staff and any(
+        staff.has_perm(p) for p in set(PERMISSIONS.values()))
+
+
 def _check_allowed(staff: User, kind: str, amount_micros: int | None) -> None:
     label = StaffActionKind(kind).label.lower()
     if not (staff.is_active and staff.is_staff and staff.has_perm(PERMISSIONS[kind])):
@@ -169,14 +175,14 @@ def revoke_api_keys(*, staff: User, user: User, reason: str,
                    staff=staff, now=now)
 
 
-def for_each(items: Iterable, action: Callable[..., StaffAction], *, target: str = "user",
+def for_each(items: Iterable, do: Callable[..., StaffAction], *, target: str = "user",
              **kwargs) -> list[StaffAction]:
-    """A bulk action: `action(**{target: item}, **kwargs)` for every item, all or nothing."""
+    """A bulk action: `do(**{target: item}, **kwargs)` for every item, all or nothing."""
     done = []
     with transaction.atomic():
         for item in sorted(items, key=lambda i: i.pk):  # lock users in a fixed order
             try:
-                done.append(action(**{target: item}, **kwargs))
+                done.append(do(**{target: item}, **kwargs))
             except CreditError as exc:
                 raise BulkActionFailed(f"{item}: {exc} Nothing was done.") from exc
     return done
