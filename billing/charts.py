@@ -11,7 +11,8 @@ from credits import money
 PALETTE = ["#4338ca", "#0f766e", "#b45309", "#be185d", "#0369a1", "#4d7c0f", "#6d28d9"]
 
 WIDTH, HEIGHT = 720, 240
-PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 56, 8, 12, 28
+PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 8, 12, 28
+CHAR_WIDTH = 7  # px per character of an 11px axis label, generously
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,14 @@ class SpendChart:
     plot_right: int
     empty: bool
     summary: str
-    center_x: int = (PAD_LEFT + WIDTH - PAD_RIGHT) // 2
-    center_y: int = (PAD_TOP + HEIGHT - PAD_BOTTOM) // 2
+
+    @property
+    def center_x(self) -> int:
+        return (self.plot_left + self.plot_right) // 2
+
+    @property
+    def center_y(self) -> int:
+        return (PAD_TOP + self.height - PAD_BOTTOM) // 2
 
 
 def _nice_ceiling(value: int) -> int:
@@ -57,20 +64,22 @@ def _nice_ceiling(value: int) -> int:
 
 
 def spend_chart(spend: DailySpend) -> SpendChart:
-    plot_w = WIDTH - PAD_LEFT - PAD_RIGHT
-    plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
-    n = len(spend.days)
-    slot = plot_w / n
-    bar_w = max(2.0, slot * 0.7)
     colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(spend.models)}
     day_totals = [sum(spend.micros.get((d, m), 0) for m in spend.models) for d in spend.days]
     top = _nice_ceiling(max(day_totals)) if any(day_totals) else 1_000_000
     places = 2 if top >= 100_000 else 4 if top >= 1_000 else 6
+    y_labels = [money.display_usd(top * k // 4, places=places) for k in range(5)]
+    pad_left = 12 + CHAR_WIDTH * max(len(label) for label in y_labels)
+    plot_w = WIDTH - pad_left - PAD_RIGHT
+    plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
+    n = len(spend.days)
+    slot = plot_w / n
+    bar_w = max(2.0, slot * 0.7)
 
     bars: list[Bar] = []
     for i, day in enumerate(spend.days):
         base_y = PAD_TOP + plot_h
-        x = PAD_LEFT + i * slot + (slot - bar_w) / 2
+        x = pad_left + i * slot + (slot - bar_w) / 2
         for model in reversed(spend.models):  # biggest spender at the bottom
             amount = spend.micros.get((day, model), 0)
             if not amount:
@@ -82,13 +91,10 @@ def spend_chart(spend: DailySpend) -> SpendChart:
                 color=colors[model],
                 title=f"{day:%b %-d}: {model} {money.display_usd(amount, places=places)}",
             ))
-    y_ticks = [
-        Tick(pos=round(PAD_TOP + plot_h * (1 - k / 4), 2),
-             label=money.display_usd(top * k // 4, places=places))
-        for k in range(5)
-    ]
+    y_ticks = [Tick(pos=round(PAD_TOP + plot_h * (1 - k / 4), 2), label=y_labels[k])
+               for k in range(5)]
     x_ticks = [
-        Tick(pos=round(PAD_LEFT + i * slot + slot / 2, 2), label=f"{day:%b %-d}")
+        Tick(pos=round(pad_left + i * slot + slot / 2, 2), label=f"{day:%b %-d}")
         for i, day in enumerate(spend.days)
         if i % 7 == (n - 1) % 7
     ]
@@ -105,6 +111,6 @@ def spend_chart(spend: DailySpend) -> SpendChart:
     )
     return SpendChart(
         width=WIDTH, height=HEIGHT, bars=bars, y_ticks=y_ticks, x_ticks=x_ticks, legend=legend,
-        plot_left=PAD_LEFT, plot_right=WIDTH - PAD_RIGHT, empty=spend.total_micros == 0,
+        plot_left=pad_left, plot_right=WIDTH - PAD_RIGHT, empty=spend.total_micros == 0,
         summary=summary,
     )

@@ -35,6 +35,9 @@ def dashboard(request):
     return render(request, "billing/dashboard.html", {
         "credits": credits,
         "balance": money.display_usd(credits.balance_micros),
+        # Shown when the cents round: "$20.00" on the card, "exactly $19.999989" under it.
+        "balance_exact": (f"${money.format_usd(credits.balance_micros)}"
+                          if credits.balance_micros % 10_000 else ""),
         "available": money.display_usd(credits.available_micros),
         "held": money.display_usd(credits.held_micros),
         "promotional": money.display_usd(credits.promotional_micros),

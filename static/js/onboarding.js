@@ -152,7 +152,7 @@
   function errorMessage(status, body) {
     var err = body && (body.error || body);
     var text = (err && (err.message || err.detail)) || "The request failed (HTTP " + status + ").";
-    if (status === 402) text = "Not enough credit for this call. " + (text || "");
+    if (status === 402) text = "Not enough credit for this call. " + text;
     return text;
   }
 
@@ -166,17 +166,21 @@
 
   function showError(status, body) {
     meta.textContent = "";
-    var p = document.createElement("span");
-    p.className = "field-error";
-    p.setAttribute("data-playground-error", String(status));
-    p.textContent = errorMessage(status, body) + " ";
-    meta.appendChild(p);
+    var box = document.createElement("div");
+    box.className = "banner banner-danger";
+    box.setAttribute("role", "alert");
+    box.setAttribute("data-playground-error", String(status));
+    var p = document.createElement("p");
+    p.textContent = errorMessage(status, body);
+    box.appendChild(p);
     if (status === 402 && config.buyUrl) {
       var a = document.createElement("a");
+      a.className = "btn btn-sm btn-primary";
       a.href = config.buyUrl;
       a.textContent = "Buy credits";
-      meta.appendChild(a);
+      box.appendChild(a);
     }
+    meta.appendChild(box);
   }
 
   function handleEvent(raw, stats) {

@@ -41,3 +41,22 @@ def make_usage(user, *, model_id: str = "demo-small", cost_micros: int = 1200, d
         output_price_per_million_micros=price.output_price_per_million_micros,
         cost_micros=cost_micros, status="SUCCEEDED", latency_ms=321, started_at=started,
     )
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The database cache (used when REDIS_URL is unset) needs its table."""
+    from django.core.management import call_command
+
+    with django_db_blocker.unblock():
+        call_command("createcachetable", verbosity=0)
+
+
+@pytest.fixture
+def demo_models(transactional_db):
+    """The demo models a data migration seeds; transactional tests run earlier flush them."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("inference.migrations.0002_seed_demo_models").seed(apps, None)

@@ -1,0 +1,149 @@
+"""End to end in real headless Chromium (Debian's /usr/bin/chromium; Playwright downloads nothing).
+
+Screenshots of each page go to artifacts/screenshots/ (git-ignored) for a person to look at.
+"""
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+from django.utils import timezone
+
+from accounts.models import User
+from credits.models import CreditGrant, GrantKind
+from inference.models import UsageRecord
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
+PASSWORD = "correct-horse-battery"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at " + CHROMIUM),
+]
+
+
+@pytest.fixture
+def page(live_server, demo_models, monkeypatch):
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls the test makes
+    # between browser steps are still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(base_url=live_server.url,
+                                      viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(15_000)
+        tab = context.new_page()
+        yield tab
+        context.close()
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_up(page, email: str) -> None:
+    page.goto("/")
+    shot(page, "01-landing")
+    page.get_by_role("link", name="Sign up free").first.click()
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    shot(page, "02-signup")
+    page.get_by_role("button", name=re.compile("Create account")).click()
+    page.wait_for_url("**/accounts/onboarding/")
+
+
+@override_settings(DEMO_BACKEND_TOKEN_DELAY_MS=40)  # paced tokens, so the stream is visible
+def test_sign_up_generate_first_token_earns_20_and_dashboard_shows_it(page):
+    from playwright.sync_api import expect
+
+    sign_up(page, "e2e-happy@example.com")
+    clock = page.locator(".countdown-clock")
+    expect(clock).to_have_text(re.compile(r"^(3:00|2:5\d)$"))
+    expect(page.locator("#offer")).to_contain_text("$20 free credit if you generate your first token")
+    expect(page.locator("[data-secret]")).to_have_text(re.compile(r"^sk-"))
+    shot(page, "03-onboarding")
+
+    # Count how many times the reply grows: a streamed reply grows chunk by chunk.
+    page.evaluate("""() => {
+        window.__growth = 0;
+        new MutationObserver(() => { window.__growth += 1; }).observe(
+            document.getElementById('pg-output'),
+            {childList: true, characterData: true, subtree: true});
+    }""")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#pg-meta")).to_contain_text("Done", timeout=20_000)
+    assert page.locator("#pg-output").inner_text().strip()
+    assert page.evaluate("window.__growth") > 1
+
+    celebration = page.locator("#celebration")
+    expect(celebration).to_be_visible()
+    expect(celebration).to_contain_text("$20 credited")
+    expect(page.locator("[data-celebration-balance]")).to_have_text(re.compile(r"^\$(20\.00|19\.\d\d)$"))
+    expect(page.locator(".progress-list li.is-done")).to_have_count(4)
+    expect(page.locator("#offer")).to_have_attribute("data-state", "claimed")
+    page.wait_for_timeout(600)  # let the pop-in animation settle for the screenshot
+    shot(page, "04-onboarding-celebration")
+
+    user = User.objects.get(email="e2e-happy@example.com")
+    grant = CreditGrant.objects.get(user=user, kind=GrantKind.PROMOTIONAL)
+    assert grant.amount_micros == 20_000_000
+    assert abs(grant.expires_at - (timezone.now() + dt.timedelta(days=30))) < dt.timedelta(minutes=5)
+    record = UsageRecord.objects.get(user=user)
+
+    celebration.get_by_role("link", name=re.compile("Open the dashboard")).click()
+    page.wait_for_url("**/billing/")
+    grants = page.locator("[data-grants]")
+    expect(grants).to_contain_text("Promotional")
+    expect(grants).to_contain_text("$20.00")
+    expect(grants).to_contain_text("in 30 days")
+    expiry = f"{grant.expires_at:%b} {grant.expires_at.day}, {grant.expires_at:%Y}"
+    expect(page.locator("[data-promo-expiry]")).to_contain_text(expiry)
+    usage = page.locator("[data-usage-log]")
+    expect(usage).to_contain_text(record.model_id)
+    expect(usage).to_contain_text(str(record.completion_tokens))
+    expect(page.locator("[data-history]")).to_contain_text("First-token promotion")
+    shot(page, "05-dashboard")
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, "06-dashboard-phone")
+
+
+@override_settings(PROMOTION_WINDOW_SECONDS=4)
+def test_short_window_counts_down_to_offer_ended_and_a_call_gets_402(page):
+    from playwright.sync_api import expect
+
+    sign_up(page, "e2e-late@example.com")
+    secret = page.locator("[data-secret]").inner_text()
+    expect(page.locator("#offer")).to_have_attribute("data-state", "ended", timeout=20_000)
+    expect(page.locator("#offer")).to_contain_text("offer has ended")
+    expect(page.get_by_role("link", name="Buy credits").last).to_be_visible()
+    expect(page.locator('[data-step="credit"]')).to_have_class(re.compile("is-missed"))
+
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator('[data-playground-error="402"]')).to_be_visible()
+    shot(page, "07-onboarding-offer-ended")
+
+    response = page.request.post("/v1/chat/completions", headers={
+        "Authorization": f"Bearer {secret}"}, data={
+        "model": "demo-small", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status == 402
+    user = User.objects.get(email="e2e-late@example.com")
+    assert user.credit_balance == 0 and not user.promotion_claimed
+
+    page.reload()
+    expect(page.locator("#offer")).to_have_attribute("data-state", "ended")
+    page.goto("/billing/")
+    expect(page.locator('[data-alert="exhausted"]')).to_be_visible()
+    expect(page.locator(".offer-strip")).to_have_count(0)
+    shot(page, "08-dashboard-exhausted")
