@@ -5,7 +5,8 @@ Payments are confirmed later by an event (a Stripe webhook, or the test page),
 which billing.services handles the same way for both.
 
 - `stripe`: a Stripe Checkout Session; events arrive signed at /billing/webhooks/stripe/.
-- `test`: the embedded default when no Stripe keys are set; a local TEST MODE page.
+- `test`: the embedded default when no Stripe keys are set (and PAYMENTS_TEST_MODE,
+  which defaults to DEBUG, allows it); a local TEST MODE page.
 """
 
 from __future__ import annotations
@@ -161,9 +162,14 @@ def stripe_provider() -> StripeProvider:
 
 
 def get_provider() -> StripeProvider | TestProvider:
-    """Stripe when its secret key is set, otherwise the embedded test provider."""
-    return stripe_provider() if settings.STRIPE_SECRET_KEY else TestProvider()
+    """Stripe when its secret key is set, otherwise the embedded test provider if
+    PAYMENTS_TEST_MODE allows it (it credits without payment). Raises ProviderError."""
+    if settings.STRIPE_SECRET_KEY:
+        return stripe_provider()
+    if settings.PAYMENTS_TEST_MODE:
+        return TestProvider()
+    raise ProviderError("No payment provider is configured (set STRIPE_SECRET_KEY).")
 
 
 def in_test_mode() -> bool:
-    return get_provider().name == Provider.TEST
+    return not settings.STRIPE_SECRET_KEY and bool(settings.PAYMENTS_TEST_MODE)

@@ -111,7 +111,11 @@ def start_checkout(
     if amount_micros % MICROS_PER_CENT:
         raise PurchaseRefused("Amounts are charged in whole cents.")
 
-    provider = get_provider()
+    try:
+        provider = get_provider()
+    except ProviderError as exc:
+        logger.error("Purchase refused: %s", exc)
+        raise PurchaseRefused("Buying credit is not available right now.") from exc
     purchase = Purchase.objects.create(
         user=user,
         user_email=user.email,

@@ -200,6 +200,9 @@ STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 PURCHASE_MIN_USD = env("PURCHASE_MIN_USD", default="5")
 PURCHASE_MAX_USD = env("PURCHASE_MAX_USD", default="1000")
+# The TEST MODE provider credits without payment: on by default only with DEBUG, so a
+# production deploy that forgot its Stripe keys refuses purchases instead of giving credit.
+PAYMENTS_TEST_MODE = env.bool("PAYMENTS_TEST_MODE", default=DEBUG)
 
 # --- REST framework ----------------------------------------------------------
 REST_FRAMEWORK = {

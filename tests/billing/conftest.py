@@ -40,6 +40,7 @@ def stripe_keys(settings):
 def test_provider(settings):
     settings.STRIPE_SECRET_KEY = ""
     settings.STRIPE_WEBHOOK_SECRET = ""
+    settings.PAYMENTS_TEST_MODE = True
     return settings
 
 

@@ -156,6 +156,17 @@ def test_test_payments_are_refused_once_stripe_is_configured(client, buyer, sett
     assert CreditGrant.objects.count() == 0
 
 
+def test_without_stripe_keys_or_test_mode_purchases_are_refused(client, buyer, settings):
+    settings.PAYMENTS_TEST_MODE = False
+
+    response = buy(client, package=package(10).pk)
+
+    assert response.status_code == 400
+    assert "Buying credit is not available right now." in response.content.decode()
+    assert "TEST MODE" not in response.content.decode()
+    assert Purchase.objects.count() == 0
+
+
 def test_status_endpoint_reports_pending_then_paid_with_the_balance(client, buyer):
     checkout = buy(client, package=package(10).pk).url
     purchase = Purchase.objects.get(user=buyer)
