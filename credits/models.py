@@ -321,7 +321,8 @@ class PromotionVariant(models.Model):
     promotion = models.ForeignKey(Promotion, on_delete=models.PROTECT, related_name="variants")
     name = models.CharField(max_length=50)
     weight = models.PositiveIntegerField(
-        default=1, help_text="Share of sign-ups: weight / sum of the promotion's weights."
+        default=1,
+        help_text="Share of sign-ups: weight / sum of the promotion's weights (0: none now).",
     )
     amount_micros = models.BigIntegerField(null=True, blank=True)
     window_seconds = models.PositiveIntegerField(null=True, blank=True)
@@ -331,7 +332,6 @@ class PromotionVariant(models.Model):
         ordering = ["promotion_id", "id"]
         constraints = [
             models.UniqueConstraint(fields=["promotion", "name"], name="variant_name_unique"),
-            models.CheckConstraint(condition=Q(weight__gt=0), name="variant_weight_positive"),
             models.CheckConstraint(
                 condition=Q(amount_micros__isnull=True) | Q(amount_micros__gt=0),
                 name="variant_amount_positive",
