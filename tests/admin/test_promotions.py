@@ -49,7 +49,7 @@ def test_a_new_user_is_assigned_a_variant_at_registration(ab_test, make_user):
 
 
 def test_assignment_is_sticky(ab_test, make_user):
-    promotion, small, default = ab_test
+    _promotion, small, default = ab_test
     user = make_user()
     first = PromotionAssignment.objects.get(user=user)
     small.weight, default.weight = 1000, 1  # editing weights changes only later sign-ups
@@ -61,7 +61,7 @@ def test_assignment_is_sticky(ab_test, make_user):
 
 
 def test_assignment_follows_the_weights_over_many_users(ab_test):
-    promotion, small, default = ab_test
+    _promotion, small, _default = ab_test
     users = User.objects.bulk_create([User(email=f"w{i}@example.com") for i in range(2000)])
     for user in users:  # bulk_create sends no post_save: assign as sign-up would
         promotions.assign_promotion(user=user)
@@ -72,7 +72,7 @@ def test_assignment_follows_the_weights_over_many_users(ab_test):
 
 
 def test_the_first_token_rule_reads_the_variant_terms_and_the_grant_names_it(ab_test, make_user):
-    promotion, small, default = ab_test
+    _promotion, small, default = ab_test
     PromotionVariant.objects.filter(pk=default.pk).update(weight=0)  # everyone gets "small"
     PromotionVariant.objects.filter(pk=small.pk).update(weight=1)
     late, early = make_user(), make_user()
@@ -99,7 +99,7 @@ def test_kill_switch_stops_new_awards_and_leaves_awarded_credit(ab_test, make_us
 
 
 def test_sign_ups_when_no_promotion_is_live_earn_nothing(ab_test, make_user):
-    promotion, *_ = ab_test
+    _promotion, *_ = ab_test
     Promotion.objects.update(is_active=False)
     user = make_user()
     assert PromotionAssignment.objects.get(user=user).promotion is None
@@ -109,7 +109,7 @@ def test_sign_ups_when_no_promotion_is_live_earn_nothing(ab_test, make_user):
 
 def test_a_promotion_ending_does_not_take_the_window_from_those_already_assigned(
         ab_test, make_user):
-    promotion, small, default = ab_test
+    promotion, _small, _default = ab_test
     user = make_user()
     Promotion.objects.filter(pk=promotion.pk).update(active_to=timezone.now())
     first_token_after(user, 30)
