@@ -1,8 +1,9 @@
 """Staff views of billing: packages are editable; purchases and provider events are
 the books' evidence and read-only (money moves only through billing.services)."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from billing import services
 from billing.models import CreditPackage, PaymentEvent, Purchase
 from credits.money import display_usd
 
@@ -52,6 +53,7 @@ class PurchaseAdmin(ReadOnlyAdmin):
     search_fields = ["user_email", "provider_session_id", "provider_payment_id", "id"]
     date_hierarchy = "created_at"
     inlines = [PaymentEventInline]
+    actions = ["refund_test_purchases"]
 
     @admin.display(description="Amount", ordering="amount_micros")
     def amount(self, obj: Purchase) -> str:
@@ -65,6 +67,17 @@ class PurchaseAdmin(ReadOnlyAdmin):
     def refund_shortfall(self, obj: Purchase) -> str:
         # Refunded at the provider but already spent: money staff may want to recover.
         return display_usd(obj.refund_shortfall_micros) if obj.refund_shortfall_micros else "—"
+
+
+    @admin.action(description="Refund in full (TEST MODE purchases only)")
+    def refund_test_purchases(self, request, queryset) -> None:
+        for purchase in queryset:
+            try:
+                recorded = services.refund_test_purchase(purchase=purchase)
+            except services.PurchaseRefused as exc:
+                self.message_user(request, f"{purchase}: {exc}", messages.WARNING)
+            else:
+                self.message_user(request, f"{purchase}: {recorded.note}", messages.SUCCESS)
 
 
 @admin.register(PaymentEvent)

@@ -155,6 +155,27 @@ class TestProvider:
         }
 
 
+    @staticmethod
+    def refund_event(*, purchase: Purchase, refunded_total_micros: int) -> dict:
+        """A Stripe-shaped charge.refunded for a test purchase (staff try refunds locally)."""
+        charge = {
+            "object": "charge",
+            "id": f"ch_test_{purchase.pk.hex}",
+            "amount": micros_to_cents(purchase.amount_micros),
+            "amount_refunded": micros_to_cents(refunded_total_micros),
+            "currency": purchase.currency,
+            "payment_intent": purchase.provider_payment_id,
+            "metadata": {"purchase_id": str(purchase.pk)},
+        }
+        return {
+            "id": f"evt_test_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": "charge.refunded",
+            "livemode": False,
+            "data": {"object": charge},
+        }
+
+
 def stripe_provider() -> StripeProvider:
     return StripeProvider(
         secret_key=settings.STRIPE_SECRET_KEY, webhook_secret=settings.STRIPE_WEBHOOK_SECRET

@@ -157,6 +157,19 @@ def answer_test_checkout(*, purchase: Purchase, user: User, paid: bool) -> Payme
     return receive_event(provider=Provider.TEST, event=TestProvider.event(purchase=purchase, paid=paid))
 
 
+def refund_test_purchase(*, purchase: Purchase) -> PaymentEvent:
+    """Refund a paid TEST MODE purchase in full, through the same event path as a
+    Stripe refund (for staff trying refunds without Stripe). Raises PurchaseRefused."""
+    if purchase.provider != Provider.TEST or purchase.status != PurchaseStatus.FULFILLED:
+        raise PurchaseRefused("Only paid test-mode purchases can be refunded here.")
+    return receive_event(
+        provider=Provider.TEST,
+        event=TestProvider.refund_event(
+            purchase=purchase, refunded_total_micros=purchase.amount_micros
+        ),
+    )
+
+
 # --- provider events ----------------------------------------------------------------
 
 

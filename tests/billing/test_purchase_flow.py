@@ -248,3 +248,29 @@ def test_admin_shows_purchases_read_only_with_the_refund_shortfall(client, make_
     assert 'name="_save"' not in detail.content.decode()
     assert client.get(reverse("admin:billing_paymentevent_changelist")).status_code == 200
     assert client.get(reverse("admin:billing_creditpackage_add")).status_code == 200
+
+
+def test_staff_refund_of_a_test_purchase_takes_the_credit_back_through_the_event_path(
+    client, make_user, buyer
+):
+    staff = make_user("staff@example.com", is_staff=True, is_superuser=True)
+    purchase, _ = services.start_checkout(user=buyer, site_url="http://t/", package=package(25))
+    services.answer_test_checkout(purchase=purchase, user=buyer, paid=True)
+    unpaid, _ = services.start_checkout(user=buyer, site_url="http://t/", package=package(10))
+    client.force_login(staff)
+
+    response = client.post(
+        reverse("admin:billing_purchase_changelist"),
+        {"action": "refund_test_purchases", "_selected_action": [purchase.pk, unpaid.pk]},
+        follow=True,
+    )
+
+    page = response.content.decode()
+    assert "Refunded $25.00." in page
+    assert "Only paid test-mode purchases can be refunded here." in page
+    buyer.refresh_from_db()
+    assert buyer.credit_balance == 0
+    purchase.refresh_from_db()
+    assert purchase.refunded_micros == 25 * USD
+    assert PaymentEvent.objects.filter(event_type="charge.refunded").count() == 1
+    assert_books_balance(buyer.pk)
