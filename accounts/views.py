@@ -1,6 +1,5 @@
 """Web pages of the accounts app: landing, sign-up, onboarding and API keys (thin doors)."""
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -13,6 +12,7 @@ from accounts.forms import ApiKeyForm, SignupForm
 from accounts.models import ApiKey
 from billing import selectors as billing_selectors
 from credits import money
+from credits.promotions import live_promotion, settings_terms, terms_for
 from credits.selectors import get_user_credits
 
 # Secrets wait in the session only until a page has shown them once.
@@ -20,13 +20,22 @@ ONBOARDING_SECRET_KEY = "onboarding_api_key_secret"
 NEW_KEY_SECRET_KEY = "new_api_key_secret"
 
 
+def _offer_context() -> dict:
+    """The first-token offer a new sign-up joins now (none when no promotion is live)."""
+    promotion = live_promotion()
+    terms = terms_for(promotion, None) if promotion is not None else settings_terms()
+    return {
+        "offer_active": promotion is not None and terms.amount_micros > 0,
+        "offer_amount_display": money.display_usd(terms.amount_micros, places=0),
+        "window_label": _window_label(terms.window_seconds),
+        "expiry_days": terms.expiry_days,
+    }
+
+
 def landing(request):
-    terms_amount = money.usd_to_micros(str(settings.PROMOTION_AMOUNT_USD))
     return render(request, "landing.html", {
         "models": billing_selectors.model_price_list(),
-        "offer_amount_display": money.display_usd(terms_amount, places=0),
-        "window_label": _window_label(settings.PROMOTION_WINDOW_SECONDS),
-        "expiry_days": settings.PROMOTION_EXPIRY_DAYS,
+        **_offer_context(),
     })
 
 
@@ -41,7 +50,7 @@ def signup(request):
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             request.session[ONBOARDING_SECRET_KEY] = secret
             return redirect("accounts:onboarding")
-    return render(request, "registration/signup.html", {"form": form})
+    return render(request, "registration/signup.html", {"form": form, **_offer_context()})
 
 
 @login_required

@@ -53,10 +53,14 @@ def django_db_setup(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture
-def demo_models(transactional_db):
-    """The demo models a data migration seeds; transactional tests run earlier flush them."""
+def seed_data(transactional_db):
+    """What data migrations seed (the demo models, the default promotion): transactional
+    tests that ran earlier flushed them."""
     import importlib
 
     from django.apps import apps
 
     importlib.import_module("inference.migrations.0002_seed_demo_models").seed(apps, None)
+    importlib.import_module(
+        "credits.migrations.0005_default_promotion_and_staff_groups"
+    ).create_default_promotion(apps, None)

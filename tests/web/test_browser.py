@@ -30,7 +30,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def page(live_server, demo_models, monkeypatch):
+def page(live_server, seed_data, monkeypatch):
     # Playwright's sync API keeps an event loop in this thread; the ORM calls the test makes
     # between browser steps are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -25,6 +25,29 @@ def test_landing_shows_offer_prices_and_sign_up_links(client):
     assert reverse("login") in html
 
 
+def test_landing_without_a_live_promotion_advertises_no_offer(client):
+    from credits.promotions import deactivate_promotion, live_promotion
+
+    deactivate_promotion(promotion=live_promotion())
+    html = client.get("/").content.decode()
+    assert 'data-offer-state="none"' in html
+    assert "$20 free" not in html
+    assert "start the clock" not in client.get(reverse("accounts:signup")).content.decode()
+
+
+@pytest.mark.parametrize(("state", "shows"), [
+    ("in_window", "Open the playground"), ("claimed", "Claimed"), ("ended", "Ended"),
+])
+def test_landing_shows_a_signed_in_users_own_offer_state(signed_in, member, state, shows):
+    if state == "claimed":
+        record_first_token(user_id=member.pk)
+    elif state == "ended":
+        backdate_signup(member, 181)
+    html = signed_in.get("/").content.decode()
+    assert f'data-offer-state="{state}"' in html
+    assert shows in html
+
+
 def test_sign_up_logs_in_and_lands_on_onboarding_with_the_key_shown_once(client):
     response = client.post(reverse("accounts:signup"),
                            {"email": "New@Example.com", "password": PASSWORD})
