@@ -117,6 +117,7 @@ class MeteredCall:
     first_token_ms: int | None = None
     settled: bool = False
     _balance_micros: int | None = None
+    _balance_read_settled: bool = False
 
     @property
     def text(self) -> str:
@@ -136,10 +137,11 @@ class MeteredCall:
 
     def balance_micros(self) -> int:
         """The user's balance after this call's settlement (before it, while streaming)."""
-        if self._balance_micros is None or not self.settled:
+        if self._balance_micros is None or self._balance_read_settled != self.settled:
             self._balance_micros = (
                 User.objects.filter(pk=self.user.pk).values_list("credit_balance", flat=True).get()
             )
+            self._balance_read_settled = self.settled
         return self._balance_micros
 
     def promotion_json(self) -> dict:
@@ -209,8 +211,8 @@ class MeteredCall:
         """Micro-dollars to capture, or None to release without charge."""
         if status == UsageStatus.PROMOTION_NOT_GRANTED:
             return None
-        if not self.pieces and status != UsageStatus.SUCCEEDED:
-            return None  # nothing was delivered: no charge
+        if status != UsageStatus.SUCCEEDED and (not self.pieces or not self.streamed):
+            return None  # nothing was delivered (a non-streaming call that fails sends no text)
         if status != UsageStatus.SUCCEEDED:
             self.usage = None  # count what was produced, by the documented rule
         cost = calculate_inference_cost(
