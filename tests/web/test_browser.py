@@ -147,3 +147,26 @@ def test_short_window_counts_down_to_offer_ended_and_a_call_gets_402(page):
     expect(page.locator('[data-alert="exhausted"]')).to_be_visible()
     expect(page.locator(".offer-strip")).to_have_count(0)
     shot(page, "08-dashboard-exhausted")
+
+
+def test_first_token_from_curl_elsewhere_ticks_the_page_and_celebrates(page, live_server):
+    """The onboarding page polls GET /api/credits, so a token made outside it still counts.
+    This visitor prefers reduced motion: the celebration comes without animation or confetti."""
+    from playwright.sync_api import expect
+
+    page.emulate_media(reduced_motion="reduce")
+    sign_up(page, "e2e-curl@example.com")
+    secret = page.locator("[data-secret]").inner_text()
+    expect(page.locator('[data-step="first_token"]')).not_to_have_class(re.compile("is-done"))
+    # Another client, as curl would be: its own context (no cookies), the bearer key only.
+    elsewhere = page.context.browser.new_context(base_url=live_server.url)
+    response = elsewhere.request.post(
+        "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+        data={"model": "demo-small", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status == 200
+    elsewhere.close()
+    expect(page.locator('[data-step="first_token"]')).to_have_class(re.compile("is-done"))
+    expect(page.locator("#celebration")).to_be_visible()
+    expect(page.locator(".progress-list li.is-done")).to_have_count(4)
+    expect(page.locator("#celebration")).not_to_have_class(re.compile("is-animated"))
+    expect(page.locator("#celebration .confetti i")).to_have_count(0)
