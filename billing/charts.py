@@ -80,7 +80,7 @@ def spend_chart(spend: DailySpend) -> SpendChart:
     for i, day in enumerate(spend.days):
         base_y = PAD_TOP + plot_h
         x = pad_left + i * slot + (slot - bar_w) / 2
-        for model in reversed(spend.models):  # biggest spender at the bottom
+        for model in spend.models:  # biggest spender at the bottom, as first in the legend
             amount = spend.micros.get((day, model), 0)
             if not amount:
                 continue
