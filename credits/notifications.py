@@ -23,7 +23,7 @@ from functools import partial
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
-from django.db.models import CharField, Exists, F, OuterRef, Sum, Value
+from django.db.models import CharField, Exists, F, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Cast, Concat
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
@@ -339,12 +339,21 @@ def catch_up(*, now: dt.datetime | None = None) -> int:
         user_id=OuterRef("pk"), entry_type__in=SPENDING_ENTRY_TYPES, amount_micros__lt=0,
         created_at__gte=since,
     )
-    low = User.objects.filter(credit_balance__lt=low_balance_threshold_micros()).filter(
-        Exists(spent_recently)
+    latest_grant = CreditGrant.objects.filter(user_id=OuterRef("pk")).order_by("-id").values("id")
+    spenders = (
+        User.objects.filter(Exists(spent_recently))
+        .annotate(episode=Concat(Value("after-grant:"),
+                                 Cast(Subquery(latest_grant[:1]), output_field=CharField())))
     )
-    for user_id, balance in low.values_list("pk", "credit_balance"):
-        event = NotificationEvent.BALANCE_EXHAUSTED if balance == 0 else NotificationEvent.LOW_BALANCE
-        sent += len(notify(user_id=user_id, event=event, now=now))
+    for event, balance in (
+        (NotificationEvent.BALANCE_EXHAUSTED, Q(credit_balance=0)),
+        (NotificationEvent.LOW_BALANCE,
+         Q(credit_balance__gt=0, credit_balance__lt=low_balance_threshold_micros())),
+    ):
+        told = Notification.objects.filter(user_id=OuterRef("pk"), event=event,
+                                           key=OuterRef("episode"))
+        user_ids = spenders.filter(balance).filter(~Exists(told)).values_list("pk", flat=True)
+        sent += _notify_each(user_ids, event, now)
     return sent
 
 

@@ -301,3 +301,16 @@ def test_the_api_answers_and_bills_with_redis_down_and_the_notice_catches_up_lat
     cache.clear()
     assert tasks.catch_up_notifications() == 1
     assert [m.subject for m in mailoutbox] == ["You earned $20.00 of free TokenBank credit"]
+
+
+def test_a_catch_up_with_nothing_missed_costs_a_few_queries_whatever_the_users(
+        make_user, fund, mailoutbox, django_assert_max_num_queries):
+    for _ in range(5):
+        who = make_user()
+        fund(who, usd=2)
+        services.use_credits(user=who, amount_micros=1_500_000)
+    assert tasks.catch_up_notifications() == 5
+
+    with django_assert_max_num_queries(4):
+        assert tasks.catch_up_notifications() == 0
+    assert len(mailoutbox) == 5
