@@ -11,7 +11,16 @@ from django.utils import timezone
 
 from config.celery import app as celery_app
 from credits import services, tasks
-from credits.models import CreditGrant, EntryType, GrantKind, HoldStatus, LedgerEntry
+from credits.models import (
+    CreditGrant,
+    EntryType,
+    GrantKind,
+    HoldStatus,
+    LedgerEntry,
+    Notification,
+    NotificationEvent,
+)
+from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
 
@@ -218,6 +227,13 @@ def wait_for(condition, *, attempts=300, pause=0.1):
     return False
 
 
+def queue_drained() -> bool:
+    """Nothing waiting in Redis and nothing taken but unacknowledged (acks_late)."""
+    with celery_app.connection_for_read() as conn:
+        redis = conn.default_channel.client
+        return redis.llen("celery") == 0 and redis.hlen("unacked") == 0
+
+
 def test_a_real_worker_expires_a_grant_past_its_expiry_and_the_books_agree(make_user, redis_worker):
     user = make_user()
     grant = expiring_grant(user, usd=7)
@@ -231,3 +247,17 @@ def test_a_real_worker_expires_a_grant_past_its_expiry_and_the_books_agree(make_
     kept.refresh_from_db()
     assert kept.remaining_micros == 2 * USD
     call_command("credits_verify")
+
+
+def test_a_committed_promotion_reaches_a_real_worker_through_redis_and_is_emailed_once(
+        make_user, redis_worker, mailoutbox):
+    user = make_user()
+
+    assert record_first_token(user_id=user.pk)  # commits; on_commit publishes to Redis
+
+    assert wait_for(lambda: Notification.objects.filter(user=user, emailed_at__isnull=False)
+                    .exists()), "the worker never sent the promotion notice"
+    tasks.send_notification.delay(user.pk, NotificationEvent.PROMOTION_GRANTED)  # a redelivery
+    tasks.catch_up_notifications.delay()
+    assert wait_for(queue_drained), "the worker never finished the redelivered tasks"
+    assert [m.subject for m in mailoutbox] == ["You earned $20.00 of free TokenBank credit"]
