@@ -1,11 +1,17 @@
 """Request shapes of the OpenAI-compatible endpoints. Unknown fields are ignored (as the
 OpenAI SDK may send newer ones); known fields typed wrong are a 400."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
+@extend_schema_field({"oneOf": [
+    {"type": "string"},
+    {"type": "array", "items": {"type": "object", "properties": {
+        "type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}},
+], "nullable": True})
 class ContentField(serializers.Field):
     """A message's content: a string, a list of {"type": "text", "text": ...} parts, or null."""
 
@@ -40,6 +46,9 @@ class StreamOptionsSerializer(serializers.Serializer):
     include_usage = serializers.BooleanField(required=False, default=False)
 
 
+@extend_schema_field({"oneOf": [{"type": "string"},
+                                {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
+                      "nullable": True})
 class StopField(serializers.Field):
     def to_internal_value(self, data):
         if data is None or isinstance(data, str):
@@ -79,6 +88,8 @@ class ChatCompletionRequestSerializer(_GenerationOptions):
         return attrs
 
 
+@extend_schema_field({"oneOf": [{"type": "string"},
+                                {"type": "array", "items": {"type": "string"}, "maxItems": 1}]})
 class PromptField(serializers.Field):
     """A completion prompt: a string or a list holding one string."""
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
@@ -62,13 +63,28 @@ def new_request_id(prefix: str = "gen") -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def resolve_model(model_id: str) -> AiModel:
-    """An active model, by public id. Raises ModelNotFound."""
-    model = AiModel.objects.active().filter(pk=model_id).first() if model_id else None
+def resolve_priced_model(model_id: str) -> tuple[AiModel, ModelPrice | None]:
+    """An active model and the price in effect now, in one query. Raises ModelNotFound."""
+    now = timezone.now()
+    current = ModelPrice.objects.filter(model=OuterRef("pk"), effective_from__lte=now).order_by(
+        "-effective_from")
+    model = (
+        AiModel.objects.active().filter(pk=model_id).annotate(
+            price_pk=Subquery(current.values("pk")[:1]),
+            price_in=Subquery(current.values("input_price_per_million_micros")[:1]),
+            price_out=Subquery(current.values("output_price_per_million_micros")[:1]),
+            price_from=Subquery(current.values("effective_from")[:1]),
+        ).first()
+        if model_id else None
+    )
     if model is None:
         raise ModelNotFound(f"The model {model_id!r} does not exist or is not available.",
                             param="model")
-    return model
+    if model.price_pk is None:
+        return model, None
+    return model, ModelPrice(pk=model.price_pk, model=model, effective_from=model.price_from,
+                             input_price_per_million_micros=model.price_in,
+                             output_price_per_million_micros=model.price_out)
 
 
 def affordable_output_tokens(*, available_micros: int, prompt_tokens: int,
@@ -295,8 +311,7 @@ def start_call(
     hold against the pending promotion. With INFERENCE_BILLING_ENABLED off (bench
     only) nothing is held, charged or recorded.
     """
-    model = resolve_model(model_id)
-    price = model.price_at()
+    model, price = resolve_priced_model(model_id)
     if price is None:
         raise ModelNotFound(f"The model {model.id!r} has no price yet and cannot be called.",
                             param="model", code="model_not_priced")

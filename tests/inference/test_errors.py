@@ -139,3 +139,13 @@ def test_session_calls_need_the_csrf_token(user, fund):
     ok = browser.post(CHAT, _chat(), content_type="application/json", HTTP_X_CSRFTOKEN=token)
     assert ok.status_code == 200
     assert UsageRecord.objects.get().api_key is None
+
+
+@pytest.mark.django_db
+def test_openapi_schema_and_docs_page_are_served(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/api/inference",
+            "/api/auth/register", "/api/credits"} <= set(paths)
+    assert client.get("/api/docs/").status_code == 200
