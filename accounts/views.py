@@ -115,11 +115,13 @@ def revoke_key(request, pk: int):
 
 
 def _promotion_state(promotion, first_token: bool) -> str:
-    """One word for the page: in_window, claimed, or ended."""
+    """One word for the page: in_window, claimed, ended, or none (no offer for this user)."""
     if promotion.claimed:
         return "claimed"
     if promotion.eligible:
         return "in_window"
+    if promotion.amount_micros == 0:
+        return "none"
     return "ended"
 
 

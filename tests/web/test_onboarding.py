@@ -142,3 +142,19 @@ def test_pages_need_a_login(client):
         response = client.get(reverse(name))
         assert response.status_code == 302
         assert response["Location"].startswith(reverse("login"))
+
+
+def test_onboarding_for_a_user_without_any_offer_shows_no_countdown_or_credit_step(
+    signed_in, member
+):
+    from django.utils import timezone
+
+    from credits.models import PromotionAssignment
+
+    PromotionAssignment.objects.update_or_create(
+        user=member, defaults={"promotion": None, "variant": None, "assigned_at": timezone.now()})
+    html = signed_in.get(reverse("accounts:onboarding")).content.decode()
+    assert 'data-state="none"' in html
+    assert "data-deadline-ms" not in html
+    assert 'data-step="credit"' not in html
+    assert "Generate your first token" in html
