@@ -146,6 +146,8 @@ CELERY_TASK_IGNORE_RESULT = True  # no result backend: tasks record their effect
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # with acks_late, a worker holds one unacked task at a time
+# Broker lost mid-task: stop it; acks_late redelivers it and the tasks are idempotent.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A failed publish is not retried in the caller (no retry storm in a web request).
