@@ -13,6 +13,7 @@ from accounts.models import ApiKey, User
 from credits import money
 from credits.admin import USER_ACTIONS, MoneyActionsMixin, grant_action_links, usd
 from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
+from credits.promotions import eligible_now_q
 from credits.selectors import get_user_credits
 
 LATEST_ENTRIES = 15
@@ -46,7 +47,7 @@ class HasBalanceFilter(admin.SimpleListFilter):
 
 
 class EligibleFilter(admin.SimpleListFilter):
-    """Could still earn the first-token promotion (the flag alone ignores the window)."""
+    """Could still earn the first-token promotion now (inside their own window)."""
 
     title = "promotion eligible"
     parameter_name = "eligible"
@@ -55,14 +56,10 @@ class EligibleFilter(admin.SimpleListFilter):
         return [("yes", "Eligible now"), ("no", "Not eligible")]
 
     def queryset(self, request, queryset):
-        open_now = queryset.filter(promotion_eligible=True, promotion_claimed=False,
-                                   first_token_at__isnull=True)
-        # The widest window any promotion can have is not known here: filter by the
-        # flags in SQL; the window check is per user on the change page.
         if self.value() == "yes":
-            return open_now
+            return queryset.filter(eligible_now_q())
         if self.value() == "no":
-            return queryset.exclude(pk__in=open_now.values("pk"))
+            return queryset.exclude(pk__in=User.objects.filter(eligible_now_q()).values("pk"))
         return queryset
 
 
@@ -224,6 +221,9 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
         if assignment is None:
             return "None (PROMOTION_* settings)"
         return str(assignment.variant or assignment.promotion or "No promotion was running")
+
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None else []
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = extra_context or {}

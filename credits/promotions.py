@@ -134,6 +134,28 @@ def assign_promotion(
         return PromotionAssignment.objects.get(user_id=user.pk)
 
 
+def eligible_now_q(*, now: dt.datetime | None = None) -> Q:
+    """A filter on User: could still earn the first-token promotion now (the flags,
+    inside their own variant's window, and that promotion not switched off)."""
+    now = now or timezone.now()
+
+    def joined_within(seconds: int) -> Q:
+        return Q(date_joined__gte=now - dt.timedelta(seconds=seconds))
+
+    reachable = Q(promotion_assignment__isnull=True) & joined_within(
+        settings_terms().window_seconds)
+    live = Promotion.objects.filter(is_active=True, kind=PromotionKind.FIRST_TOKEN)
+    for promotion in live.prefetch_related("variants"):
+        reachable |= Q(promotion_assignment__promotion_id=promotion.pk,
+                       promotion_assignment__variant__isnull=True) & joined_within(
+            terms_for(promotion, None).window_seconds)
+        for variant in promotion.variants.all():
+            reachable |= Q(promotion_assignment__variant_id=variant.pk) & joined_within(
+                terms_for(promotion, variant).window_seconds)
+    return Q(promotion_eligible=True, promotion_claimed=False,
+             first_token_at__isnull=True) & reachable
+
+
 def deactivate_promotion(*, promotion: Promotion) -> Promotion:
     """The kill switch: no new awards from now on; awarded credit is untouched."""
     Promotion.objects.filter(pk=promotion.pk).update(is_active=False)

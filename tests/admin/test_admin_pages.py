@@ -370,3 +370,39 @@ def test_user_filters_balance_and_claimed(client, support, make_user, fund):
     response = client.get(reverse("admin:accounts_user_changelist"),
                           {"balance": "yes", "promotion_claimed__exact": "0"})
     assert [u.pk for u in response.context["cl"].result_list] == [rich.pk]
+
+
+def test_eligible_filter_uses_each_users_window(client, support, make_user):
+    fresh, old, claimed = make_user(), make_user(), make_user()
+    from accounts.models import User
+
+    User.objects.filter(pk=old.pk).update(date_joined=timezone.now() - dt.timedelta(hours=1))
+    User.objects.filter(pk=claimed.pk).update(first_token_at=timezone.now())
+    client.force_login(support)
+    url = reverse("admin:accounts_user_changelist")
+    eligible = {u.pk for u in client.get(url, {"eligible": "yes"}).context["cl"].result_list}
+    not_eligible = {u.pk for u in client.get(url, {"eligible": "no"}).context["cl"].result_list}
+    assert fresh.pk in eligible and {old.pk, claimed.pk} <= not_eligible
+    assert not eligible & {old.pk, claimed.pk}
+
+
+def test_user_can_be_added_and_edited_without_touching_credit(client, make_staff, user, fund):
+    fund(user, 4)
+    client.force_login(make_staff("root@tokenbank.test", superuser=True))
+    response = client.post(reverse("admin:accounts_user_add"), {
+        "email": "new@example.com", "usable_password": "true",
+        "password1": "a-long-pass-phrase-9", "password2": "a-long-pass-phrase-9"})
+    assert response.status_code == 302
+    change = reverse("admin:accounts_user_change", args=[user.pk])
+    form = client.get(change).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k in form.fields}
+    data.update({"email": user.email, "first_name": "Ada", "credit_balance": "999",
+                 "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"})
+    data.pop("groups", None)
+    data.pop("user_permissions", None)
+    data.update({f"{p}-TOTAL_FORMS": "0" for p in ("credit_grants", "credit_holds", "api_keys")})
+    data.update({f"{p}-INITIAL_FORMS": "0" for p in ("credit_grants", "credit_holds", "api_keys")})
+    response = client.post(change, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    user.refresh_from_db()
+    assert user.first_name == "Ada" and user.credit_balance == 4 * USD
