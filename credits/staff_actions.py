@@ -137,11 +137,20 @@ def adjust_balance(*, staff: User, user: User, amount_micros: int, reason: str,
 
 def refund_credit(*, staff: User, user: User, amount_micros: int, reason: str,
                   usage_reference: str = "", now: dt.datetime | None = None) -> StaffAction:
-    """Give credit back as a REFUND grant, optionally naming the usage record (request id)."""
+    """Give credit back as a REFUND grant, optionally naming the usage record (request id),
+    which must be one of this user's calls."""
     _require_positive(amount_micros)
+    usage_reference = (usage_reference or "").strip()
+    if usage_reference:
+        from inference.models import UsageRecord
+
+        owner = UsageRecord.objects.filter(request_id=usage_reference).values_list(
+            "user_id", flat=True).first()
+        if owner != user.pk:
+            raise InvalidAmount(f"{user} has no usage record with request id {usage_reference!r}.")
     return _submit(StaffAction(kind=StaffActionKind.REFUND, user=user,
                                amount_micros=amount_micros, grant_kind=GrantKind.REFUND,
-                               usage_reference=(usage_reference or "").strip(), reason=reason),
+                               usage_reference=usage_reference, reason=reason),
                    staff=staff, now=now)
 
 

@@ -19,6 +19,7 @@ from credits.models import (
     StaffActionStatus,
 )
 from credits.staff_actions import ActionNotAllowed, BulkActionFailed
+from inference.models import AiModel, UsageRecord, UsageStatus
 from tests.books import USD, assert_books_balance
 
 
@@ -92,12 +93,29 @@ def test_negative_adjustment_takes_credit_back(finance, user, fund):
     assert_books_balance(user.pk)
 
 
+def usage_record(user, request_id):
+    model, _ = AiModel.objects.get_or_create(id="refund-test")
+    return UsageRecord.objects.create(
+        request_id=request_id, user=user, model=model, endpoint="chat.completions",
+        input_price_per_million_micros=1, output_price_per_million_micros=1,
+        cost_micros=2 * USD, status=UsageStatus.SUCCEEDED, started_at=timezone.now())
+
+
 def test_refund_links_the_usage_record(support, user):
+    usage_record(user, "req_123")
     action = staff_actions.refund_credit(staff=support, user=user, amount_micros=2 * USD,
                                          reason="Bad completion", usage_reference="req_123")
     assert action.grant.kind == GrantKind.REFUND
     assert action.grant.source_reference == "req_123"
     assert LedgerEntry.objects.get(user=user).reference == "req_123"
+
+
+def test_refund_refuses_someone_elses_usage_record(support, user, make_user):
+    usage_record(make_user(), "req_other")
+    with pytest.raises(InvalidAmount, match="no usage record"):
+        staff_actions.refund_credit(staff=support, user=user, amount_micros=USD, reason="x",
+                                    usage_reference="req_other")
+    assert not StaffAction.objects.exists()
 
 
 def test_void_takes_the_rest_of_a_grant_and_a_second_void_is_refused(finance, user, fund):
