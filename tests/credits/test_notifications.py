@@ -314,3 +314,30 @@ def test_a_catch_up_with_nothing_missed_costs_a_few_queries_whatever_the_users(
     with django_assert_max_num_queries(4):
         assert tasks.catch_up_notifications() == 0
     assert len(mailoutbox) == 5
+
+
+class RefusingEmailBackend:
+    """An SMTP server that is down."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def send_messages(self, messages):
+        raise ConnectionRefusedError("SMTP server down")
+
+
+def test_a_failed_email_is_recorded_and_never_retried(make_user, settings, mailoutbox):
+    settings.EMAIL_BACKEND = f"{__name__}.RefusingEmailBackend"
+    user = make_user()
+    record_first_token(user_id=user.pk)
+
+    assert tasks.catch_up_notifications() == 1
+
+    note = Notification.objects.get(user=user)
+    assert note.emailed_at is None
+    assert note.email_error == "ConnectionRefusedError: SMTP server down"
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert tasks.catch_up_notifications() == 0
+    assert mailoutbox == []
+    # The dashboard still shows what happened.
+    assert notifications.recent_notifications(user=user) == [note]
