@@ -103,10 +103,10 @@ def prepare(args) -> tuple[list[str], str]:
     return secrets[:-1], secrets[-1]
 
 
-def start_server(args, *, billing: bool) -> subprocess.Popen:
+def start_server(args, *, billing: bool, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [GUNICORN, "config.wsgi", "--workers", "2", "--worker-class", "gthread",
-         "--threads", str(args.threads), "--bind", f"127.0.0.1:{args.port}",
+         "--threads", str(args.threads), "--bind", f"127.0.0.1:{port}",
          "--log-level", "warning", "--keep-alive", "30"],
         cwd=ROOT, env=server_env(args, billing=billing), start_new_session=True,
     )
@@ -115,7 +115,7 @@ def start_server(args, *, billing: bool) -> subprocess.Popen:
         if proc.poll() is not None:
             raise SystemExit(f"gunicorn exited with {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{args.port}/v1/models").status_code in (200, 401):
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code in (200, 401):
                 return proc
         except httpx.HTTPError:
             time.sleep(0.2)
@@ -132,9 +132,9 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-async def drive(args, secrets: list[str], *, total: int, concurrency: int) -> dict:
+async def drive(port: int, secrets: list[str], *, total: int, concurrency: int) -> dict:
     """`concurrency` clients, each with its own keep-alive connection, share `total` calls."""
-    url = f"http://127.0.0.1:{args.port}/v1/chat/completions"
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
     latencies: list[float] = []
     failures: dict[int, int] = {}
     counter = iter(range(total))
@@ -165,19 +165,27 @@ async def drive(args, secrets: list[str], *, total: int, concurrency: int) -> di
     }
 
 
-def run_mode(args, many: list[str], hot: str, *, billing: bool) -> dict:
-    proc = start_server(args, billing=billing)
+def run_all(args, many: list[str], hot: str) -> dict:
+    """Both servers up at once (an idle one costs nothing); scenarios interleave metered and
+    unmetered runs so that drift in the machine's load hits both alike."""
+    ports = {"metered": args.port, "unmetered": args.port + 1}
+    procs = [start_server(args, billing=mode == "metered", port=port)
+             for mode, port in ports.items()]
+    results: dict = {"metered": {}, "unmetered": {}}
     try:
-        asyncio.run(drive(args, many, total=100, concurrency=args.concurrency))  # warm up
-        return {
-            "many users": asyncio.run(drive(args, many, total=args.requests,
-                                            concurrency=args.concurrency)),
-            "one hot user": asyncio.run(drive(args, [hot], total=args.requests,
-                                              concurrency=args.concurrency)),
-            "one client": asyncio.run(drive(args, many, total=args.sequential, concurrency=1)),
-        }
+        for port in ports.values():
+            asyncio.run(drive(port, many, total=100, concurrency=args.concurrency))  # warm up
+        plan = [("many users", many, args.requests, args.concurrency),
+                ("one hot user", [hot], args.requests, args.concurrency),
+                ("one client", many, args.sequential, 1)]
+        for scenario, secrets, total, concurrency in plan:
+            for mode, port in ports.items():
+                results[mode][scenario] = asyncio.run(
+                    drive(port, secrets, total=total, concurrency=concurrency))
     finally:
-        stop_server(proc)
+        for proc in procs:
+            stop_server(proc)
+    return results
 
 
 def main() -> None:
@@ -190,16 +198,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--port", type=int, default=0,
+                        help="metered server's port, unmetered on the next (default: free ones)")
     args = parser.parse_args()
-    if not args.port:
-        with socket.socket() as probe:
+    while not args.port:
+        with socket.socket() as probe, socket.socket() as probe2:
             probe.bind(("127.0.0.1", 0))
-            args.port = probe.getsockname()[1]
+            port = probe.getsockname()[1]
+            try:
+                probe2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            args.port = port
 
     many, hot = prepare(args)
-    results = {"metered": run_mode(args, many, hot, billing=True),
-               "unmetered": run_mode(args, many, hot, billing=False)}
+    results = run_all(args, many, hot)
 
     print(f"\nPOST /v1/chat/completions, demo-small, max_tokens=16; gunicorn 2 workers x "
           f"{args.threads} threads (gthread), PostgreSQL, cache="

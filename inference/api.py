@@ -115,18 +115,18 @@ class _MeteredView(JsonAPIView):
                 return self.stream_response(call, data, created)
             for _ in call.tokens():
                 pass
+            body = self.render(call, data, created)
+            headers = {"X-Request-Id": call.request_id}
+            if call.billed:
+                headers["X-Credits-Balance"] = format_usd(call.balance_micros())
+                headers["X-Credits-Charged"] = format_usd(call.cost_micros)
+            if record is not None:
+                services.store_idempotent_response(record=record, status_code=200, body=body,
+                                                   headers=headers)
         except Exception:
             if record is not None:
                 services.forget_idempotency_key(record=record)
             raise
-        body = self.render(call, data, created)
-        headers = {"X-Request-Id": call.request_id}
-        if call.billed:
-            headers["X-Credits-Balance"] = format_usd(call.balance_micros())
-            headers["X-Credits-Charged"] = format_usd(call.cost_micros)
-        if record is not None:
-            services.store_idempotent_response(record=record, status_code=200, body=body,
-                                               headers=headers)
         return Response(body, headers=headers)
 
     def usage(self, call) -> dict:

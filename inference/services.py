@@ -388,6 +388,11 @@ def claim_idempotency_key(*, user: User, key: str, endpoint: str,
         record = IdempotentRequest.objects.filter(user=user, key=key).first()
     if record is None:  # forgotten meanwhile: the other call failed; try again
         return claim_idempotency_key(user=user, key=key, endpoint=endpoint, body=body)
+    abandoned_before = timezone.now() - dt.timedelta(seconds=settings.STALE_HOLD_SECONDS)
+    if record.status_code is None and record.created_at < abandoned_before:
+        # Its call died without an answer (its hold is released by the same rule): start over.
+        forget_idempotency_key(record=record)
+        return claim_idempotency_key(user=user, key=key, endpoint=endpoint, body=body)
     if record.body_hash != fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was already used with a different request body.",

@@ -304,3 +304,16 @@ def test_billing_switched_off_generates_without_touching_the_books(api, user, se
     user.refresh_from_db()
     assert user.first_token_at is None and user.credit_balance == 0
     assert not UsageRecord.objects.exists() and not CreditHold.objects.exists()
+
+
+@pytest.mark.django_db
+def test_idempotency_key_of_a_call_that_died_unanswered_can_be_reused(api, user, fund):
+    from inference.models import IdempotentRequest
+
+    fund(user, 1)
+    IdempotentRequest.objects.create(user=user, key="crashed", endpoint="chat.completions",
+                                     body_hash="whatever",
+                                     created_at=timezone.now() - dt.timedelta(hours=1))
+    response = api.post(CHAT, _chat(), format="json", HTTP_IDEMPOTENCY_KEY="crashed")
+    assert response.status_code == 200
+    assert IdempotentRequest.objects.get(key="crashed").status_code == 200
