@@ -120,6 +120,8 @@ class _MeteredView(JsonAPIView):
             if call.billed:
                 headers["X-Credits-Balance"] = format_usd(call.balance_micros())
                 headers["X-Credits-Charged"] = format_usd(call.cost_micros)
+            if call.promotion_applied:
+                headers["X-Promotion-Applied"] = "true"
             if record is not None:
                 services.store_idempotent_response(record=record, status_code=200, body=body,
                                                    headers=headers)
@@ -152,6 +154,8 @@ class _MeteredView(JsonAPIView):
             # The charge is known only when the stream ends: see the final usage chunk.
             response["X-Credits-Balance"] = format_usd(call.balance_micros())
             response["X-Credits-Held"] = format_usd(call.held_micros)
+        if call.promotion_applied:
+            response["X-Promotion-Applied"] = "true"
         return response
 
     def _guarded(self, events):
@@ -167,7 +171,8 @@ class _MeteredView(JsonAPIView):
         chunk = {**base, "choices": [], "usage": self.usage(call)}
         if call.billed:
             chunk["credits"] = {"balance": format_usd(call.balance_micros()),
-                                "charged": format_usd(call.cost_micros)}
+                                "charged": format_usd(call.cost_micros),
+                                "promotion_applied": call.promotion_applied}
         return chunk
 
 

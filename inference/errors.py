@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -76,6 +77,12 @@ def exception_handler(exc, context) -> Response:
         return Response(error_body(str(exc), code=exc.code), status=400)
     if isinstance(exc, drf.ValidationError):
         return _validation_response(exc)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(error_body("The request body is too large.", code="request_too_large"),
+                        status=413)
+    if isinstance(exc, SuspiciousOperation):
+        return Response(error_body("The request was refused as malformed.",
+                                   code="bad_request"), status=400)
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -96,6 +96,7 @@ def test_first_call_in_the_window_earns_the_promotion_and_is_paid_from_it(client
     promo = CreditGrant.objects.get(user=user, kind=GrantKind.PROMOTIONAL)
     assert promo.remaining_micros == 20_000_000 - int(charged.replace(".", ""))
     assert UsageRecord.objects.get(request_id=body["id"]).promotion_applied
+    assert response["X-Promotion-Applied"] == "true"
     assert_books_balance(user.pk)
 
 

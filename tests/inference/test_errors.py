@@ -149,3 +149,16 @@ def test_openapi_schema_and_docs_page_are_served(client):
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/api/inference",
             "/api/auth/register", "/api/credits"} <= set(paths)
     assert client.get("/api/docs/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_oversized_body_is_413(api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    error = _error(api.post(CHAT, _chat(messages=[{"role": "user", "content": "x" * 5000}]),
+                            format="json"), 413)
+    assert error["code"] == "request_too_large"
+
+
+@pytest.mark.django_db
+def test_form_encoded_body_is_415(api):
+    assert _error(api.post(CHAT, {"model": "demo-small"}), 415)
