@@ -54,11 +54,13 @@ def setup_accounts() -> list[int]:
     with connection.cursor() as cur:
         cur.execute("""
             DROP TABLE IF EXISTS bench_raw_entry; DROP TABLE IF EXISTS bench_raw_account;
-            CREATE TABLE bench_raw_account (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
+            CREATE TABLE bench_raw_account (
+                id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
             CREATE TABLE bench_raw_entry (id bigserial PRIMARY KEY, account_id bigint NOT NULL,
                 amount bigint NOT NULL, balance_after bigint NOT NULL, created_at timestamptz NOT NULL);
         """)
-    existing = list(User.objects.filter(email__startswith="bench-").order_by("pk").values_list("pk", flat=True))
+    existing = list(
+        User.objects.filter(email__startswith="bench-").order_by("pk").values_list("pk", flat=True))
     for i in range(len(existing), ACCOUNTS):
         user = User.objects.create_user(f"bench-{i}@example.com", None)
         services.add_credit(user=user, amount_micros=10**12, kind=GrantKind.PURCHASED)
@@ -123,7 +125,8 @@ def main() -> None:
     account_ids = setup_accounts()
     connections.close_all()
     print(f"{DEBITS_PER_RUN} debits per run, {DEBIT_MICROS} micro-dollars each, PostgreSQL\n")
-    header = f"{'workload':<16}{'workers':>8}{'path':>9}{'debits/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'service/raw':>13}"
+    header = (f"{'workload':<16}{'workers':>8}{'path':>9}{'debits/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
+              f"{'service/raw':>13}")
     print(header)
     print("-" * len(header))
     for label, ids in (("1,000 accounts", account_ids), ("one hot account", account_ids[:1])):
