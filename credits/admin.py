@@ -667,6 +667,7 @@ class PromotionAdmin(admin.ModelAdmin):
     def kill_switch(self, request, queryset):
         for promotion in queryset:
             promotions.deactivate_promotion(promotion=promotion)
+            self.log_change(request, promotion, "Kill switch: new awards stopped.")
         self.message_user(request, f"Stopped {queryset.count()} promotion(s); awarded credit "
                                    "is untouched.", messages.WARNING)
 

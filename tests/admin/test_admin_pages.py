@@ -245,6 +245,8 @@ def test_four_eyes_in_admin(client, finance, finance2, user, settings):
     assert response.status_code == 302
     action = StaffAction.objects.get()
     assert action.status == StaffActionStatus.PENDING
+    page = client.get(reverse("admin:credits_staffaction_change", args=[action.pk]))
+    assert b"Approve" in page.content and b"Reject" in page.content
     approve = (reverse("admin:credits_staffaction_money_action", kwargs={"action": "approve"})
                + f"?ids={action.pk}")
     own = submit(client, approve, "confirm", note="")
