@@ -86,8 +86,10 @@ def _lock_user(user: User | int) -> User:
     return rows[0]
 
 
-def _for_update() -> str:
-    return " FOR UPDATE" if connection.features.has_select_for_update else ""
+def _for_update(of: str = "") -> str:
+    if not connection.features.has_select_for_update:
+        return ""  # SQLite: transactions are serialized (BEGIN IMMEDIATE), nothing to lock
+    return f" FOR UPDATE OF {of}" if of else " FOR UPDATE"
 
 
 def _lock_open_grants(user_id: int) -> list[CreditGrant]:
@@ -117,6 +119,22 @@ class _Writer:
         self.entries: list[LedgerEntry] = []
         self.touched_grants: dict[int, CreditGrant] = {}
         self.balance_before = user.credit_balance
+        self.statements: list[tuple[str, list]] = []  # hold rows written with the entries
+
+    def insert_hold(self, hold: CreditHold) -> None:
+        self.statements.append(_insert_sql(CreditHold, [hold]))
+        hold._state.adding = False
+        hold._state.db = connection.alias
+
+    def update_hold(self, hold: CreditHold, *fields: str) -> None:
+        model_fields = [CreditHold._meta.get_field(name) for name in fields]
+        self.statements.append((
+            f"UPDATE {CreditHold._meta.db_table} SET "
+            + ", ".join(f"{f.column} = %s" for f in model_fields)
+            + f" WHERE {CreditHold._meta.pk.column} = %s",
+            [f.get_db_prep_save(getattr(hold, f.attname), connection) for f in model_fields]
+            + [CreditHold._meta.pk.get_db_prep_value(hold.pk, connection)],
+        ))
 
     def write(self, entry_type: str, *, grant: CreditGrant, amount: int = 0, held_change: int = 0,
               hold: CreditHold | None = None, description: str = "", key_suffix: str = "") -> None:
@@ -164,46 +182,63 @@ class _Writer:
                            description=_expiry_description(grant))
 
     def flush(self) -> list[LedgerEntry]:
-        # Plain UPDATEs by primary key: the debit hot path is benchmarked (bench/ledger.py)
-        # and Model.save() costs more than the statement itself.
+        """Write the hold, grant and user rows and the entries.
+
+        Plain SQL by primary key (Model.save() costs more than the statement on this
+        benchmarked path); on PostgreSQL all of it goes in one statement (data-modifying
+        CTEs), elsewhere one statement each.
+        """
+        statements = list(self.statements)
+        statements += [
+            (f"UPDATE {CreditGrant._meta.db_table} SET remaining_micros = %s, held_micros = %s, "
+             "voided_at = %s WHERE id = %s",
+             [g.remaining_micros, g.held_micros,
+              connection.ops.adapt_datetimefield_value(g.voided_at), g.pk])
+            for g in self.touched_grants.values()
+        ]
+        statements.append((
+            f"UPDATE {User._meta.db_table} SET credit_balance = %s, credit_held = %s WHERE id = %s",
+            [self.user.credit_balance, self.user.credit_held, self.user.pk],
+        ))
+        entries_sql, entries_params = (
+            _insert_sql(LedgerEntry, self.entries, returning="id") if self.entries else ("", [])
+        )
         with connection.cursor() as cursor:
-            for grant in self.touched_grants.values():
+            if connection.vendor == "postgresql":
+                ctes = ", ".join(f"w{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(statements))
                 cursor.execute(
-                    f"UPDATE {CreditGrant._meta.db_table} SET remaining_micros = %s, "
-                    "held_micros = %s, voided_at = %s WHERE id = %s",
-                    [grant.remaining_micros, grant.held_micros,
-                     connection.ops.adapt_datetimefield_value(grant.voided_at), grant.pk],
+                    f"WITH {ctes} {entries_sql or 'SELECT 1'}",
+                    [p for _, params in statements for p in params] + entries_params,
                 )
-            cursor.execute(
-                f"UPDATE {User._meta.db_table} SET credit_balance = %s, credit_held = %s WHERE id = %s",
-                [self.user.credit_balance, self.user.credit_held, self.user.pk],
-            )
+            else:
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+                if entries_sql:
+                    cursor.execute(entries_sql, entries_params)
+            ids = [row[0] for row in cursor.fetchall()] if entries_sql else []
+        for entry, pk in zip(self.entries, ids, strict=True):
+            entry.pk = pk
+            entry._state.adding = False
+            entry._state.db = connection.alias
         if self.user.credit_balance < self.balance_before and any(
             e.entry_type in notifications.SPENDING_ENTRY_TYPES for e in self.entries
         ):
             # No query: at most an enqueue after commit when a threshold is crossed.
             notifications.balance_changed(user_id=self.user.pk, before_micros=self.balance_before,
                                           after_micros=self.user.credit_balance)
-        return _insert_entries(self.entries)
+        return self.entries
 
 
-def _insert_entries(entries: list[LedgerEntry]) -> list[LedgerEntry]:
-    """One multi-row INSERT ... RETURNING id (cheaper than bulk_create on the hot path)."""
-    if not entries:
-        return entries
-    fields = [f for f in LedgerEntry._meta.concrete_fields if not f.primary_key]
-    params = [f.get_db_prep_save(getattr(e, f.attname), connection) for e in entries for f in fields]
+def _insert_sql(model, instances: list, returning: str = "") -> tuple[str, list]:
+    """A multi-row INSERT for `instances` (primary keys set by the caller or the database)."""
+    fields = [f for f in model._meta.concrete_fields
+              if not (f.primary_key and getattr(instances[0], f.attname) is None)]
+    params = [f.get_db_prep_save(getattr(obj, f.attname), connection)
+              for obj in instances for f in fields]
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    sql = (f"INSERT INTO {LedgerEntry._meta.db_table} ({', '.join(f.column for f in fields)}) "
-           f"VALUES {', '.join([row] * len(entries))} RETURNING id")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        ids = [r[0] for r in cursor.fetchall()]
-    for entry, pk in zip(entries, ids, strict=True):
-        entry.pk = pk
-        entry._state.adding = False
-        entry._state.db = connection.alias
-    return entries
+    sql = (f"INSERT INTO {model._meta.db_table} ({', '.join(f.column for f in fields)}) "
+           f"VALUES {', '.join([row] * len(instances))}")
+    return sql + (f" RETURNING {returning}" if returning else ""), params
 
 
 def _expiry_description(grant: CreditGrant) -> str:
@@ -573,12 +608,13 @@ def authorize(
     """
     _require_amount(amount_micros)
     now = _now(now)
-    key = idempotency_key or uuid.uuid4().hex
     hold_id = uuid.uuid4()
+    key = idempotency_key or hold_id.hex
     with transaction.atomic():
         locked = _lock_user(user)
-        existing = CreditHold.objects.filter(user_id=locked.pk, idempotency_key=key).first()
-        if existing is not None:
+        existing = idempotency_key and CreditHold.objects.filter(
+            user_id=locked.pk, idempotency_key=key).first()
+        if existing:
             if existing.amount_micros != amount_micros or existing.reference != reference:
                 raise IdempotencyConflict(f"Idempotency key {key!r} was used for another hold.")
             return existing
@@ -596,10 +632,11 @@ def authorize(
                 raise InsufficientCredits(required_micros=amount_micros,
                                           available_micros=available + pending_room)
             pending = amount_micros - available
-        hold = CreditHold.objects.create(
+        hold = CreditHold(
             id=hold_id, user_id=locked.pk, amount_micros=amount_micros, pending_promotion_micros=pending,
             reference=reference, idempotency_key=key, created_at=now,
         )
+        writer.insert_hold(hold)
         to_hold = amount_micros - pending
         for grant in usable:
             if to_hold == 0:
@@ -624,23 +661,34 @@ def _pending_promotion_room(user: User, now: dt.datetime) -> int:
     return max(0, status.amount_micros - already)
 
 
-def _hold_allocations(hold: CreditHold) -> dict[int, int]:
-    """grant id -> micro-dollars this hold still reserves on it."""
-    rows = (
-        LedgerEntry.objects.filter(hold_id=hold.pk, entry_type=EntryType.HOLD)
-        .values("grant_id")
-        .annotate(total=Sum("held_change_micros"))
+def _lock_held_grants(hold: CreditHold) -> list[CreditGrant]:
+    """The grants this hold reserves credit on, locked, each with `reserved_micros`."""
+    grants = CreditGrant._meta.db_table
+    entries = LedgerEntry._meta.db_table
+    rows = CreditGrant.objects.raw(
+        f"SELECT g.*, a.reserved_micros FROM {grants} g JOIN ("
+        f"  SELECT grant_id, CAST(SUM(held_change_micros) AS BIGINT) AS reserved_micros FROM {entries}"
+        f"  WHERE hold_id = %s AND entry_type = %s GROUP BY grant_id"
+        f") a ON a.grant_id = g.id ORDER BY g.id{_for_update(of='g')}",
+        [CreditHold._meta.pk.get_db_prep_value(hold.pk, connection), EntryType.HOLD],
     )
-    return {row["grant_id"]: row["total"] for row in rows if row["total"]}
+    return [g for g in rows if g.reserved_micros]
 
 
 def _lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[User, CreditHold]:
-    hold_id = hold.pk if isinstance(hold, CreditHold) else hold
-    user_id = CreditHold.objects.filter(pk=hold_id).values_list("user_id", flat=True).first()
+    if isinstance(hold, CreditHold):
+        hold_id, user_id = hold.pk, hold.user_id
+    else:
+        hold_id = hold
+        user_id = CreditHold.objects.filter(pk=hold_id).values_list("user_id", flat=True).first()
     if user_id is None:
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")
     locked_user = _lock_user(user_id)
-    return locked_user, CreditHold.objects.select_for_update().get(pk=hold_id)
+    # Every change to a hold happens under its user's lock, taken just above.
+    locked_hold = CreditHold.objects.filter(pk=hold_id, user_id=user_id).first()
+    if locked_hold is None:
+        raise HoldNotActive(f"Unknown hold {hold_id!r}.")
+    return locked_user, locked_hold
 
 
 def capture(
@@ -656,6 +704,7 @@ def capture(
     The part reserved against a promotion that was never granted cannot be
     charged (InsufficientCredits). Capturing again with the same amount returns
     the captured hold; anything else on a settled hold raises HoldNotActive.
+    The returned hold carries `balance_after_micros`, the user's balance after it.
     """
     _require_amount(amount_micros, allow_zero=True)
     now = _now(now)
@@ -694,15 +743,12 @@ def release(*, hold: CreditHold | uuid.UUID | str, now: dt.datetime | None = Non
 
 def _settle(user: User, hold: CreditHold, *, charge: int | None, now: dt.datetime,
             description: str) -> None:
-    allocations = _hold_allocations(hold)
-    grants = list(
-        CreditGrant.objects.select_for_update().filter(pk__in=allocations).order_by("id")
-    )
+    grants = _lock_held_grants(hold)
     op = "capture" if charge is not None else "release"
     writer = _Writer(user, operation_key=f"{op}:{hold.pk}", now=now, reference=hold.reference)
     to_charge = charge or 0
     for grant in burn_down_order(grants):
-        reserved = allocations[grant.pk]
+        reserved = grant.reserved_micros
         take = min(reserved, to_charge)
         to_charge -= take
         if charge is not None:
@@ -715,8 +761,9 @@ def _settle(user: User, hold: CreditHold, *, charge: int | None, now: dt.datetim
     hold.status = HoldStatus.CAPTURED if charge is not None else HoldStatus.RELEASED
     hold.captured_micros = charge or 0
     hold.settled_at = now
-    hold.save(update_fields=["status", "captured_micros", "settled_at"])
+    writer.update_hold(hold, "status", "captured_micros", "settled_at")
     writer.flush()
+    hold.balance_after_micros = user.credit_balance  # saves callers a read
 
 
 def release_stale_holds(
