@@ -14,6 +14,7 @@ import time
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -44,9 +45,18 @@ def _api_key(request):
     return request.auth if hasattr(request.auth, "key_hash") else None
 
 
+class AlwaysJsonNegotiation(DefaultContentNegotiation):
+    """Answer JSON (or the SSE stream the body asked for) whatever `Accept` says, as
+    OpenAI does: SSE clients often send only `Accept: text/event-stream`."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class JsonAPIView(APIView):
     renderer_classes = [JSONRenderer]
     parser_classes = [JSONParser]
+    content_negotiation_class = AlwaysJsonNegotiation
 
 
 class ModelListView(JsonAPIView):

@@ -162,3 +162,11 @@ def test_oversized_body_is_413(api, settings):
 @pytest.mark.django_db
 def test_form_encoded_body_is_415(api):
     assert _error(api.post(CHAT, {"model": "demo-small"}), 415)
+
+
+def test_a_client_that_accepts_only_event_streams_still_gets_its_stream(api):
+    response = api.post(CHAT, {"model": "demo-small", "stream": True, "max_tokens": 5,
+                               "messages": [{"role": "user", "content": "hi"}]},
+                        format="json", HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 200
+    assert b"data: [DONE]" in b"".join(response.streaming_content)
