@@ -14,6 +14,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
@@ -273,6 +274,22 @@ class ChangeExpiryForm(ReasonForm):
         return cleaned
 
 
+GRANT_KIND_FILTER = [("", "All credit left"),
+                     *[(k.value, f"{k.label} credit only") for k in GrantKind]]
+
+
+class UserGrantsReasonForm(ReasonForm):
+    grant_kind = forms.ChoiceField(choices=GRANT_KIND_FILTER, required=False,
+                                   label="Grants", initial=GrantKind.PROMOTIONAL)
+    field_order = ["grant_kind", "reason"]
+
+
+class UserGrantsExpiryForm(ChangeExpiryForm):
+    grant_kind = forms.ChoiceField(choices=GRANT_KIND_FILTER, required=False,
+                                   label="Grants", initial=GrantKind.PROMOTIONAL)
+    field_order = ["grant_kind", "expires_at", "never", "reason"]
+
+
 class DecisionForm(forms.Form):
     note = forms.CharField(max_length=255, required=False,
                            widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
@@ -296,7 +313,7 @@ class MoneyAction:
     def call_kwargs(self, data: dict) -> dict:
         mapping = {"amount": "amount_micros", "note": "note", "reason": "reason",
                    "kind": "kind", "expires_at": "expires_at",
-                   "usage_reference": "usage_reference"}
+                   "usage_reference": "usage_reference", "grant_kind": "grant_kind"}
         return {mapping[k]: v for k, v in data.items() if k in mapping}
 
     def allowed(self, staff: User) -> bool:
@@ -314,6 +331,16 @@ USER_ACTIONS = {a.name: a for a in [
                 StaffActionKind.REFUND),
     MoneyAction("revoke_keys", "Revoke API keys", ReasonForm, staff_actions.revoke_api_keys,
                 "user", StaffActionKind.REVOKE_KEYS),
+    # The grant actions on every grant of the selected users that still has credit.
+    MoneyAction("void_all", "Void credit left", UserGrantsReasonForm,
+                partial(staff_actions.on_open_grants, do=staff_actions.void_rest_of_grant),
+                "user", StaffActionKind.VOID),
+    MoneyAction("change_expiry_all", "Change expiry of credit left", UserGrantsExpiryForm,
+                partial(staff_actions.on_open_grants, do=staff_actions.change_expiry),
+                "user", StaffActionKind.CHANGE_EXPIRY),
+    MoneyAction("expire_all", "Expire credit left now", UserGrantsReasonForm,
+                partial(staff_actions.on_open_grants, do=staff_actions.expire_now),
+                "user", StaffActionKind.EXPIRE_NOW),
 ]}
 GRANT_ACTIONS = {a.name: a for a in [
     MoneyAction("void", "Void the rest of the grant", ReasonForm,

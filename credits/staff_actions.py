@@ -184,16 +184,34 @@ def revoke_api_keys(*, staff: User, user: User, reason: str,
                    staff=staff, now=now)
 
 
-def for_each(items: Iterable, do: Callable[..., StaffAction], *, target: str = "user",
-             **kwargs) -> list[StaffAction]:
+def on_open_grants(*, staff: User, user: User, do: Callable[..., StaffAction],
+                   grant_kind: str = "", now: dt.datetime | None = None,
+                   **kwargs) -> list[StaffAction]:
+    """A grant action (void, change expiry, expire now) on each of the user's grants
+    that still has credit (of one kind, if given): one StaffAction per grant."""
+    now = now or timezone.now()
+    grants = (CreditGrant.objects.filter(user=user, remaining_micros__gt=0, voided_at__isnull=True)
+              .exclude(expires_at__lte=now).order_by("id"))
+    if grant_kind:
+        grants = grants.filter(kind=grant_kind)
+    grants = list(grants)
+    if not grants:
+        what = GrantKind(grant_kind).label.lower() + " " if grant_kind else ""
+        raise GrantNotActive(f"{user} has no {what}credit left to act on.")
+    return [do(staff=staff, grant=grant, now=now, **kwargs) for grant in grants]
+
+
+def for_each(items: Iterable, do: Callable[..., StaffAction | list[StaffAction]], *,
+             target: str = "user", **kwargs) -> list[StaffAction]:
     """A bulk action: `do(**{target: item}, **kwargs)` for every item, all or nothing."""
-    done = []
+    done: list[StaffAction] = []
     with transaction.atomic():
         for item in sorted(items, key=lambda i: i.pk):  # lock users in a fixed order
             try:
-                done.append(do(**{target: item}, **kwargs))
+                result = do(**{target: item}, **kwargs)
             except CreditError as exc:
                 raise BulkActionFailed(f"{item}: {exc} Nothing was done.") from exc
+            done.extend(result if isinstance(result, list) else [result])
     return done
 
 

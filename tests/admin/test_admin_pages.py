@@ -408,3 +408,41 @@ def test_user_can_be_added_and_edited_without_touching_credit(client, make_staff
     assert response.status_code == 302, response.context["adminform"].form.errors
     user.refresh_from_db()
     assert user.first_name == "Ada" and user.credit_balance == 4 * USD
+
+
+def test_bulk_expire_promotional_credit_of_selected_users(as_staff, finance, make_user, fund):
+    a, b = make_user(), make_user()
+    fund(a, 5, kind=GrantKind.PROMOTIONAL)
+    fund(a, 7)  # purchased: untouched
+    fund(b, 3, kind=GrantKind.PROMOTIONAL)
+    client = as_staff(finance)
+    response = client.post(reverse("admin:accounts_user_changelist"),
+                           {"action": "money_expire_all", "_selected_action": [a.pk, b.pk]})
+    url = response["Location"]
+    done = submit(client, url, "confirm", grant_kind=GrantKind.PROMOTIONAL, reason="Abuse ring")
+    assert done.status_code == 302
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert (a.credit_balance, b.credit_balance) == (7 * USD, 0)
+    assert StaffAction.objects.filter(kind="EXPIRE_NOW").count() == 2
+    again = submit(client, url, "confirm", grant_kind=GrantKind.PROMOTIONAL, reason="Again")
+    assert any("no promotional credit left" in e for e in errors_of(again))
+    assert_books_balance(a.pk, b.pk)
+
+
+def test_void_and_extend_all_credit_left_of_a_user(as_staff, finance, user, fund):
+    fund(user, 2)
+    fund(user, 3, kind=GrantKind.PROMOTIONAL)
+    client = as_staff(finance)
+    later = (timezone.now() + dt.timedelta(days=60)).replace(second=0, microsecond=0)
+    response = submit(client, user_action_url("change_expiry_all", user), "confirm",
+                      grant_kind="", expires_at=later.strftime("%Y-%m-%dT%H:%M"),
+                      reason="Apology")
+    assert response.status_code == 302
+    assert set(CreditGrant.objects.filter(user=user).values_list("expires_at", flat=True)) == {
+        later}
+    assert submit(client, user_action_url("void_all", user), "confirm", grant_kind="",
+                  reason="Closed account").status_code == 302
+    user.refresh_from_db()
+    assert user.credit_balance == 0
+    assert_books_balance(user.pk)
