@@ -10,6 +10,7 @@ _groups_migration = importlib.import_module(
     "credits.migrations.0005_default_promotion_and_staff_groups")
 _more_permissions = importlib.import_module(
     "credits.migrations.0006_variant_weight_zero_and_more_staff_permissions")
+_billing_permissions = importlib.import_module("billing.migrations.0003_staff_group_permissions")
 
 
 @pytest.fixture
@@ -18,6 +19,7 @@ def staff_groups(db):
     may have emptied the table, so build them again, idempotently)."""
     _groups_migration.create_groups(global_apps, None)
     _more_permissions.add_permissions(global_apps, None)
+    _billing_permissions.add_permissions(global_apps, None)
     return {name: Group.objects.get(name=name) for name in ("Support", "Finance")}
 
 
