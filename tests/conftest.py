@@ -1,12 +1,17 @@
 import os
 
 import pytest
+from django.core.servers.basehttp import ThreadedWSGIServer
 from django.db import connection
 
 from accounts.models import User
 from credits import services
 from credits.models import GrantKind
 from tests.books import USD
+
+# live_server's listen backlog is socketserver's 5: a burst of simultaneous HTTP calls
+# (the concurrency tests) would be reset by the kernel before Django sees it.
+ThreadedWSGIServer.request_queue_size = 128
 
 
 def pytest_collection_modifyitems(config, items):
