@@ -161,8 +161,10 @@ class _MeteredView(JsonAPIView):
         response["X-Accel-Buffering"] = "no"
         response["X-Request-Id"] = call.request_id
         if call.billed:
-            # The charge is known only when the stream ends: see the final usage chunk.
+            # Headers leave before generation: nothing is charged yet (the worst case is
+            # held). The final charge is in the last chunk's `usage.cost` / `credits.charged`.
             response["X-Credits-Balance"] = format_usd(call.balance_micros())
+            response["X-Credits-Charged"] = format_usd(0)
             response["X-Credits-Held"] = format_usd(call.held_micros)
         if call.promotion_applied:
             response["X-Promotion-Applied"] = "true"

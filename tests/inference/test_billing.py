@@ -209,6 +209,7 @@ def test_streamed_call_ends_with_usage_and_credits_then_done(api, spender, fund,
     assert usage_chunk["credits"]["balance"] == format_usd(1_000_000 - record.cost_micros)
     assert record.streamed and record.status == UsageStatus.SUCCEEDED
     assert response["X-Credits-Held"] == format_usd(record.held_micros)
+    assert response["X-Credits-Charged"] == "0.000000"  # headers leave before generation
 
 
 @pytest.mark.django_db
