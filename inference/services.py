@@ -252,6 +252,37 @@ class MeteredCall:
             cost = self.held_micros
         return cost
 
+    def _charge_without_hold(self, charge: int) -> int:
+        """The hold could not be captured after tokens were delivered (the stale-hold sweep
+        released it, say): the charge stands, taken directly as far as the balance allows.
+        Returns what was charged; any shortfall is logged loudly."""
+        try:
+            credit_services.release(hold=self.hold)
+        except Exception:
+            pass  # already released or captured: nothing is held for this call any more
+        key = f"late-charge:{self.request_id}"
+        try:
+            try:
+                credit_services.use_credits(user=self.user.pk, amount_micros=charge,
+                                            reference=self.request_id, idempotency_key=key,
+                                            description=f"{self.model.id} {self.request_id}")
+                charged = charge
+            except InsufficientCredits as exc:
+                charged = exc.available_micros
+                if charged:
+                    credit_services.use_credits(user=self.user.pk, amount_micros=charged,
+                                                reference=self.request_id, idempotency_key=key,
+                                                description=f"{self.model.id} {self.request_id}")
+        except Exception:
+            logger.exception("BILLING: call %s delivered tokens worth %s micros that could not "
+                             "be charged", self.request_id, charge)
+            return 0
+        if charged < charge:
+            logger.error("BILLING: call %s was charged %s of %s micros after its hold was lost",
+                         self.request_id, charged, charge)
+        self._balance_read_settled = False
+        return charged
+
     def _settle(self, *, status: str, error: str) -> None:
         """Capture or release the hold once, then write the usage record. Never raises:
         whatever fails here after delivery is logged loudly and the charge stands."""
@@ -279,10 +310,9 @@ class MeteredCall:
                 self._balance_micros = getattr(settled, "balance_after_micros", None)
                 self._balance_read_settled = self._balance_micros is not None
             except Exception:
-                logger.exception("BILLING: settling hold %s of call %s failed (charge %s); "
-                                 "the stale-hold sweep will release it", self.hold.pk,
-                                 self.request_id, charge)
-                self.cost_micros = 0
+                logger.exception("BILLING: settling hold %s of call %s failed (charge %s)",
+                                 self.hold.pk, self.request_id, charge)
+                self.cost_micros = self._charge_without_hold(charge) if charge else 0
         try:
             UsageRecord.objects.create(
                 request_id=self.request_id, user_id=self.user.pk, api_key=self.api_key,
