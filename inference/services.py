@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -256,10 +257,8 @@ class MeteredCall:
         """The hold could not be captured after tokens were delivered (the stale-hold sweep
         released it, say): the charge stands, taken directly as far as the balance allows.
         Returns what was charged; any shortfall is logged loudly."""
-        try:
+        with contextlib.suppress(Exception):  # already settled: nothing is held any more
             credit_services.release(hold=self.hold)
-        except Exception:
-            pass  # already released or captured: nothing is held for this call any more
         key = f"late-charge:{self.request_id}"
         try:
             try:
