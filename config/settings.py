@@ -221,6 +221,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    # Never trust X-Forwarded-For for throttling identity unless a proxy is configured.
+    "NUM_PROXIES": 0,
 }
 
 # --- Inference ---------------------------------------------------------------
