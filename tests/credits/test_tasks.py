@@ -6,7 +6,7 @@ import time
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.conf import settings
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from config.celery import app as celery_app
@@ -182,6 +182,14 @@ def test_the_expire_credits_command_runs_the_same_service(user):
     call_command("expire_credits")
     assert len(expiry_entries(grant)) == 1
     call_command("credits_verify")
+
+
+def test_the_expire_credits_command_refuses_a_moment_in_the_future(user):
+    grant = expiring_grant(user, expires_in=dt.timedelta(days=5))  # three days from now
+    future = (timezone.now() + dt.timedelta(days=365)).isoformat()
+    with pytest.raises(CommandError, match="in the future"):
+        call_command("expire_credits", f"--now={future}")
+    assert expiry_entries(grant) == []
 
 
 # --- stale holds ---------------------------------------------------------------------

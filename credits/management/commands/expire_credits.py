@@ -1,6 +1,7 @@
 import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from credits.services import expire_credits
 
@@ -23,5 +24,8 @@ class Command(BaseCommand):
                 raise CommandError(f"--now: {exc}") from exc
             if moment.tzinfo is None:
                 raise CommandError("--now needs a timezone, e.g. 2026-01-01T00:00:00+00:00")
+            if moment > timezone.now():
+                # Expiry cannot be undone: a typo must not expire live credit early.
+                raise CommandError(f"--now {now} is in the future; expiry runs as of now or before.")
         expired = expire_credits(now=moment)
         self.stdout.write(self.style.SUCCESS(f"Expired {expired} grant(s)."))
