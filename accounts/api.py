@@ -53,8 +53,8 @@ class RegisterView(JsonAPIView):
         return Response(
             {
                 "user": {"id": user.pk, "email": user.email},
-                "api_key": {"id": key.pk, "name": key.name, "key": secret,
-                            "masked": key.masked},
+                "api_key": secret,  # shown this once
+                "api_key_info": {"id": key.pk, "name": key.name, "masked": key.masked},
                 "promotion": promotion_status(user).as_json(),
             },
             status=status.HTTP_201_CREATED,

@@ -17,8 +17,8 @@ def test_register_returns_user_key_once_and_the_promotion_window():
     body = response.json()
     user = User.objects.get()
     assert body["user"] == {"id": user.pk, "email": "lin@example.com"}
-    secret = body["api_key"]["key"]
-    assert secret.startswith("sk-")
+    secret = body["api_key"]
+    assert secret.startswith("sk-") and body["api_key_info"]["masked"].startswith("sk-")
     promotion = body["promotion"]
     assert promotion["eligible"] is True and promotion["amount"] == "20.000000"
     assert 0 < promotion["seconds_remaining"] <= 180
