@@ -34,7 +34,8 @@ class PromotionStatus:
         return {
             "eligible": self.eligible,
             "claimed": self.claimed,
-            "deadline": self.deadline.isoformat(),
+            # The same form as DRF's timestamps: UTC with a Z.
+            "deadline": self.deadline.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
             "seconds_remaining": self.seconds_remaining,
             "amount": money.format_usd(self.amount_micros),
         }
