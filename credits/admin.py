@@ -700,8 +700,10 @@ class PromotionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Reactivate", permissions=["change"])
     def reactivate(self, request, queryset):
-        queryset.update(is_active=True)
-        self.message_user(request, "Reactivated.", messages.SUCCESS)
+        for promotion in queryset:
+            promotions.reactivate_promotion(promotion=promotion)
+            self.log_change(request, promotion, "Reactivated: new awards resume.")
+        self.message_user(request, f"Reactivated {queryset.count()} promotion(s).", messages.SUCCESS)
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)

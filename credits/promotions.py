@@ -161,3 +161,10 @@ def deactivate_promotion(*, promotion: Promotion) -> Promotion:
     Promotion.objects.filter(pk=promotion.pk).update(is_active=False)
     promotion.refresh_from_db(fields=["is_active"])
     return promotion
+
+
+def reactivate_promotion(*, promotion: Promotion) -> Promotion:
+    """Undo the kill switch: awards resume for users still inside their window."""
+    Promotion.objects.filter(pk=promotion.pk).update(is_active=True)
+    promotion.refresh_from_db(fields=["is_active"])
+    return promotion

@@ -6,6 +6,7 @@ import importlib
 
 import pytest
 from django.apps import apps as global_apps
+from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 from django.utils import timezone
 
@@ -150,6 +151,12 @@ def test_promotion_admin_creates_a_variant_and_kill_switch_action(client, financ
                            {"action": "kill_switch", "_selected_action": [winter.pk]})
     winter.refresh_from_db()
     assert response.status_code == 302 and not winter.is_active
+    response = client.post(reverse("admin:credits_promotion_changelist"),
+                           {"action": "reactivate", "_selected_action": [winter.pk]})
+    winter.refresh_from_db()
+    assert response.status_code == 302 and winter.is_active
+    assert LogEntry.objects.filter(object_id=str(winter.pk),
+                                   change_message__startswith="Reactivated").exists()
 
 
 def test_support_cannot_edit_promotions(client, support):
