@@ -156,6 +156,8 @@ def refund_credit(*, staff: User, user: User, amount_micros: int, reason: str,
 
 def void_rest_of_grant(*, staff: User, grant: CreditGrant, reason: str,
                        now: dt.datetime | None = None) -> StaffAction:
+    """Void what is left of one grant (credit held by a call is voided when it settles).
+    Raises GrantNotActive for a voided grant; audited, permission-checked like every action."""
     if grant.voided_at is not None:
         raise GrantNotActive(f"Grant #{grant.pk} was already voided.")
     return _submit(StaffAction(kind=StaffActionKind.VOID, user_id=grant.user_id, grant=grant,
@@ -174,12 +176,14 @@ def change_expiry(*, staff: User, grant: CreditGrant, expires_at: dt.datetime | 
 
 def expire_now(*, staff: User, grant: CreditGrant, reason: str,
                now: dt.datetime | None = None) -> StaffAction:
+    """Expire a grant's unheld remainder at once (an EXPIRY entry); audited."""
     return _submit(StaffAction(kind=StaffActionKind.EXPIRE_NOW, user_id=grant.user_id,
                                grant=grant, reason=reason), staff=staff, now=now)
 
 
 def revoke_api_keys(*, staff: User, user: User, reason: str,
                     now: dt.datetime | None = None) -> StaffAction:
+    """Revoke every active API key of the user at once (no money moves); audited."""
     return _submit(StaffAction(kind=StaffActionKind.REVOKE_KEYS, user=user, reason=reason),
                    staff=staff, now=now)
 

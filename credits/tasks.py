@@ -39,9 +39,11 @@ def send_notification(user_id: int, event: str) -> int:
 
 @shared_task(**_IDEMPOTENT)
 def notify_expiring_credits(now: str | None = None) -> int:
+    """Daily: tell each user once per grant that credit expires within EXPIRING_SOON_DAYS."""
     return notifications.notify_expiring_soon(now=_moment(now))
 
 
 @shared_task(**_IDEMPOTENT)
 def catch_up_notifications(now: str | None = None) -> int:
+    """Every few minutes: send what an enqueue missed (Redis was down); at most once each."""
     return notifications.catch_up(now=_moment(now))

@@ -446,6 +446,7 @@ def claim_idempotency_key(*, user: User, key: str, endpoint: str,
 
 def store_idempotent_response(*, record: IdempotentRequest, status_code: int, body: dict,
                               headers: dict) -> None:
+    """Keep the answer of a keyed call, so a replay with the same body gets it verbatim."""
     record.status_code, record.response_body, record.response_headers = status_code, body, headers
     record.save(update_fields=["status_code", "response_body", "response_headers"])
 
