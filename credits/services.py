@@ -858,6 +858,7 @@ def _back_pending_holds(user: User, grant: CreditGrant, now: dt.datetime) -> Non
     for hold in pending:
         take = min(hold.pending_promotion_micros, grant.free_micros)
         if take:
+            writer.reference = hold.reference  # each entry traces back to its call
             writer.write(EntryType.HOLD, grant=grant, held_change=take, hold=hold,
                          description="Hold moved onto the first-token promotion")
         hold.pending_promotion_micros -= take

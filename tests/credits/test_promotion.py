@@ -9,7 +9,7 @@ from django.utils import timezone
 from accounts.models import User
 from credits import services
 from credits.exceptions import InsufficientCredits
-from credits.models import CreditGrant, GrantKind
+from credits.models import CreditGrant, EntryType, GrantKind, LedgerEntry
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 
@@ -74,11 +74,13 @@ def test_no_promotion_without_a_first_token(user):
 
 def test_a_user_in_the_window_can_start_a_call_against_the_pending_promotion(user):
     now = user.date_joined + dt.timedelta(seconds=60)
-    hold = services.authorize(user=user, amount_micros=USD, now=now)
+    hold = services.authorize(user=user, amount_micros=USD, reference="req-42", now=now)
     assert hold.pending_promotion_micros == USD
     record_first_token(user_id=user.pk, at=now)
     hold.refresh_from_db()
     assert hold.pending_promotion_micros == 0  # now backed by the promotional grant
+    backing = LedgerEntry.objects.get(hold=hold, entry_type=EntryType.HOLD)
+    assert (backing.held_change_micros, backing.reference) == (USD, "req-42")
     services.capture(hold=hold, amount_micros=250_000, now=now)
     user.refresh_from_db()
     assert user.credit_balance == 20 * USD - 250_000
