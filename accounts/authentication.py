@@ -27,7 +27,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if api_key is None or not api_key.user.is_active:
             raise exceptions.AuthenticationFailed(
                 "Incorrect or revoked API key provided.", code="invalid_api_key")
-        touch_api_key(api_key)
+        touch_api_key(api_key=api_key)
         return api_key.user, api_key
 
     def authenticate_header(self, request) -> str:

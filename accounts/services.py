@@ -69,7 +69,7 @@ def get_user_for_api_key(secret: str) -> ApiKey | None:
     return key
 
 
-def touch_api_key(api_key: ApiKey, *, now: dt.datetime | None = None) -> None:
+def touch_api_key(*, api_key: ApiKey, now: dt.datetime | None = None) -> None:
     """Record that the key was used (at most once a minute, to keep calls cheap)."""
     now = now or timezone.now()
     if api_key.last_used_at and now - api_key.last_used_at < LAST_USED_RESOLUTION:
