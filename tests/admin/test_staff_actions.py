@@ -58,6 +58,9 @@ def test_staff_without_a_group_can_do_nothing(bare_staff, user):
         staff_actions.grant_credit(staff=bare_staff, user=user, amount_micros=USD, reason="x")
     with pytest.raises(ActionNotAllowed):
         staff_actions.refund_credit(staff=bare_staff, user=user, amount_micros=USD, reason="x")
+    user.refresh_from_db()
+    assert user.credit_balance == 0 and not StaffAction.objects.exists()
+    assert not CreditGrant.objects.filter(user=user).exists()
 
 
 def test_a_reason_is_required(finance, user):
@@ -147,6 +150,9 @@ def test_change_expiry_to_the_past_is_refused(finance, user, fund):
     with pytest.raises(InvalidAmount):
         staff_actions.change_expiry(staff=finance, grant=grant, reason="x",
                                     expires_at=timezone.now() - dt.timedelta(days=1))
+    grant.refresh_from_db()
+    assert grant.expires_at is None and not StaffAction.objects.exists()
+    assert not LedgerEntry.objects.filter(grant=grant, entry_type=EntryType.EXPIRY_CHANGE).exists()
 
 
 def test_expire_now_expires_the_free_remainder(finance, user, fund):
