@@ -25,6 +25,7 @@ from accounts.serializers import (
     GrantSerializer,
     RegisterSerializer,
 )
+from credits import abuse
 from credits.money import format_usd
 from credits.selectors import get_user_credits, promotion_status
 from inference.ratelimit import RegistrationRateThrottle
@@ -47,7 +48,8 @@ class RegisterView(JsonAPIView):
         serializer = RegisterSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
-            user, key, secret = services.register_user(**serializer.validated_data)
+            user, key, secret = services.register_user(
+                **serializer.validated_data, client_ip=abuse.client_ip(request))
         except DjangoValidationError as exc:
             raise exceptions.ValidationError(exc.message_dict) from None
         return Response(

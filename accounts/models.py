@@ -2,6 +2,8 @@ from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
 from django.db.models import F, Q
 
+from accounts.emails import canonical_email
+
 
 class UserManager(BaseUserManager):
     use_in_migrations = True
@@ -9,7 +11,8 @@ class UserManager(BaseUserManager):
     def _create_user(self, email: str, password: str | None, **extra_fields):
         if not email:
             raise ValueError("An email address is required.")
-        user = self.model(email=self.normalize_email(email).lower(), **extra_fields)
+        email = self.normalize_email(email).lower()
+        user = self.model(email=email, email_normalized=canonical_email(email), **extra_fields)
         user.set_password(password)
         user.save(using=self._db)
         return user
@@ -30,6 +33,12 @@ class User(AbstractUser):
 
     username = None
     email = models.EmailField("email address", unique=True)
+    # accounts.emails.canonical_email(email), set at sign-up: one account per person-ish
+    # address. Empty only for old accounts that collided with an older one's form.
+    email_normalized = models.CharField(
+        max_length=254, unique=True, null=True, blank=True, editable=False
+    )
+    email_verified_at = models.DateTimeField(null=True, blank=True)
 
     # Cached from the ledger, written only by credits.services in the same
     # transaction as the entries; `credits_verify` checks them.
@@ -41,6 +50,8 @@ class User(AbstractUser):
         default=True, help_text="May still earn the first-token promotion."
     )
     promotion_claimed = models.BooleanField(default=False)
+    # Why the promotion was withheld (velocity limits, a claimed address...): shown to the user.
+    promotion_withheld_reason = models.CharField(max_length=255, blank=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []
@@ -64,6 +75,11 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.email
+
+    def save(self, *args, **kwargs):
+        if self._state.adding and self.email_normalized is None and self.email:
+            self.email_normalized = canonical_email(self.email)  # e.g. users added in admin
+        super().save(*args, **kwargs)
 
 
 class ApiKeyQuerySet(models.QuerySet):

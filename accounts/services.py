@@ -12,10 +12,13 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.emails import canonical_email
 from accounts.models import ApiKey, User
+from credits import abuse
 
 API_KEY_PREFIX = "sk-"
 DEFAULT_KEY_NAME = "Default key"
+ACCOUNT_EXISTS = "An account with this email address already exists."
 # last_used_at is a hint for people, not an audit trail: write it at most this often.
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 
@@ -82,13 +85,18 @@ def normalize_email(email: str) -> str:
     return (email or "").strip().lower()
 
 
-def register_user(*, email: str, password: str) -> tuple[User, ApiKey, str]:
+def register_user(
+    *, email: str, password: str, client_ip: str | None = None
+) -> tuple[User, ApiKey, str]:
     """Create a customer and their first API key, atomically.
 
     Raises django ValidationError with per-field messages ({"email": [...],
-    "password": [...]}) for a malformed or taken email (case-insensitive) or a
-    weak password; nothing is created then. The promotion window starts at
-    `date_joined`, i.e. now.
+    "password": [...]}) for a malformed or taken email (case-insensitive, and by
+    its normalized form: accounts.emails), a disposable email domain, or a weak
+    password; nothing is created then. The promotion window starts at
+    `date_joined`, i.e. now. `client_ip` (credits.abuse.client_ip) feeds the sign-up
+    velocity limits: over one, the account is created but the promotion is withheld
+    with a reason (credits.abuse.record_signup).
     """
     email = normalize_email(email)
     errors: dict[str, list[str]] = {}
@@ -97,10 +105,15 @@ def register_user(*, email: str, password: str) -> tuple[User, ApiKey, str]:
     else:
         try:
             validate_email(email)
-        except ValidationError:
-            errors["email"] = ["Enter a valid email address."]
-    if "email" not in errors and User.objects.filter(email__iexact=email).exists():
-        errors["email"] = ["An account with this email address already exists."]
+            abuse.check_signup_email(email)
+        except ValidationError as exc:
+            errors["email"] = (list(exc.message_dict.get("email", []))
+                               if hasattr(exc, "error_dict") else ["Enter a valid email address."])
+    if "email" not in errors and (
+        User.objects.filter(email__iexact=email).exists()
+        or User.objects.filter(email_normalized=canonical_email(email)).exists()
+    ):
+        errors["email"] = [ACCOUNT_EXISTS]
     if not password:
         errors["password"] = ["A password is required."]
     else:
@@ -114,9 +127,9 @@ def register_user(*, email: str, password: str) -> tuple[User, ApiKey, str]:
         with transaction.atomic():
             user = User.objects.create_user(email, password)
             key, secret = create_api_key(user=user, name=DEFAULT_KEY_NAME)
+            abuse.record_signup(user=user, ip=client_ip)
+            abuse.schedule_verification_email(user=user)
     except IntegrityError:
-        # Lost a race with a concurrent registration of the same address.
-        raise ValidationError(
-            {"email": ["An account with this email address already exists."]}
-        ) from None
+        # Lost a race with a concurrent registration of the same (normalized) address.
+        raise ValidationError({"email": [ACCOUNT_EXISTS]}) from None
     return user, key, secret

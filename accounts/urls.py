@@ -9,6 +9,7 @@ app_name = "accounts"
 urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("onboarding/", views.onboarding, name="onboarding"),
+    path("verify-email/<str:token>/", views.verify_email, name="verify_email"),
     path("keys/", views.create_key, name="create_key"),
     path("keys/<int:pk>/revoke/", views.revoke_key, name="revoke_key"),
 ]

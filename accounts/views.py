@@ -3,6 +3,7 @@
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
@@ -11,7 +12,7 @@ from accounts import services
 from accounts.forms import ApiKeyForm, SignupForm
 from accounts.models import ApiKey
 from billing import selectors as billing_selectors
-from credits import money
+from credits import abuse, money
 from credits.promotions import live_promotion, settings_terms, terms_for
 from credits.selectors import get_user_credits
 
@@ -44,7 +45,7 @@ def signup(request):
         return redirect("accounts:onboarding")
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        registered = form.save()
+        registered = form.save(client_ip=abuse.client_ip(request))
         if registered is not None:
             user, _key, secret = registered
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -89,6 +90,19 @@ def onboarding(request):
         "offer_amount_display": money.display_usd(credits.promotion.amount_micros, places=0),
         "balance_display": money.display_usd(credits.balance_micros),
         "buy_url": buy_url,
+    })
+
+
+def verify_email(request, token: str):
+    """The signed link emailed at sign-up (PROMOTION_REQUIRE_EMAIL_VERIFICATION)."""
+    try:
+        abuse.verify_email(token=token)
+    except ValidationError as exc:
+        return render(request, "accounts/verify_email.html",
+                      {"verified": False, "message": " ".join(exc.messages)}, status=400)
+    return render(request, "accounts/verify_email.html", {
+        "verified": True,
+        "message": "Your email address is verified. Any free credit you earned is ready to use.",
     })
 
 

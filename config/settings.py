@@ -177,6 +177,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "credits.tasks.notify_expiring_credits",
         "schedule": crontab(hour=8, minute=0),
     },
+    "void-unverified-promotions": {
+        "task": "credits.tasks.void_unverified_promotions",
+        "schedule": 600.0,
+        "options": {"expires": 590},
+    },
 }
 
 # --- Notifications -----------------------------------------------------------
@@ -196,6 +201,22 @@ STALE_HOLD_SECONDS = env.int("STALE_HOLD_SECONDS", default=15 * 60)
 # the Support group may grant and refund up to its limit.
 ADMIN_APPROVAL_THRESHOLD_USD = env("ADMIN_APPROVAL_THRESHOLD_USD", default="100")
 SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")
+
+# --- Abuse controls of the sign-up credit (credits/abuse.py) --------------------
+# Proxies whose X-Forwarded-For we believe (IPs or CIDRs). Empty: REMOTE_ADDR is the client.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+# Over these, the sign-up still works but the promotion is withheld (0 = no limit).
+SIGNUPS_PER_IP_PER_HOUR = env.int("SIGNUPS_PER_IP_PER_HOUR", default=3)
+SIGNUPS_PER_NETWORK_PER_HOUR = env.int("SIGNUPS_PER_NETWORK_PER_HOUR", default=10)  # /24, /64
+PROMOTIONS_PER_NETWORK_PER_DAY = env.int("PROMOTIONS_PER_NETWORK_PER_DAY", default=5)
+# Promotional credit granted across all users; past it the promotion pauses (0 = no cap).
+PROMOTION_CAP_USD_PER_HOUR = env("PROMOTION_CAP_USD_PER_HOUR", default="0")
+PROMOTION_CAP_USD_PER_DAY = env("PROMOTION_CAP_USD_PER_DAY", default="0")
+# On: the sign-up credit is granted at first token but spendable only once the email is
+# verified (a link is emailed at sign-up); voided if not verified within the hours below.
+PROMOTION_REQUIRE_EMAIL_VERIFICATION = env.bool("PROMOTION_REQUIRE_EMAIL_VERIFICATION",
+                                                default=False)
+PROMOTION_VERIFICATION_HOURS = env.int("PROMOTION_VERIFICATION_HOURS", default=24)
 
 # --- Buying credit -----------------------------------------------------------
 # With no Stripe keys the embedded `test` provider (a local TEST MODE page) takes payments.

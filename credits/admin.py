@@ -664,7 +664,7 @@ class PromotionAdmin(admin.ModelAdmin):
     form = PromotionForm
     inlines = [PromotionVariantInline]
     list_display = ["name", "kind", "is_active", "active_from", "active_to", "terms",
-                    "variant_count", "assigned"]
+                    "variant_count", "assigned", "paused_reason"]
     list_filter = ["kind", "is_active"]
     actions = ["kill_switch", "reactivate"]
     change_list_template = "admin/credits/promotion/change_list.html"
@@ -842,3 +842,6 @@ def grant_action_links(grant: CreditGrant) -> str:
     links = [(reverse(base, kwargs={"action": name}) + f"?ids={grant.pk}", spec.label)
              for name, spec in GRANT_ACTIONS.items()]
     return format_html_join(" · ", '<a href="{}">{}</a>', links)
+
+
+from credits import abuse_admin  # noqa: E402, F401  (registers the abuse-control admin)

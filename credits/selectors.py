@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from credits import money
+from credits import abuse, money
 from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
 from credits.promotions import PromotionTerms, user_promotion_terms
 
@@ -29,6 +29,9 @@ class PromotionStatus:
     seconds_remaining: float
     amount_micros: int
     expiry_days: int
+    # Why this user is not (or not yet) getting it, in plain words; "" when nothing to say
+    # (credits.abuse: velocity limits, a claimed address, the offer paused, verify email).
+    withheld_reason: str = ""
 
     def as_json(self) -> dict:
         return {
@@ -38,6 +41,7 @@ class PromotionStatus:
             "deadline": self.deadline.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
             "seconds_remaining": self.seconds_remaining,
             "amount": money.format_usd(self.amount_micros),
+            "withheld_reason": self.withheld_reason or None,
         }
 
 
@@ -60,6 +64,8 @@ def promotion_status(user: User, *, now: dt.datetime | None = None) -> Promotion
         seconds_remaining=round(remaining, 3) if eligible else 0.0,
         amount_micros=terms.amount_micros,
         expiry_days=terms.expiry_days,
+        withheld_reason=abuse.withheld_reason(
+            user, terms_active=terms.active, terms_amount_micros=terms.amount_micros),
     )
 
 
@@ -84,10 +90,12 @@ def get_user_credits(*, user: User, now: dt.datetime | None = None) -> UserCredi
     """
     now = now or timezone.now()
     user.refresh_from_db(fields=["credit_balance", "credit_held", "first_token_at",
-                                 "promotion_claimed", "promotion_eligible"])
+                                 "promotion_claimed", "promotion_eligible",
+                                 "promotion_withheld_reason", "email_verified_at"])
     grants = list(CreditGrant.objects.filter(user=user).order_by("-granted_at", "-id"))
     usable = [g for g in grants if g.is_usable_at(now)]
-    available = sum(g.free_micros for g in usable)
+    # Credit awaiting an email verification counts in the balance but is not available.
+    available = sum(g.free_micros for g in usable if g.is_spendable_at(now))
     expiries = [g.expires_at for g in usable if g.expires_at and g.remaining_micros > 0]
     return UserCredits(
         balance_micros=user.credit_balance,

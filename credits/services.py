@@ -22,7 +22,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from accounts.models import User
-from credits import money, notifications
+from credits import abuse, money, notifications
 from credits.exceptions import (
     CaptureExceedsHold,
     GrantNotActive,
@@ -247,7 +247,8 @@ def _expiry_description(grant: CreditGrant) -> str:
 
 
 def _usable_grants(grants: Iterable[CreditGrant], now: dt.datetime) -> list[CreditGrant]:
-    return [g for g in burn_down_order(grants) if g.is_usable_at(now) and g.free_micros > 0]
+    # Spendable: credit awaiting an email verification is not drawn by new debits or holds.
+    return [g for g in burn_down_order(grants) if g.is_spendable_at(now) and g.free_micros > 0]
 
 
 # --- grants --------------------------------------------------------------------
@@ -831,6 +832,10 @@ def apply_first_token_promotion(
                 locked.promotion_eligible = False
                 locked.save(update_fields=["promotion_eligible"])
             return None
+        # Abuse controls: one claim per normalized email, per-network limit, spend caps.
+        award = abuse.reserve_award(user=locked, amount_micros=terms.amount_micros, now=now)
+        if isinstance(award, str):
+            return None
         grant = _grant_locked(
             locked, amount_micros=terms.amount_micros, kind=GrantKind.PROMOTIONAL,
             description="First-token promotion", actor=None,
@@ -840,6 +845,8 @@ def apply_first_token_promotion(
         )
         locked.promotion_claimed = True
         locked.save(update_fields=["promotion_claimed"])
+        abuse.finish_award(user=locked, award=award, grant=grant, now=now)
+        # Awaiting verification or not, the call that earned it may draw on it.
         _back_pending_holds(locked, grant, now)
         notifications.promotion_granted(user_id=locked.pk)  # emailed after commit
         return grant

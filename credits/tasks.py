@@ -8,7 +8,7 @@ import datetime as dt
 
 from celery import shared_task
 
-from credits import notifications, services
+from credits import abuse, notifications, services
 
 _IDEMPOTENT = {"acks_late": True, "reject_on_worker_lost": True}
 
@@ -47,3 +47,15 @@ def notify_expiring_credits(now: str | None = None) -> int:
 def catch_up_notifications(now: str | None = None) -> int:
     """Every few minutes: send what an enqueue missed (Redis was down); at most once each."""
     return notifications.catch_up(now=_moment(now))
+
+
+@shared_task(**_IDEMPOTENT, soft_time_limit=240, time_limit=300)
+def void_unverified_promotions(now: str | None = None) -> int:
+    """Void sign-up credit still awaiting email verification after PROMOTION_VERIFICATION_HOURS."""
+    return abuse.void_unverified_promotions(now=_moment(now))
+
+
+@shared_task(**_IDEMPOTENT)
+def notify_promotion_paused(promotion_ids: list[int]) -> int:
+    """Tell staff a spend cap paused these promotions (once per pause)."""
+    return abuse.notify_staff_promotion_paused(promotion_ids=promotion_ids)

@@ -62,7 +62,15 @@ class ApiKeyRateThrottle(BaseThrottle):
 
 
 class RegistrationRateThrottle(BaseThrottle):
-    """REGISTER_RATE_LIMIT_PER_HOUR sign-ups per client address; 0 = off."""
+    """REGISTER_RATE_LIMIT_PER_HOUR sign-ups per client address; 0 = off.
+
+    The address is credits.abuse.client_ip (X-Forwarded-For believed only from
+    TRUSTED_PROXIES), so a client cannot dodge the limit with a forged header."""
+
+    def get_ident(self, request) -> str:
+        from credits.abuse import client_ip
+
+        return client_ip(request) or "unknown"
 
     def allow_request(self, request, view) -> bool:
         limit = int(settings.REGISTER_RATE_LIMIT_PER_HOUR)

@@ -226,10 +226,14 @@ class MeteredCall:
             pending = CreditHold.objects.filter(pk=self.hold.pk).values_list(
                 "pending_promotion_micros", flat=True).get()
             if pending:
+                self.user.refresh_from_db(fields=["promotion_withheld_reason"])
+                why = self.user.promotion_withheld_reason  # credits.abuse refused it
                 raise PromotionNotGranted(
                     "Insufficient credits: this call relied on the first-token promotion, but "
-                    "the first token came after the promotion window closed, so it was not "
-                    "granted. Nothing was charged. Add credits to continue.",
+                    + (f"it was not granted: {why}" if why else
+                       "the first token came after the promotion window closed, so it was not "
+                       "granted.")
+                    + " Nothing was charged. Add credits to continue.",
                 )
             self.hold.pending_promotion_micros = 0
 

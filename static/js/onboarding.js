@@ -102,6 +102,12 @@
     } else if (!promo.eligible && state.promotion === "in_window") {
       endOffer();
     }
+    // Why the credit is withheld (velocity limits, the offer paused, verify your email).
+    var reasonEl = banner.querySelector(promo.claimed ? "[data-verify-notice]" : "[data-withheld-reason]");
+    if (reasonEl && promo.withheld_reason) {
+      reasonEl.textContent = promo.withheld_reason;
+      reasonEl.hidden = false;
+    }
   }
 
   function endOffer() {
