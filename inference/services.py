@@ -398,7 +398,10 @@ def start_call(
                 f"Insufficient credits: this call may cost up to ${format_usd(worst)} "
                 f"({prompt_tokens} prompt tokens + up to {limit} completion tokens on {model.id}) "
                 f"but ${format_usd(exc.available_micros)} is available, enough for "
-                f"{affordable} completion tokens. Lower max_tokens or add credits.",
+                f"{affordable} completion tokens. Lower max_tokens or add credits."
+                # Why there is no sign-up credit to draw on (credits.abuse), when withheld.
+                + (f" {user.promotion_withheld_reason}" if getattr(
+                    user, "promotion_withheld_reason", "") else ""),
                 required_micros=worst, available_micros=exc.available_micros,
                 affordable_tokens=affordable,
             ) from exc

@@ -1,0 +1,42 @@
+"""The global spend cap holds when first tokens race on PostgreSQL (real threads)."""
+
+import datetime as dt
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from accounts.models import User
+from credits.models import CreditGrant, GrantKind, Promotion, PromotionClaim
+from inference.services import record_first_token
+from tests.books import USD, assert_books_balance
+from tests.concurrency import run_concurrently
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def test_concurrent_first_tokens_never_grant_past_the_cap(settings, eager_tasks):
+    settings.PROMOTION_CAP_USD_PER_HOUR = "50"
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    mail.outbox = []
+    Promotion.objects.update(is_active=False)
+    promotion = Promotion.objects.create(
+        name="Race", active_from=timezone.now() - dt.timedelta(days=1), amount_micros=20 * USD,
+        window_seconds=180, expiry_days=30)
+    User.objects.create_user("ops@tokenbank.test", "correct-horse-battery", is_staff=True)
+    ids = [User.objects.create_user(f"racer{i}@example.com", "correct-horse-battery").pk
+           for i in range(8)]
+
+    results = run_concurrently(lambda i: record_first_token(user_id=ids[i]), len(ids))
+
+    assert all(r is True for r in results), results  # every first token was stamped
+    grants = CreditGrant.objects.filter(kind=GrantKind.PROMOTIONAL)
+    assert grants.count() == 2
+    assert sum(grants.values_list("amount_micros", flat=True)) <= 50 * USD
+    assert sum(PromotionClaim.objects.values_list("amount_micros", flat=True)) == 40 * USD
+    promotion.refresh_from_db()
+    assert promotion.is_active is False and promotion.paused_reason
+    refused = User.objects.filter(pk__in=ids, promotion_claimed=False)
+    assert refused.count() == 6 and all(u.promotion_withheld_reason for u in refused)
+    assert len([m for m in mail.outbox if "paused itself" in m.subject]) == 1
+    assert_books_balance(*ids)
