@@ -5,10 +5,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from accounts.emails import canonical_email
 from accounts.models import ApiKey, User
 from credits import money
 from credits.admin import USER_ACTIONS, MoneyActionsMixin, grant_action_links, usd
@@ -23,6 +25,13 @@ class EmailUserCreationForm(AdminUserCreationForm):
     class Meta:
         model = User
         fields = ("email",)
+
+    def clean_email(self):
+        email = self.cleaned_data["email"].strip().lower()
+        if User.objects.filter(email_normalized=canonical_email(email)).exists():
+            raise ValidationError("An account with this email address already exists "
+                                  "(the same address once dots / +tags are folded).")
+        return email
 
 
 class EmailUserChangeForm(UserChangeForm):
@@ -150,12 +159,13 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
     show_full_result_count = False
     inlines = [GrantInline, ActiveHoldInline, ApiKeyInline]
     readonly_fields = ["credit_summary", "latest_entries", "promotion", "first_token_at",
-                       "promotion_eligible", "promotion_claimed", "last_login", "date_joined"]
+                       "promotion_eligible", "promotion_claimed", "last_login", "date_joined",
+                       "email_normalized", "email_verified_at", "promotion_withheld_reason"]
     fieldsets = (
-        (None, {"fields": ("email", "password")}),
+        (None, {"fields": ("email", "email_normalized", "email_verified_at", "password")}),
         ("Credit", {"fields": ("credit_summary", "latest_entries")}),
         ("First-token promotion", {"fields": ("promotion", "first_token_at", "promotion_eligible",
-                                              "promotion_claimed")}),
+                                              "promotion_claimed", "promotion_withheld_reason")}),
         ("Personal info", {"fields": ("first_name", "last_name")}),
         ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups",
                                     "user_permissions"), "classes": ("collapse",)}),

@@ -477,19 +477,34 @@ def send_verification_email(*, user: User) -> None:
 
 
 def schedule_verification_email(*, user: User) -> None:
-    """After the sign-up commits, email the link (when verification is required)."""
+    """After the sign-up commits, have a worker email the link (when verification is
+    required); if the broker is down, send it from here rather than lose it."""
     if settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION:
-        transaction.on_commit(partial(_send_verification_quietly, user.pk), robust=True)
+        transaction.on_commit(partial(_enqueue_verification_email, user.pk), robust=True)
 
 
-def _send_verification_quietly(user_id: int) -> None:
-    user = User.objects.filter(pk=user_id).first()
+def _enqueue_verification_email(user_id: int) -> None:
+    from credits.tasks import send_verification_email as task  # tasks import this module
+
+    try:
+        task.apply_async((user_id,), retry=False)
+    except Exception:
+        logger.warning("Could not enqueue the verification email of user %s; sending it now",
+                       user_id, exc_info=True)
+        send_verification_email_to(user_id=user_id)
+
+
+def send_verification_email_to(*, user_id: int) -> bool:
+    """Email the link to a user whose address is not verified yet. Failures are logged."""
+    user = User.objects.filter(pk=user_id, email_verified_at__isnull=True).first()
     if user is None:
-        return
+        return False
     try:
         send_verification_email(user=user)
     except Exception:
         logger.exception("Could not email the verification link to user %s", user_id)
+        return False
+    return True
 
 
 def verify_email(*, token: str) -> User:

@@ -59,3 +59,9 @@ def void_unverified_promotions(now: str | None = None) -> int:
 def notify_promotion_paused(promotion_ids: list[int]) -> int:
     """Tell staff a spend cap paused these promotions (once per pause)."""
     return abuse.notify_staff_promotion_paused(promotion_ids=promotion_ids)
+
+
+@shared_task(**_IDEMPOTENT)
+def send_verification_email(user_id: int) -> bool:
+    """The sign-up's email-verification link (PROMOTION_REQUIRE_EMAIL_VERIFICATION)."""
+    return abuse.send_verification_email_to(user_id=user_id)

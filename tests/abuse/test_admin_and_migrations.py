@@ -81,3 +81,14 @@ def test_sign_up_credit_granted_before_the_controls_counts_as_claimed(make_user)
     assert (claim.email_normalized, claim.grant_id, claim.amount_micros) == (
         "early@example.com", grant.pk, grant.amount_micros)
     assert claim.claimed_at - grant.granted_at < dt.timedelta(seconds=1)
+
+
+def test_staff_cannot_add_a_user_whose_normalized_address_is_taken(client, make_user):
+    make_user("ada@gmail.com")
+    client.force_login(make_user("root@tokenbank.test", is_staff=True, is_superuser=True))
+    response = client.post("/admin/accounts/user/add/", {
+        "email": "a.d.a+2@googlemail.com", "usable_password": "true",
+        "password1": "a-long-passphrase-42", "password2": "a-long-passphrase-42"})
+    assert response.status_code == 200
+    assert "An account with this email address already exists" in response.content.decode()
+    assert User.objects.count() == 2

@@ -259,7 +259,8 @@ def test_verification_off_the_credit_is_spendable_at_once(live, register, mailou
 
 
 def test_verification_on_the_credit_waits_for_the_link(live, settings, register, mailoutbox, client,
-                                                       django_capture_on_commit_callbacks):
+                                                       django_capture_on_commit_callbacks,
+                                                       eager_tasks):
     settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
     with django_capture_on_commit_callbacks(execute=True):
         user = signed_up(register, "careful@example.com")
