@@ -11,8 +11,10 @@ from credits import money
 PALETTE = ["#4338ca", "#0f766e", "#b45309", "#be185d", "#0369a1", "#4d7c0f", "#6d28d9"]
 
 WIDTH, HEIGHT = 720, 240
+PHONE_WIDTH, PHONE_HEIGHT = 360, 200  # drawn for a ~350 px screen, so its 11px text stays 11px
 PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 8, 12, 28
 CHAR_WIDTH = 7  # px per character of an 11px axis label, generously
+CENT = 10_000
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Bar:
 class Tick:
     pos: float
     label: str
+    anchor: str = "middle"
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,28 @@ def _nice_ceiling(value: int) -> int:
         step *= 10
 
 
-def spend_chart(spend: DailySpend) -> SpendChart:
+def y_axis(peak_micros: int, max_ticks: int = 4) -> tuple[int, list[str]]:
+    """The axis top and its labels: a 1/2/5 step, whole cents once the peak reaches a cent,
+    and every label with the same decimals (as few as the step needs)."""
+    if peak_micros <= 0:
+        peak_micros = 1_000_000  # an empty chart reads $0.00 .. $1.00
+    step = _nice_ceiling(-(-peak_micros // max_ticks))
+    if peak_micros >= CENT:
+        step = max(step, CENT)
+    ticks = -(-peak_micros // step)
+    places = max(2, len(f"{step % money.MICROS_PER_USD:06d}".rstrip("0")))
+    return step * ticks, [money.display_usd(step * k, places=places) for k in range(ticks + 1)]
+
+
+def spend_chart(spend: DailySpend, *, width: int = WIDTH, height: int = HEIGHT,
+                max_ticks: int = 4) -> SpendChart:
+    """The chart drawn `width` x `height` (the phone variant is narrower with fewer ticks)."""
     colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(spend.models)}
     day_totals = [sum(spend.micros.get((d, m), 0) for m in spend.models) for d in spend.days]
-    top = _nice_ceiling(max(day_totals)) if any(day_totals) else 1_000_000
-    places = 2 if top >= 100_000 else 4 if top >= 1_000 else 6
-    y_labels = [money.display_usd(top * k // 4, places=places) for k in range(5)]
+    top, y_labels = y_axis(max(day_totals, default=0), max_ticks)
     pad_left = 12 + CHAR_WIDTH * max(len(label) for label in y_labels)
-    plot_w = WIDTH - pad_left - PAD_RIGHT
-    plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
+    plot_w = width - pad_left - PAD_RIGHT
+    plot_h = height - PAD_TOP - PAD_BOTTOM
     n = len(spend.days)
     slot = plot_w / n
     bar_w = max(2.0, slot * 0.7)
@@ -89,28 +105,35 @@ def spend_chart(spend: DailySpend) -> SpendChart:
             bars.append(Bar(
                 x=round(x, 2), y=round(base_y, 2), width=round(bar_w, 2), height=round(max(h, 1), 2),
                 color=colors[model],
-                title=f"{day:%b %-d}: {model} {money.display_usd(amount, places=places)}",
+                title=f"{day:%b %-d}: {model} {money.display_usd(amount)}",
             ))
-    y_ticks = [Tick(pos=round(PAD_TOP + plot_h * (1 - k / 4), 2), label=y_labels[k])
-               for k in range(5)]
-    x_ticks = [
-        Tick(pos=round(pad_left + i * slot + slot / 2, 2), label=f"{day:%b %-d}")
-        for i, day in enumerate(spend.days)
-        if i % 7 == (n - 1) % 7
-    ]
+    last = len(y_labels) - 1
+    y_ticks = [Tick(pos=round(PAD_TOP + plot_h * (1 - k / last), 2), label=label)
+               for k, label in enumerate(y_labels)]
+    x_ticks = []
+    for i, day in enumerate(spend.days):
+        if i % 7 != (n - 1) % 7:
+            continue
+        label, pos = f"{day:%b %-d}", pad_left + i * slot + slot / 2
+        half = CHAR_WIDTH * len(label) / 2
+        if pos + half > width:  # today's label would be cut off at the right edge
+            x_ticks.append(Tick(pos=width - 2, label=label, anchor="end"))
+        elif pos - half < 0:
+            x_ticks.append(Tick(pos=2, label=label, anchor="start"))
+        else:
+            x_ticks.append(Tick(pos=round(pos, 2), label=label))
     legend = [
-        (m, colors[m], money.display_usd(sum(spend.micros.get((d, m), 0) for d in spend.days),
-                                         places=places))
+        (m, colors[m], money.display_usd(sum(spend.micros.get((d, m), 0) for d in spend.days)))
         for m in spend.models
     ]
     summary = (
-        f"Spend per day for the last {n} days: {money.display_usd(spend.total_micros, places=places)}"
+        f"Spend per day for the last {n} days: {money.display_usd(spend.total_micros)}"
         " in total"
         + ("" if not legend else ", " + ", ".join(f"{m} {t}" for m, _c, t in legend))
         + "."
     )
     return SpendChart(
-        width=WIDTH, height=HEIGHT, bars=bars, y_ticks=y_ticks, x_ticks=x_ticks, legend=legend,
-        plot_left=pad_left, plot_right=WIDTH - PAD_RIGHT, empty=spend.total_micros == 0,
+        width=width, height=height, bars=bars, y_ticks=y_ticks, x_ticks=x_ticks, legend=legend,
+        plot_left=pad_left, plot_right=width - PAD_RIGHT, empty=spend.total_micros == 0,
         summary=summary,
     )

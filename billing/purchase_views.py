@@ -15,7 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from billing import services
+from billing import selectors, services
 from billing.models import CreditPackage, Purchase, PurchaseStatus
 from billing.providers import in_test_mode
 from billing.purchases import get_purchase
@@ -69,7 +69,7 @@ def buy(request: HttpRequest) -> HttpResponse:
         "billing/buy.html",
         {
             "form": form,
-            "packages": CreditPackage.objects.filter(is_active=True),
+            "offers": selectors.package_offers(CreditPackage.objects.filter(is_active=True)),
             "limits": services.purchase_limits(),
             "test_mode": in_test_mode(),
         },

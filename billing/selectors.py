@@ -56,6 +56,41 @@ def model_price_list(*, now: dt.datetime | None = None) -> list[ModelPrice]:
     return rows
 
 
+REFERENCE_MODEL = "demo-small"  # what the buy page's "≈ N tokens" lines are counted on
+
+
+@dataclass(frozen=True)
+class PackageOffer:
+    package: object  # billing.models.CreditPackage
+    estimates: list[tuple[str, str]]  # (model id, "16.6M" output tokens), reference model first
+
+
+def tokens_label(tokens: int) -> str:
+    """Rounded down, for people: 16_666_666 -> "16.6M", 850_000 -> "850K", 999 -> "999"."""
+    if tokens >= 1_000_000:
+        tenths = tokens // 100_000
+        return f"{tenths // 10:,}M" if tenths % 10 == 0 or tenths >= 1000 else f"{tenths / 10:.1f}M"
+    if tokens >= 1_000:
+        return f"{tokens // 1_000}K"
+    return str(tokens)
+
+
+def output_tokens_for(amount_micros: int, price: ModelPrice) -> int:
+    """Output tokens `amount_micros` pays for at the model's current price (no input counted)."""
+    return amount_micros * money.TOKENS_PER_PRICE_UNIT // max(1, price.output_price_per_million_micros)
+
+
+def package_offers(packages, *, now: dt.datetime | None = None) -> list[PackageOffer]:
+    """Each package with the output tokens it buys on each priced model, at today's prices."""
+    prices = sorted(model_price_list(now=now), key=lambda p: (p.id != REFERENCE_MODEL,
+                                                             p.output_price_per_million_micros))
+    return [
+        PackageOffer(package=package, estimates=[
+            (p.id, tokens_label(output_tokens_for(package.amount_micros, p))) for p in prices])
+        for package in packages
+    ]
+
+
 def low_balance_micros() -> int:
     """Below this much available credit we suggest a top-up (the notifications' threshold)."""
     return money.usd_to_micros(str(getattr(settings, "LOW_BALANCE_THRESHOLD_USD", "1")))
@@ -112,12 +147,53 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
     return alerts
 
 
-def history_entries(*, user: User, entry_type: str = "") -> QuerySet[LedgerEntry]:
-    """The user's ledger entries, newest first, optionally of one type."""
+@dataclass(frozen=True)
+class HistoryFilter:
+    value: str             # the ?type= value ("" for the default view)
+    label: str
+    entry_types: tuple[str, ...]
+    hint: str = ""
+
+
+# Holds and releases are bookkeeping of calls in flight: the default view hides them and a
+# metered call's CAPTURE reads as usage, like a plain USAGE debit. The CSV keeps every entry.
+HISTORY_FILTERS = [
+    HistoryFilter("", "All", tuple(t for t in EntryType.values
+                                   if t not in (EntryType.HOLD, EntryType.RELEASE))),
+    HistoryFilter("USAGE", "Usage", (EntryType.USAGE, EntryType.CAPTURE)),
+    HistoryFilter("GRANT", "Credit added", (EntryType.GRANT,)),
+    HistoryFilter("REFUND", "Refunds", (EntryType.REFUND,)),
+    HistoryFilter("ADJUSTMENT", "Adjustments", (EntryType.ADJUSTMENT,)),
+    HistoryFilter("EXPIRY", "Expired or voided", (EntryType.EXPIRY, EntryType.VOID, EntryType.EXPIRY_CHANGE)),
+    HistoryFilter("HOLDS", "Show holds", tuple(EntryType.values),
+                  "Every entry, with the holds calls place while they run and release after"),
+]
+ENTRY_LABELS = {EntryType.CAPTURE: "Usage"}
+
+
+def history_filter(value: str) -> HistoryFilter:
+    """The filter a ?type= value names; a raw entry type (HOLD, CAPTURE...) shows that type alone."""
+    for f in HISTORY_FILTERS:
+        if f.value == value:
+            return f
+    if value in EntryType.values:
+        return HistoryFilter(value, EntryType(value).label, (value,))
+    return HISTORY_FILTERS[0]
+
+
+def history_entries(*, user: User, entry_type: str = "", every_entry: bool = False
+                    ) -> QuerySet[LedgerEntry]:
+    """The user's ledger entries, newest first, of the filter `entry_type` names (see
+    HISTORY_FILTERS); `every_entry` ignores an empty filter and returns the whole ledger (CSV)."""
     qs = LedgerEntry.objects.filter(user=user).select_related("grant").order_by("-created_at", "-id")
-    if entry_type in EntryType.values:
-        qs = qs.filter(entry_type=entry_type)
-    return qs
+    if every_entry and not entry_type:
+        return qs
+    return qs.filter(entry_type__in=history_filter(entry_type).entry_types)
+
+
+def entry_label(entry_type: str) -> str:
+    """What people call an entry type: a metered call's capture is usage."""
+    return ENTRY_LABELS.get(entry_type) or EntryType(entry_type).label
 
 
 def recent_usage(*, user: User, limit: int = 20) -> list[UsageRecord]:

@@ -12,9 +12,8 @@ from django.utils import timezone
 
 from accounts.forms import ApiKeyForm
 from billing import selectors
-from billing.charts import spend_chart
+from billing.charts import PHONE_HEIGHT, PHONE_WIDTH, spend_chart
 from credits import money
-from credits.models import EntryType
 from credits.selectors import get_user_credits
 
 HISTORY_PAGE_SIZE = 25
@@ -26,18 +25,15 @@ def dashboard(request):
     user = request.user
     now = timezone.now()
     credits = get_user_credits(user=user, now=now)
-    entry_type = request.GET.get("type", "")
-    if entry_type not in EntryType.values:
-        entry_type = ""
+    spend = selectors.daily_spend_by_model(user=user, now=now)
+    history_filter = selectors.history_filter(request.GET.get("type", ""))
+    entry_type = history_filter.value
     page = Paginator(selectors.history_entries(user=user, entry_type=entry_type),
                      HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     new_key = request.session.pop(NEW_KEY_SECRET_KEY, None)
     return render(request, "billing/dashboard.html", {
         "credits": credits,
         "balance": money.display_usd(credits.balance_micros),
-        # Shown when the cents round: "$20.00" on the card, "exactly $19.999989" under it.
-        "balance_exact": (f"${money.format_usd(credits.balance_micros)}"
-                          if credits.balance_micros % 10_000 else ""),
         "available": money.display_usd(credits.available_micros),
         "held": money.display_usd(credits.held_micros),
         "promotional": money.display_usd(credits.promotional_micros),
@@ -47,9 +43,10 @@ def dashboard(request):
         "history_rows": [_entry_row(e) for e in page.object_list],
         "page": page,
         "entry_type": entry_type,
-        "entry_types": EntryType.choices,
+        "history_filters": selectors.HISTORY_FILTERS,
         "type_query": urlencode({"type": entry_type}) if entry_type else "",
-        "chart": spend_chart(selectors.daily_spend_by_model(user=user, now=now)),
+        "chart": spend_chart(spend),
+        "chart_phone": spend_chart(spend, width=PHONE_WIDTH, height=PHONE_HEIGHT, max_ticks=2),
         "usage": [_usage_row(r) for r in selectors.recent_usage(user=user)],
         "api_keys": selectors.api_keys(user=user),
         "new_key": new_key,
@@ -66,27 +63,29 @@ class _Echo:
         return value
 
 
-CSV_HEADER = ["time", "type", "amount_usd", "balance_after_usd", "held_change_usd",
+CSV_HEADER = ["time", "type", "type_label", "amount_usd", "balance_after_usd", "held_change_usd",
               "description", "reference", "grant_id", "entry_id"]
 
 
 @login_required
 def history_csv(request):
-    """The whole ledger history (optionally one type) as CSV, streamed row by row."""
-    entry_type = request.GET.get("type", "")
-    entries = selectors.history_entries(user=request.user, entry_type=entry_type)
+    """The whole ledger, holds included (the audit trail), or one filter of it, as CSV streamed
+    row by row; `type` is the raw entry type, `type_label` what the dashboard calls it."""
+    entry_type = selectors.history_filter(request.GET.get("type", "")).value
+    entries = selectors.history_entries(user=request.user, entry_type=entry_type, every_entry=True)
     writer = csv.writer(_Echo())
 
     def rows():
         yield writer.writerow(CSV_HEADER)
         for e in entries.iterator(chunk_size=500):
             yield writer.writerow([
-                e.created_at.isoformat(), e.entry_type, money.format_usd(e.amount_micros),
+                e.created_at.isoformat(), e.entry_type, selectors.entry_label(e.entry_type),
+                money.format_usd(e.amount_micros),
                 money.format_usd(e.balance_after_micros), money.format_usd(e.held_change_micros),
                 e.description, e.reference, e.grant_id or "", e.pk,
             ])
 
-    suffix = f"-{entry_type.lower()}" if entry_type in EntryType.values else ""
+    suffix = f"-{entry_type.lower()}" if entry_type else ""
     response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = (
         f'attachment; filename="tokenbank-ledger{suffix}-{timezone.now():%Y%m%d}.csv"'
@@ -95,10 +94,8 @@ def history_csv(request):
 
 
 def signed_usd(micros: int) -> str:
-    """For people: cents when the amount is whole cents, else all six decimals ("-$0.000135")."""
-    places = 2 if micros % 10_000 == 0 else 6
-    text = money.display_usd(abs(micros), places=places)
-    return ("+" if micros > 0 else "-" if micros < 0 else "") + text
+    """For people, with its sign: "+$10.00", "-$0.000135"."""
+    return ("+" if micros > 0 else "-" if micros < 0 else "") + money.display_usd(abs(micros))
 
 
 def _entry_row(entry) -> dict:
@@ -108,13 +105,10 @@ def _entry_row(entry) -> dict:
     return {
         "created_at": entry.created_at,
         "type": entry.entry_type,
-        "type_display": entry.get_entry_type_display(),
+        "type_display": selectors.entry_label(entry.entry_type),
         "amount": amount,
         "positive": entry.amount_micros > 0,
-        "balance_after": money.display_usd(
-            entry.balance_after_micros,
-            places=2 if entry.balance_after_micros % 10_000 == 0 else 6,
-        ),
+        "balance_after": money.display_usd(entry.balance_after_micros),
         "description": entry.description,
     }
 
@@ -130,9 +124,7 @@ def _grant_row(grant, now) -> dict:
         "kind": grant.kind,
         "kind_display": grant.get_kind_display(),
         "amount": money.display_usd(grant.amount_micros),
-        "remaining": money.display_usd(
-            grant.remaining_micros, places=2 if grant.remaining_micros % 10_000 == 0 else 6
-        ),
+        "remaining": money.display_usd(grant.remaining_micros),
         "granted_at": grant.granted_at,
         "expires_at": grant.expires_at,
         "expires_in": _days_label(grant.expires_at - now) if grant.expires_at else "",
@@ -150,7 +142,7 @@ def _days_label(delta) -> str:
 
 
 def _usage_row(record):
-    record.cost_usd = money.format_usd(record.cost_micros)
+    record.cost_display = money.display_usd(record.cost_micros)
     return record
 
 

@@ -10,7 +10,7 @@ i.e. one rounding per call, always up to the next whole micro-dollar, so a
 call is never billed less than it cost and sub-micro prices never vanish.
 """
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 MICROS_PER_USD = 1_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are quoted per million tokens
@@ -75,8 +75,16 @@ def format_usd(micros: int) -> str:
 
 
 def display_usd(micros: int, places: int = 2) -> str:
-    """For people: "$19.99" (banker's rounding applies to display only, never to the books)."""
-    quantum = Decimal(1).scaleb(-places)
-    value = (Decimal(micros) / MICROS_PER_USD).quantize(quantum, rounding=ROUND_HALF_EVEN)
-    sign = "-" if value < 0 else ""
-    return f"{sign}${abs(value):,.{places}f}"
+    """For people, exact: "$20.00" for whole cents, else the decimals needed, up to six
+    ("$19.999989", "$0.002459"). Nothing is rounded away, so a spend always shows.
+
+    `places` is the fewest decimals shown: 0 gives "$20" for whole dollars ("$20.50" otherwise).
+    """
+    if isinstance(micros, bool) or not isinstance(micros, int):
+        raise TypeError(f"micro-dollar amounts are integers, got {micros!r}")
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    digits = f"{frac:06d}"
+    needed = len(digits.rstrip("0"))
+    shown = places if needed <= places else max(needed, 2)
+    return f"{sign}${whole:,}" + (f".{digits[:shown]}" if shown else "")

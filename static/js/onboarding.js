@@ -5,6 +5,7 @@
 
   var config = JSON.parse(document.getElementById("onboarding-config").textContent);
   var POLL_MS = 2000;
+  var PLAYGROUND_MAX_TOKENS = 256;
   var POLL_AFTER_END_MS = 30000; // a token made just before the deadline may settle a moment later
   var reducedMotion = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
 
@@ -20,16 +21,14 @@
   var banner = document.getElementById("offer");
   var celebration = document.getElementById("celebration");
 
-  /* "19.999874" -> "$20.00": integer maths on the string, banker's rounding like the server. */
+  /* Exact, as credits.money.display_usd: "20.000000" -> "$20.00", "19.999874" -> "$19.999874". */
   function displayUsd(text) {
     var m = /^(-?)(\d+)(?:\.(\d{1,6}))?$/.exec(String(text || "").trim());
     if (!m) return text;
-    var micros = Number(m[2]) * 1000000 + Number(((m[3] || "") + "000000").slice(0, 6));
-    var cents = Math.floor(micros / 10000), rest = micros % 10000;
-    if (rest > 5000 || (rest === 5000 && cents % 2 === 1)) cents += 1;
-    var dollars = Math.floor(cents / 100).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-    var c = cents % 100;
-    return m[1] + "$" + dollars + "." + (c < 10 ? "0" : "") + c;
+    var frac = ((m[3] || "") + "000000").slice(0, 6).replace(/0+$/, "");
+    while (frac.length < 2) frac += "0";
+    var dollars = m[2].replace(/^0+(?=\d)/, "").replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+    return m[1] + "$" + dollars + "." + frac;
   }
 
   function markStep(name, status) {
@@ -58,7 +57,9 @@
     var colors = ["#4338ca", "#047857", "#f59e0b", "#be185d", "#0369a1", "#6d28d9"];
     for (var i = 0; i < 60; i++) {
       var piece = document.createElement("i");
-      piece.style.left = Math.random() * 100 + "%";
+      // Either side of the centred message (on a phone the halo keeps it readable).
+      var side = Math.random() * 34;
+      piece.style.left = (i % 2 ? 1 + side : 98 - side) + "%";
       piece.style.background = colors[i % colors.length];
       piece.style.animationDelay = Math.random() * 0.8 + "s";
       piece.style.transform = "rotate(" + Math.random() * 360 + "deg)";
@@ -86,6 +87,8 @@
       if (balanceLabel) balanceLabel.textContent = "Balance " + displayUsd(data.balance);
       var pill = document.querySelector("[data-nav-balance]");
       if (pill) pill.textContent = displayUsd(data.balance);
+      // The celebration shows the balance after the call that earned it, as the pill does.
+      celebration.querySelector("[data-celebration-balance]").textContent = displayUsd(data.balance);
     }
     var entries = (data.entries && data.entries.results) || data.entries || [];
     var spent = entries.some(function (e) {
@@ -157,9 +160,8 @@
 
   function errorMessage(status, body) {
     var err = body && (body.error || body);
-    var text = (err && (err.message || err.detail)) || "The request failed (HTTP " + status + ").";
-    if (status === 402) text = "Not enough credit for this call. " + text;
-    return text;
+    // The API's message already says what is missing ("Insufficient credits: …"): show it once.
+    return (err && (err.message || err.detail)) || "The request failed (HTTP " + status + ").";
   }
 
   function setBusy(busy) {
@@ -236,6 +238,8 @@
       body: JSON.stringify({
         model: form.model.value,
         stream: true,
+        // A demo reply is short; without max_tokens each call would hold the model's worst case.
+        max_tokens: PLAYGROUND_MAX_TOKENS,
         messages: [{ role: "user", content: prompt }]
       })
     }).then(function (response) {

@@ -30,6 +30,12 @@ def packages(db):
 
 
 @pytest.fixture
+def demo_models(db):
+    """The seeded demo models and prices, re-seeded if a transactional test flushed them."""
+    importlib.import_module("inference.migrations.0002_seed_demo_models").seed(apps, None)
+
+
+@pytest.fixture
 def stripe_keys(settings):
     settings.STRIPE_SECRET_KEY = "sk_test_not_used_no_network"
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET

@@ -37,7 +37,7 @@ def page(monkeypatch):
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_buying_10_dollars_in_test_mode_raises_the_balance_and_shows_the_receipt(
-    live_server, page, packages, test_provider, make_user, fund
+    live_server, page, packages, demo_models, test_provider, make_user, fund
 ):
     buyer = make_user("buyer@example.com")
     fund(buyer, usd=3, kind=GrantKind.ADJUSTMENT, description="welcome")
@@ -52,7 +52,11 @@ def test_buying_10_dollars_in_test_mode_raises_the_balance_and_shows_the_receipt
     page.locator("nav").get_by_role("link", name="Buy credits").click()
     expect(page.locator("[data-test-mode]")).to_contain_text("TEST MODE")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    expect(page.locator("[data-package-estimate]").first).to_contain_text("demo-small ≈ 16.6M")
     page.screenshot(path=str(SCREENSHOTS / "purchase_buy.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(SCREENSHOTS / "purchase_buy-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
     page.get_by_role("button", name="Buy $10.00").click()
 
     expect(page).to_have_url(re.compile(r"/billing/checkout/test/"))

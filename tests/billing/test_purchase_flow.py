@@ -1,5 +1,6 @@
 """Buying credit through the pages, with the embedded test provider (no network)."""
 
+import re
 import uuid
 
 import pytest
@@ -37,6 +38,19 @@ def test_buy_page_offers_the_packages_and_says_test_mode(client, buyer):
     page = response.content.decode()
     for label in ("Buy $10.00", "Buy $25.00", "Buy $100.00", "TEST MODE"):
         assert label in page
+
+
+def test_each_package_says_how_many_tokens_it_buys_at_the_current_price(client, buyer):
+    from inference.models import AiModel
+
+    assert AiModel.objects.get(pk="demo-small").price_at().output_price_per_million_micros == 600_000
+    page = client.get(reverse("billing:buy")).content.decode()
+
+    estimates = re.findall(r"data-package-estimate><code>([^<]+)</code> <span>≈ ([^<]+)</span>", page)
+    # $10 / $0.60 per 1M = 16.67M, shown rounded down; $25 -> 41.67M; $100 -> 166.7M.
+    assert estimates == [("demo-small", "16.6M"), ("demo-small", "41.6M"), ("demo-small", "166M")]
+    assert page.count("<code>demo-large</code>") == 3
+    assert 'aria-label="Custom amount"' in page
 
 
 def test_buying_a_package_with_the_test_provider_credits_it_once(client, buyer):

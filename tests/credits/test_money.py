@@ -67,5 +67,19 @@ def test_format_and_parse_round_trip(micros):
 
 
 def test_display_is_for_people_only():
-    assert display_usd(19_999_874) == "$20.00"
-    assert display_usd(1_234_567_890) == "$1,234.57"
+    # Exact, never rounded: whole cents in cents, anything finer with the decimals it needs.
+    assert display_usd(20_000_000) == "$20.00"
+    assert display_usd(19_999_989) == "$19.999989"
+    assert display_usd(19_999_874) == "$19.999874"
+    assert display_usd(2_459) == "$0.002459"
+    assert display_usd(1) == "$0.000001"
+    assert display_usd(1_500) == "$0.0015"
+    assert display_usd(0) == "$0.00"
+    assert display_usd(1_234_567_890) == "$1,234.56789"
+    assert display_usd(1_234_560_000) == "$1,234.56"
+    assert display_usd(-135) == "-$0.000135"
+    assert display_usd(-2_500_000) == "-$2.50"
+    # places is the fewest decimals: "$20" for a headline, cents again when there are any.
+    assert display_usd(20_000_000, places=0) == "$20"
+    assert display_usd(20_500_000, places=0) == "$20.50"
+    assert display_usd(5, places=0) == "$0.000005"

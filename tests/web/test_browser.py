@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from credits.models import CreditGrant, GrantKind
+from credits.money import display_usd
 from inference.models import UsageRecord
 
 CHROMIUM = "/usr/bin/chromium"
@@ -81,7 +82,9 @@ def test_sign_up_generate_first_token_earns_20_and_dashboard_shows_it(page):
             document.getElementById('pg-output'),
             {childList: true, characterData: true, subtree: true});
     }""")
-    page.get_by_role("button", name="Generate").click()
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.get_by_role("button", name="Generate").click()
+    assert sent.value.post_data_json["max_tokens"] == 256  # the hold covers 256 tokens, not 4,096
     expect(page.locator("#pg-meta")).to_contain_text("Done", timeout=20_000)
     assert page.locator("#pg-output").inner_text().strip()
     assert page.evaluate("window.__growth") > 1
@@ -89,13 +92,18 @@ def test_sign_up_generate_first_token_earns_20_and_dashboard_shows_it(page):
     celebration = page.locator("#celebration")
     expect(celebration).to_be_visible()
     expect(celebration).to_contain_text("$20 credited")
-    expect(page.locator("[data-celebration-balance]")).to_have_text(re.compile(r"^\$(20\.00|19\.\d\d)$"))
+    expect(page.locator("[data-celebration-balance]")).to_have_text(re.compile(r"^\$(20\.00|19\.\d{2,6})$"))
     expect(page.locator(".progress-list li.is-done")).to_have_count(4)
     expect(page.locator("#offer")).to_have_attribute("data-state", "claimed")
+    user = User.objects.get(email="e2e-happy@example.com")
+    # Every figure on the page is the exact balance after the call (no "$20.00" rounding).
+    exact = display_usd(User.objects.get(pk=user.pk).credit_balance)
+    assert exact != "$20.00"
+    expect(page.locator("[data-celebration-balance]")).to_have_text(exact)
+    expect(page.locator("[data-nav-balance]")).to_have_text(exact)
     page.wait_for_timeout(600)  # let the pop-in animation settle for the screenshot
     shot(page, "04-onboarding-celebration")
 
-    user = User.objects.get(email="e2e-happy@example.com")
     grant = CreditGrant.objects.get(user=user, kind=GrantKind.PROMOTIONAL)
     assert grant.amount_micros == 20_000_000
     assert abs(grant.expires_at - (timezone.now() + dt.timedelta(days=30))) < dt.timedelta(minutes=5)
@@ -131,7 +139,11 @@ def test_short_window_counts_down_to_offer_ended_and_a_call_gets_402(page):
     expect(page.locator('[data-step="credit"]')).to_have_class(re.compile("is-missed"))
 
     page.get_by_role("button", name="Generate").click()
-    expect(page.locator('[data-playground-error="402"]')).to_be_visible()
+    error = page.locator('[data-playground-error="402"]')
+    expect(error).to_be_visible()
+    assert error.locator("p").inner_text().count("nsufficient credit") == 1
+    assert "Not enough credit" not in error.inner_text()
+    expect(error.get_by_role("link", name="Buy credits")).to_be_visible()
     shot(page, "07-onboarding-offer-ended")
 
     response = page.request.post("/v1/chat/completions", headers={

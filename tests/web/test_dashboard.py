@@ -103,6 +103,57 @@ def test_csv_export_streams_every_entry_and_honours_the_filter(signed_in, member
     assert [r["type"] for r in usage_rows] == ["USAGE"] * 3
 
 
+def history_rows(html: str) -> list[tuple[str, str]]:
+    """(type label, amount) of each row of the history table."""
+    table = html[html.index("data-history"):html.index("</table>", html.index("data-history"))]
+    return re.findall(r'<span class="badge">([^<]+)</span></td>\s*<td class="num mono[^"]*">([^<]+)<', table)
+
+
+def test_metered_calls_read_as_usage_and_holds_show_only_when_asked(signed_in, member, fund):
+    fund(member, usd=20)
+    hold = services.authorize(user=member, amount_micros=2_459, reference="chatcmpl-1")
+    services.capture(hold=hold, amount_micros=11)
+    services.use_credits(user=member, amount_micros=500_000, reference="batch-1")
+    assert {e.entry_type for e in LedgerEntry.objects.filter(user=member)} >= {
+        "GRANT", "HOLD", "CAPTURE", "USAGE"}
+
+    default = page(signed_in)
+    assert history_rows(default) == [("Usage", "-$0.50"), ("Usage", "-$0.000011"),
+                                     ("Grant", "+$20.00")]
+    assert "held +" not in default
+    assert page(signed_in, type="USAGE").count('<span class="badge">Usage</span>') == 2
+    with_holds = history_rows(page(signed_in, type="HOLDS"))
+    assert ("Hold", "held +$0.002459") in with_holds and len(with_holds) == LedgerEntry.objects.filter(
+        user=member).count()
+    assert re.search(r'data-filter="HOLDS"[^>]*>Show holds<', default)
+
+
+def test_csv_export_keeps_every_entry_with_its_raw_type(signed_in, member, fund):
+    fund(member, usd=20)
+    hold = services.authorize(user=member, amount_micros=2_459, reference="chatcmpl-1")
+    services.capture(hold=hold, amount_micros=11)
+    response = signed_in.get(reverse("billing:history_csv"))
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    ledger = LedgerEntry.objects.filter(user=member).order_by("-created_at", "-id")
+    assert [r["type"] for r in rows] == list(ledger.values_list("entry_type", flat=True))
+    assert "HOLD" in {r["type"] for r in rows}
+    capture = next(r for r in rows if r["type"] == "CAPTURE")
+    assert capture["type_label"] == "Usage" and capture["amount_usd"] == "-0.000011"
+    usage = signed_in.get(reverse("billing:history_csv"), {"type": "USAGE"})
+    usage_rows = list(csv.DictReader(io.StringIO(b"".join(usage.streaming_content).decode())))
+    assert [r["type"] for r in usage_rows] == ["CAPTURE"]
+
+
+def test_balances_show_every_micro_dollar_spent(signed_in, member, fund):
+    fund(member, usd=20)
+    services.use_credits(user=member, amount_micros=11, reference="r1")
+    html = page(signed_in)
+    assert re.search(r"data-balance>\$19\.999989<", html)
+    assert re.search(r"data-available>\$19\.999989<", html)
+    assert re.search(r"data-nav-balance[^>]*>\s*\$19\.999989\s*<", html)
+    assert "$20.00<" not in html[:html.index("data-grants")]
+
+
 def test_csv_export_only_contains_the_users_own_entries(signed_in, make_user, fund):
     other = make_user("mallory@example.com")
     fund(other, usd=99)
@@ -117,13 +168,35 @@ def test_usage_chart_and_request_log_show_spend_per_model(signed_in, member, mak
     make_usage(member, model_id="demo-large", cost_micros=7_000_000, days_ago=40)  # too old
     make_usage(make_user("other@example.com"), model_id="demo-medium", cost_micros=9_000_000)
     html = page(signed_in)
-    chart = html[html.index('<svg class="chart"'):html.index("</svg>", html.index('<svg class="chart"'))]
+    start = html.index('<svg class="chart chart-wide"')
+    chart = html[start:html.index("</svg>", start)]
     assert chart.count("<rect") == 2
     assert "demo-small $1.50" in chart and "demo-large $3.00" in chart
-    assert "demo-medium" not in html[html.index('<svg class="chart"'):html.index("data-grants")]
+    assert "demo-medium" not in html[html.index('<svg class="chart chart-wide"'):html.index("data-grants")]
     log = html[html.index("data-usage-log"):html.index("data-grants")]
     assert log.count("<tr>") == 1 + 3  # header + this user's three requests
-    assert "321 ms" in log and "$1.500000" in log
+    assert "321 ms" in log and "$1.50<" in log
+
+
+@pytest.mark.parametrize(("peak_micros", "wide", "phone"), [
+    (11, ["$0.000000", "$0.000005", "$0.000010", "$0.000015"], ["$0.00000", "$0.00001", "$0.00002"]),
+    (2_459, ["$0.000", "$0.001", "$0.002", "$0.003"], ["$0.000", "$0.002", "$0.004"]),
+    (12_000, ["$0.00", "$0.01", "$0.02"], ["$0.00", "$0.01", "$0.02"]),
+    (1_500_000, ["$0.00", "$0.50", "$1.00", "$1.50"], ["$0.00", "$1.00", "$2.00"]),
+])
+def test_chart_axis_is_in_cents_from_a_cent_up_with_fewer_ticks_on_phones(
+    signed_in, member, peak_micros, wide, phone
+):
+    make_usage(member, cost_micros=peak_micros)
+    html = page(signed_in)
+
+    def labels(variant):
+        svg = html[html.index(f'<svg class="chart {variant}"'):]
+        svg = svg[:svg.index("</svg>")]
+        return re.findall(r'text-anchor="end" dominant-baseline="middle">([^<]+)<', svg)
+
+    assert labels("chart-wide") == wide
+    assert labels("chart-phone") == phone
 
 
 def test_empty_usage_chart_says_so(signed_in):
