@@ -96,7 +96,8 @@ SOFT_SIGNALS = {
 }
 
 VERIFY_SALT = "credits.abuse.verify-email"
-_AWARD_LOCK_KEY = 0x5452_4F4D  # pg_advisory_xact_lock key serializing promotion awards
+_AWARD_LOCK_KEY = 0x5452_4F4D  # pg_advisory_xact_lock keys: promotion awards,
+_SIGNUP_LOCK_KEY = 0x5452_5347  # and counted sign-ups
 
 
 # --- client address and network ----------------------------------------------------
@@ -181,13 +182,15 @@ def record_signup(*, user: User, ip: str | None, now: dt.datetime | None = None)
     """Record where a new account signed up from and withhold the promotion (with a
     reason the user sees) when a velocity limit is reached or the address already had
     it. Call inside the registration's transaction. Sign-ups without an address (shell,
-    scripts) are recorded but not counted against any limit. The counts are not locked:
-    a burst of simultaneous sign-ups may pass a limit by a few; the per-network promotion
-    limit is checked again, exactly, when the credit is awarded."""
+    scripts) are recorded but not counted against any limit. Counted sign-ups are
+    serialized (a transaction-scoped lock, held only to the sign-up's commit), so a burst
+    of simultaneous sign-ups cannot pass a limit together."""
     now = now or timezone.now()
     normalized = user.email_normalized or canonical_email(user.email)
     network = network_of(ip)
     reason = ""
+    if ip:
+        _advisory_lock(_SIGNUP_LOCK_KEY)
     if PromotionClaim.objects.filter(email_normalized=normalized).exists():
         reason = WITHHELD_CLAIMED
     elif ip:
@@ -230,11 +233,16 @@ def _cap_micros(name: str) -> int:
 
 
 def _lock_awards() -> None:
-    """Serialize promotion awards (PostgreSQL: a transaction-scoped advisory lock;
-    SQLite serializes write transactions anyway). Taken after the user's row lock."""
+    """Serialize promotion awards. Taken after the user's row lock."""
+    _advisory_lock(_AWARD_LOCK_KEY)
+
+
+def _advisory_lock(key: int) -> None:
+    """PostgreSQL: a transaction-scoped advisory lock (released at commit or rollback).
+    SQLite serializes write transactions anyway."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_AWARD_LOCK_KEY])
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
 
 
 def _signup_of(user: User) -> SignupRecord | None:

@@ -1,4 +1,5 @@
-"""The global spend cap holds when first tokens race on PostgreSQL (real threads)."""
+"""The global spend cap and the sign-up velocity limit hold when requests race on
+PostgreSQL (real threads)."""
 
 import datetime as dt
 
@@ -7,6 +8,8 @@ from django.core import mail
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.services import register_user
+from credits import abuse
 from credits.models import CreditGrant, GrantKind, Promotion, PromotionClaim
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
@@ -40,3 +43,18 @@ def test_concurrent_first_tokens_never_grant_past_the_cap(settings, eager_tasks)
     assert refused.count() == 6 and all(u.promotion_withheld_reason for u in refused)
     assert len([m for m in mail.outbox if "paused itself" in m.subject]) == 1
     assert_books_balance(*ids)
+
+
+def test_simultaneous_sign_ups_from_one_address_do_not_pass_the_limit_together(settings):
+    settings.SIGNUPS_PER_IP_PER_HOUR = 2
+    # A fast hasher, so the sign-ups reach the count together rather than one by one.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    results = run_concurrently(lambda i: register_user(
+        email=f"burst{i}@example.com", password="a-long-passphrase-42",
+        client_ip="198.51.100.44")[0].pk, 8)
+
+    assert all(isinstance(r, int) for r in results), results  # every sign-up worked
+    users = User.objects.filter(pk__in=results)
+    assert users.filter(promotion_eligible=True).count() == 2
+    assert set(users.filter(promotion_eligible=False).values_list(
+        "promotion_withheld_reason", flat=True)) == {abuse.WITHHELD_IP}
