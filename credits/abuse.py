@@ -84,6 +84,10 @@ WITHHELD_CLAIMED = (
     "so this account does not get it again."
 )
 OFFER_PAUSED = "The sign-up offer is paused right now, so no free credit is given at the moment."
+WITHHELD_PAUSED = (
+    "The sign-up offer was paused (its budget was reached) when your first token arrived, "
+    "so this account did not get the free credit."
+)
 VERIFY_TO_SPEND = (
     "Verify your email address to use your free credit: follow the link we emailed you."
 )
@@ -281,7 +285,7 @@ def reserve_award(*, user: User, amount_micros: int, now: dt.datetime) -> Award 
         if granted + amount_micros > cap:
             _pause_promotions(reason=f"{setting} reached: {money.display_usd(granted)} granted "
                                      f"in the last {_window_name(window)}", now=now)
-            return _refuse(user, OFFER_PAUSED)
+            return _refuse(user, WITHHELD_PAUSED)
     try:
         with transaction.atomic():
             claim = PromotionClaim.objects.create(

@@ -399,13 +399,21 @@ def start_call(
                 f"({prompt_tokens} prompt tokens + up to {limit} completion tokens on {model.id}) "
                 f"but ${format_usd(exc.available_micros)} is available, enough for "
                 f"{affordable} completion tokens. Lower max_tokens or add credits."
-                # Why there is no sign-up credit to draw on (credits.abuse), when withheld.
-                + (f" {user.promotion_withheld_reason}" if getattr(
-                    user, "promotion_withheld_reason", "") else ""),
+                # Why the sign-up credit cannot help (withheld, paused, awaiting verification).
+                + _withheld_suffix(user),
                 required_micros=worst, available_micros=exc.available_micros,
                 affordable_tokens=affordable,
             ) from exc
     return call
+
+
+def _withheld_suffix(user: User) -> str:
+    """" <reason>" when the sign-up credit is withheld or locked (credits.abuse), else ""."""
+    if user.promotion_claimed and not user.promotion_withheld_reason and not getattr(
+            settings, "PROMOTION_REQUIRE_EMAIL_VERIFICATION", False):
+        return ""  # nothing to say, no query
+    reason = promotion_status(user).withheld_reason
+    return f" {reason}" if reason else ""
 
 
 # --- idempotent replays ----------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_past_the_hourly_cap_the_promotion_pauses_itself_and_staff_are_told_once
     paused_mail = [m for m in mailoutbox if "paused itself" in m.subject]
     assert len(paused_mail) == 1 and paused_mail[0].to == ["ops@tokenbank.test"]
     # Everyone still waiting is told the offer is paused, never shown a stale offer.
-    assert users[2].promotion_withheld_reason == abuse.OFFER_PAUSED
+    assert users[2].promotion_withheld_reason == abuse.WITHHELD_PAUSED
     status = promotion_json(users[3])
     assert status["eligible"] is False and status["withheld_reason"] == abuse.OFFER_PAUSED
     assert live_promotion() is None
@@ -331,3 +331,16 @@ def test_the_onboarding_page_says_why_the_credit_is_withheld(live, settings, reg
     assert "No free credit for this account" in html
     assert abuse.WITHHELD_IP.split(",")[0] in html
     assert mail.outbox == [] or all("Verify" not in m.subject for m in mail.outbox)
+
+
+def test_a_402_while_the_credit_awaits_verification_says_to_verify(live, settings, register):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    response = register("later@example.com")
+    first_token(User.objects.get(email="later@example.com"))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['api_key']}")
+    call = client.post("/v1/chat/completions", {"model": "demo-small", "max_tokens": 8,
+                                                "messages": [{"role": "user", "content": "hi"}]},
+                       format="json")
+    assert call.status_code == 402
+    assert abuse.VERIFY_TO_SPEND in call.json()["error"]["message"]
