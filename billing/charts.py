@@ -11,7 +11,8 @@ from credits import money
 PALETTE = ["#4338ca", "#0f766e", "#b45309", "#be185d", "#0369a1", "#4d7c0f", "#6d28d9"]
 
 WIDTH, HEIGHT = 720, 240
-PHONE_WIDTH, PHONE_HEIGHT = 360, 200  # drawn for a ~350 px screen, so its 11px text stays 11px
+PHONE_WIDTH, PHONE_HEIGHT = 360, 200  # drawn for a ~350 px screen, so its text is not shrunk
+PHONE_CHAR_WIDTH = 8  # the phone chart's 13px labels
 PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 8, 12, 28
 CHAR_WIDTH = 7  # px per character of an 11px axis label, generously
 CENT = 10_000
@@ -80,12 +81,14 @@ def y_axis(peak_micros: int, max_ticks: int = 4) -> tuple[int, list[str]]:
 
 
 def spend_chart(spend: DailySpend, *, width: int = WIDTH, height: int = HEIGHT,
-                max_ticks: int = 4) -> SpendChart:
-    """The chart drawn `width` x `height` (the phone variant is narrower with fewer ticks)."""
+                max_ticks: int = 4, char_width: int = CHAR_WIDTH, day_step: int = 7) -> SpendChart:
+    """The chart drawn `width` x `height` (the phone variant is narrower, with fewer ticks and
+    larger text: `char_width` is the px per character its axis labels need; a date under every
+    `day_step`th day, counted back from today)."""
     colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(spend.models)}
     day_totals = [sum(spend.micros.get((d, m), 0) for m in spend.models) for d in spend.days]
     top, y_labels = y_axis(max(day_totals, default=0), max_ticks)
-    pad_left = 12 + CHAR_WIDTH * max(len(label) for label in y_labels)
+    pad_left = 12 + char_width * max(len(label) for label in y_labels)
     plot_w = width - pad_left - PAD_RIGHT
     plot_h = height - PAD_TOP - PAD_BOTTOM
     n = len(spend.days)
@@ -112,10 +115,10 @@ def spend_chart(spend: DailySpend, *, width: int = WIDTH, height: int = HEIGHT,
                for k, label in enumerate(y_labels)]
     x_ticks = []
     for i, day in enumerate(spend.days):
-        if i % 7 != (n - 1) % 7:
+        if i % day_step != (n - 1) % day_step:
             continue
         label, pos = f"{day:%b %-d}", pad_left + i * slot + slot / 2
-        half = CHAR_WIDTH * len(label) / 2
+        half = char_width * len(label) / 2
         if pos + half > width:  # today's label would be cut off at the right edge
             x_ticks.append(Tick(pos=width - 2, label=label, anchor="end"))
         elif pos - half < 0:

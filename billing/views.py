@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.forms import ApiKeyForm
 from billing import selectors
-from billing.charts import PHONE_HEIGHT, PHONE_WIDTH, spend_chart
+from billing.charts import PHONE_CHAR_WIDTH, PHONE_HEIGHT, PHONE_WIDTH, spend_chart
 from credits import money
 from credits.selectors import get_user_credits
 
@@ -46,7 +46,8 @@ def dashboard(request):
         "history_filters": selectors.HISTORY_FILTERS,
         "type_query": urlencode({"type": entry_type}) if entry_type else "",
         "chart": spend_chart(spend),
-        "chart_phone": spend_chart(spend, width=PHONE_WIDTH, height=PHONE_HEIGHT, max_ticks=2),
+        "chart_phone": spend_chart(spend, width=PHONE_WIDTH, height=PHONE_HEIGHT, max_ticks=2,
+                                   char_width=PHONE_CHAR_WIDTH, day_step=14),
         "usage": [_usage_row(r) for r in selectors.recent_usage(user=user)],
         "api_keys": selectors.api_keys(user=user),
         "new_key": new_key,

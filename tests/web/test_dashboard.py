@@ -198,6 +198,13 @@ def test_chart_axis_is_in_cents_from_a_cent_up_with_fewer_ticks_on_phones(
     assert labels("chart-wide") == wide
     assert labels("chart-phone") == phone
 
+    def dates(variant):
+        svg = html[html.index(f'<svg class="chart {variant}"'):]
+        return len(re.findall(r'<text [^>]*text-anchor="(?:middle|end|start)">[A-Z][a-z]{2} \d+<',
+                              svg[:svg.index("</svg>")]))
+
+    assert (dates("chart-wide"), dates("chart-phone")) == (5, 3)  # a week apart; two weeks on phones
+
 
 def test_empty_usage_chart_says_so(signed_in):
     assert "No spend in the last 30 days yet." in page(signed_in)
