@@ -207,7 +207,10 @@ def test_chart_axis_is_in_cents_from_a_cent_up_with_fewer_ticks_on_phones(
 
 
 def test_empty_usage_chart_says_so(signed_in):
-    assert "No spend in the last 30 days yet." in page(signed_in)
+    html = page(signed_in)
+    assert "No spend in the last 30 days yet." in html
+    svg = html[html.index('<svg class="chart chart-wide"'):]
+    assert svg[:svg.index("</svg>")].count('class="gridline"') == 1  # the baseline, no scale
 
 
 def test_create_key_shows_the_secret_once(signed_in, member):
