@@ -101,6 +101,16 @@ def _lock_open_grants(user_id: int) -> list[CreditGrant]:
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
+def _lock_grant(grant: CreditGrant | int) -> tuple[User, CreditGrant]:
+    """Lock a grant's user, then the grant: the order every service takes. In a transaction."""
+    grant_id = grant.pk if isinstance(grant, CreditGrant) else grant
+    user_id = CreditGrant.objects.filter(pk=grant_id).values_list("user_id", flat=True).first()
+    if user_id is None:
+        raise GrantNotActive(f"Unknown grant {grant_id!r}.")
+    locked_user = _lock_user(user_id)
+    return locked_user, CreditGrant.objects.select_for_update().get(pk=grant_id)
+
+
 def burn_down_order(grants: Iterable[CreditGrant]) -> list[CreditGrant]:
     """Soonest-expiring first, never-expiring last, ties oldest first."""
     return sorted(grants, key=lambda g: (g.expires_at or _NEVER, g.granted_at, g.pk))
@@ -435,13 +445,9 @@ def void_grant(
     is voided when that hold settles. Raises GrantNotActive if already voided."""
     reason = _require_text(reason, name="reason")
     now = _now(now)
-    grant_id = grant.pk if isinstance(grant, CreditGrant) else grant
-    user_id = CreditGrant.objects.filter(pk=grant_id).values_list("user_id", flat=True).first()
-    if user_id is None:
-        raise GrantNotActive(f"Unknown grant {grant_id!r}.")
     with transaction.atomic():
-        locked = _lock_user(user_id)
-        locked_grant = CreditGrant.objects.select_for_update().get(pk=grant_id)
+        locked, locked_grant = _lock_grant(grant)
+        grant_id = locked_grant.pk
         if locked_grant.voided_at is not None:
             raise GrantNotActive(f"Grant #{grant_id} was already voided.")
         writer = _Writer(locked, operation_key=f"void:{grant_id}", now=now, actor=actor)
@@ -474,13 +480,9 @@ def change_grant_expiry(
     """
     reason = _require_text(reason, name="reason")
     now = _now(now)
-    grant_id = grant.pk if isinstance(grant, CreditGrant) else grant
-    user_id = CreditGrant.objects.filter(pk=grant_id).values_list("user_id", flat=True).first()
-    if user_id is None:
-        raise GrantNotActive(f"Unknown grant {grant_id!r}.")
     with transaction.atomic():
-        locked = _lock_user(user_id)
-        locked_grant = CreditGrant.objects.select_for_update().get(pk=grant_id)
+        locked, locked_grant = _lock_grant(grant)
+        grant_id = locked_grant.pk
         if locked_grant.voided_at is not None:
             raise GrantNotActive(f"Grant #{grant_id} was voided.")
         old = locked_grant.expires_at
@@ -524,14 +526,11 @@ def take_back_credit(
     _require_amount(amount_micros)
     reason = _require_text(reason, name="reason")
     now = _now(now)
-    grant_id = grant.pk if isinstance(grant, CreditGrant) else grant
-    user_id = CreditGrant.objects.filter(pk=grant_id).values_list("user_id", flat=True).first()
-    if user_id is None:
-        raise GrantNotActive(f"Unknown grant {grant_id!r}.")
     operation_key = f"take-back:{idempotency_key}"
     with transaction.atomic():
-        locked = _lock_user(user_id)
-        previous = list(LedgerEntry.objects.filter(user_id=user_id, operation_key=operation_key))
+        locked, locked_grant = _lock_grant(grant)
+        grant_id = locked_grant.pk
+        previous = list(LedgerEntry.objects.filter(user_id=locked.pk, operation_key=operation_key))
         if previous:
             taken = -sum(e.amount_micros for e in previous)
             requested = int(previous[0].reference.rpartition(":")[2] or 0)
@@ -540,7 +539,6 @@ def take_back_credit(
                     f"Idempotency key {idempotency_key!r} was used for another take-back."
                 )
             return TakeBackResult(taken_micros=taken, shortfall_micros=amount_micros - taken)
-        locked_grant = CreditGrant.objects.select_for_update().get(pk=grant_id)
         taken = min(amount_micros, locked_grant.free_micros)
         # The requested amount rides in the reference so a replay can be checked.
         writer = _Writer(locked, operation_key=operation_key, now=now, actor=actor,
