@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from django.core.management import call_command
 from django.core.servers.basehttp import ThreadedWSGIServer
 from django.db import connection
 
@@ -37,6 +38,13 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and os.environ.get("REQUIRE_POSTGRES") and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where nothing may skip: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The database cache (used when REDIS_URL is unset) needs its table."""
+    with django_db_blocker.unblock():
+        call_command("createcachetable", verbosity=0)
 
 
 @pytest.fixture

@@ -1,19 +1,11 @@
 import pytest
 from django.core.cache import cache
-from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from config.celery import app as celery_app
 
 REGISTER = "/api/auth/register"
 PASSWORD = "a-long-passphrase-42"
-
-
-@pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
-    """The database cache (used when REDIS_URL is unset) needs its table."""
-    with django_db_blocker.unblock():
-        call_command("createcachetable", verbosity=0)
 
 
 @pytest.fixture(autouse=True)

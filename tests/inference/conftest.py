@@ -6,53 +6,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from django.core.cache import cache
-from django.core.management import call_command
 from django.utils import timezone
-from rest_framework.test import APIClient
 
-from accounts.services import create_api_key
 from inference.models import AiModel, ModelPrice
+from tests.api_fixtures import _fresh_rate_limits, api, api_key, client_for  # noqa: F401
 from tests.inference.books import seed_demo_models
-
-
-@pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
-    """The database cache (used when REDIS_URL is unset) needs its table."""
-    with django_db_blocker.unblock():
-        call_command("createcachetable", verbosity=0)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rate_limits(request):
-    """Rate-limit counters live in the cache, shared across tests: start each test clean."""
-    uses_db = "django_db" in request.keywords or {"db", "transactional_db", "live_server"} & set(
-        request.fixturenames)
-    if uses_db:
-        with request.getfixturevalue("django_db_blocker").unblock():
-            cache.clear()
-
-
-@pytest.fixture
-def api_key(user):
-    _key, secret = create_api_key(user=user, name="test")
-    return secret
-
-
-@pytest.fixture
-def client_for():
-    def make(secret: str) -> APIClient:
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-        return client
-
-    return make
-
-
-@pytest.fixture
-def api(api_key, client_for) -> APIClient:
-    return client_for(api_key)
-
 
 # --- a real OpenAI-compatible upstream on loopback ---------------------------------------
 

@@ -43,15 +43,6 @@ def make_usage(user, *, model_id: str = "demo-small", cost_micros: int = 1200, d
     )
 
 
-@pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
-    """The database cache (used when REDIS_URL is unset) needs its table."""
-    from django.core.management import call_command
-
-    with django_db_blocker.unblock():
-        call_command("createcachetable", verbosity=0)
-
-
 @pytest.fixture
 def seed_data(transactional_db):
     """What data migrations seed (the demo models, the default promotion): transactional
