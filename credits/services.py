@@ -684,7 +684,10 @@ def _lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[User, CreditHold]:
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")
     locked_user = _lock_user(user_id)
     # Every change to a hold happens under its user's lock, taken just above.
-    locked_hold = CreditHold.objects.filter(pk=hold_id, user_id=user_id).first()
+    rows = list(CreditHold.objects.raw(
+        f"SELECT * FROM {CreditHold._meta.db_table} WHERE id = %s AND user_id = %s",
+        [CreditHold._meta.pk.get_db_prep_value(hold_id, connection), user_id]))
+    locked_hold = rows[0] if rows else None
     if locked_hold is None:
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")
     return locked_user, locked_hold
