@@ -182,6 +182,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 600.0,
         "options": {"expires": 590},
     },
+    "purge-idempotency-records": {
+        "task": "inference.tasks.purge_idempotency_records",
+        "schedule": 3600.0,
+        "options": {"expires": 3500},
+    },
 }
 
 # --- Notifications -----------------------------------------------------------
@@ -197,6 +202,8 @@ PROMOTION_WINDOW_SECONDS = env.int("PROMOTION_WINDOW_SECONDS", default=180)
 PROMOTION_EXPIRY_DAYS = env.int("PROMOTION_EXPIRY_DAYS", default=30)
 # Holds older than this belong to calls that died without settling.
 STALE_HOLD_SECONDS = env.int("STALE_HOLD_SECONDS", default=15 * 60)
+# How long an Idempotency-Key's stored response is kept (then the key may be reused).
+IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # Staff money actions (admin): above the threshold a second staff member must approve;
 # the Support group may grant and refund up to its limit.
 ADMIN_APPROVAL_THRESHOLD_USD = env("ADMIN_APPROVAL_THRESHOLD_USD", default="100")

@@ -466,6 +466,15 @@ def store_idempotent_response(*, record: IdempotentRequest, status_code: int, bo
     record.save(update_fields=["status_code", "response_body", "response_headers"])
 
 
+def purge_idempotency_records(*, now: dt.datetime | None = None) -> int:
+    """Forget stored responses older than IDEMPOTENCY_KEY_TTL_HOURS (a key may then be
+    reused, as with OpenAI's and Stripe's 24 hours). Returns how many were removed."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    removed, _ = IdempotentRequest.objects.filter(created_at__lt=cutoff).delete()
+    return removed
+
+
 def forget_idempotency_key(*, record: IdempotentRequest) -> None:
     """The call failed: free the key so the client can retry it."""
     IdempotentRequest.objects.filter(pk=record.pk, status_code__isnull=True).delete()

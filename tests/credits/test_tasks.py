@@ -49,7 +49,7 @@ def test_celery_reads_the_time_limits_serializer_and_schedule_from_settings():
     assert scheduled == {
         "credits.tasks.expire_credits", "credits.tasks.release_stale_holds",
         "credits.tasks.catch_up_notifications", "credits.tasks.notify_expiring_credits",
-        "credits.tasks.void_unverified_promotions",
+        "credits.tasks.void_unverified_promotions", "inference.tasks.purge_idempotency_records",
     }
     assert scheduled <= set(celery_app.tasks)
 
