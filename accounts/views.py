@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from accounts import services
@@ -90,6 +91,7 @@ def onboarding(request):
         "offer_amount_display": money.display_usd(credits.promotion.amount_micros, places=0),
         "balance_display": money.display_usd(credits.balance_micros),
         "buy_url": buy_url,
+        "verification": abuse.pending_verification(user=user),
     })
 
 
@@ -104,6 +106,24 @@ def verify_email(request, token: str):
         "verified": True,
         "message": "Your email address is verified. Any free credit you earned is ready to use.",
     })
+
+
+@login_required
+@require_POST
+def resend_verification(request):
+    """The alert's "Resend the link" button: back to the page it was on, with what happened."""
+    outcome = abuse.resend_verification(user=request.user)
+    if outcome == abuse.ResendOutcome.SENT:
+        messages.success(request, abuse.VERIFY_LINK_SENT.format(email=request.user.email))
+    elif outcome == abuse.ResendOutcome.TOO_SOON:
+        messages.warning(request, abuse.VERIFY_RESEND_TOO_SOON)
+    else:
+        messages.info(request, abuse.VERIFY_ALREADY_DONE)
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
+                                           require_https=request.is_secure()):
+        back = reverse("billing:dashboard")
+    return redirect(back)
 
 
 @login_required

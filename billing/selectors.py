@@ -109,6 +109,8 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
     now = now or timezone.now()
     alerts: list[Alert] = []
     usable = [g for g in credits.grants if g.is_usable_at(now) and g.remaining_micros > 0]
+    # Credit locked until the email is verified has its own alert (accounts/_verify_email_alert).
+    awaiting = sum(g.remaining_micros for g in usable if g.awaiting_verification)
     if credits.balance_micros == 0 and not credits.promotion.eligible:
         message = (
             "Your balance is exhausted: API calls are refused until you add credit."
@@ -116,7 +118,8 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
             else "You have no credit yet: API calls are refused until you add some."
         )
         alerts.append(Alert("danger", "exhausted", message, "buy"))
-    elif credits.balance_micros > 0 and credits.available_micros < low_balance_micros():
+    elif (credits.balance_micros > 0 and credits.available_micros < low_balance_micros()
+          and not awaiting):
         alerts.append(Alert(
             "warn", "low_balance",
             f"Low balance: {money.display_usd(credits.available_micros)} available.", "buy"))
@@ -134,16 +137,17 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
             "info", "promotion_offer",
             f"{money.display_usd(credits.promotion.amount_micros)} free credit is waiting: "
             "generate your first token before the countdown ends.", "onboarding"))
-    elif credits.promotional_micros > 0:
+    elif credits.promotional_micros - awaiting > 0:
         promo_expiry = min(
-            (g.expires_at for g in usable if g.kind == GrantKind.PROMOTIONAL and g.expires_at),
+            (g.expires_at for g in usable if g.kind == GrantKind.PROMOTIONAL and g.expires_at
+             and not g.awaiting_verification),
             default=None,
         )
         until = f" until {promo_expiry:%b %-d, %Y}" if promo_expiry else ""
         alerts.append(Alert(
             "success", "promotion_available",
-            f"You have {money.display_usd(credits.promotional_micros)} of promotional credit "
-            f"to use{until}.", ""))
+            f"You have {money.display_usd(credits.promotional_micros - awaiting)} of promotional "
+            f"credit to use{until}.", ""))
     return alerts
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounts.forms import ApiKeyForm
 from billing import selectors
 from billing.charts import PHONE_CHAR_WIDTH, PHONE_HEIGHT, PHONE_WIDTH, spend_chart
-from credits import money
+from credits import abuse, money
 from credits.selectors import get_user_credits
 
 HISTORY_PAGE_SIZE = 25
@@ -39,6 +39,7 @@ def dashboard(request):
         "promotional": money.display_usd(credits.promotional_micros),
         "promo_expiry": _promo_expiry(credits, now),
         "alerts": selectors.dashboard_alerts(credits, now=now),
+        "verification": abuse.pending_verification(user=user, now=now),
         "grant_rows": [_grant_row(g, now) for g in credits.grants],
         "history_rows": [_entry_row(e) for e in page.object_list],
         "page": page,

@@ -37,7 +37,7 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
@@ -91,6 +91,9 @@ WITHHELD_PAUSED = (
 VERIFY_TO_SPEND = (
     "Verify your email address to use your free credit: follow the link we emailed you."
 )
+VERIFY_LINK_SENT = "Link sent to {email}. Follow it to unlock your credit."
+VERIFY_RESEND_TOO_SOON = "Please wait a minute before asking again."
+VERIFY_ALREADY_DONE = "Already verified: your email address is confirmed."
 
 # Soft signals: not refusals, they flag a grant for a human to look at.
 SOFT_SIGNALS = {
@@ -100,6 +103,7 @@ SOFT_SIGNALS = {
 }
 
 VERIFY_SALT = "credits.abuse.verify-email"
+RESEND_INTERVAL = dt.timedelta(minutes=1)  # at most one verification email per user per minute
 _AWARD_LOCK_KEY = 0x5452_4F4D  # pg_advisory_xact_lock keys: promotion awards,
 _SIGNUP_LOCK_KEY = 0x5452_5347  # and counted sign-ups
 
@@ -490,9 +494,69 @@ def send_verification_email(*, user: User) -> None:
 
 def schedule_verification_email(*, user: User) -> None:
     """After the sign-up commits, have a worker email the link (when verification is
-    required); if the broker is down, send it from here rather than lose it."""
+    required); if the broker is down, send it from here rather than lose it. Counts as a
+    send for the resend limit."""
     if settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION:
+        User.objects.filter(pk=user.pk).update(verification_email_sent_at=timezone.now())
         transaction.on_commit(partial(_enqueue_verification_email, user.pk), robust=True)
+
+
+class ResendOutcome:
+    SENT = "sent"
+    TOO_SOON = "too_soon"
+    ALREADY_VERIFIED = "already_verified"
+
+
+def resend_verification(*, user: User, now: dt.datetime | None = None) -> str:
+    """Email the verification link again (the same email, through the same task as at
+    sign-up, sent inline if the broker is down), at most once per RESEND_INTERVAL per user.
+    The limit is database-backed: a conditional UPDATE claims `verification_email_sent_at`,
+    so concurrent clicks and several web processes send one email, and it survives restarts.
+    Returns a ResendOutcome: SENT, TOO_SOON (nothing sent) or ALREADY_VERIFIED."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        claimed = User.objects.filter(pk=user.pk, email_verified_at__isnull=True).filter(
+            Q(verification_email_sent_at__isnull=True)
+            | Q(verification_email_sent_at__lte=now - RESEND_INTERVAL)
+        ).update(verification_email_sent_at=now)
+        if not claimed:
+            if User.objects.filter(pk=user.pk, email_verified_at__isnull=False).exists():
+                return ResendOutcome.ALREADY_VERIFIED
+            return ResendOutcome.TOO_SOON
+        transaction.on_commit(partial(_enqueue_verification_email, user.pk), robust=True)
+    return ResendOutcome.SENT
+
+
+@dataclass(frozen=True)
+class PendingVerification:
+    """Promotional credit locked until the user verifies their email address."""
+
+    email: str
+    amount_micros: int  # what verifying unlocks (the grants' remaining credit)
+    deadline: dt.datetime  # voided at this moment if still unverified
+
+    @property
+    def amount_display(self) -> str:
+        return money.display_usd(self.amount_micros)
+
+
+def pending_verification(*, user: User, now: dt.datetime | None = None) -> PendingVerification | None:
+    """The credit waiting for this user's email verification, or None. Shown whether or not
+    PROMOTION_REQUIRE_EMAIL_VERIFICATION is still on: a grant made while it was on stays
+    locked (and is voided at the deadline) until the link is followed. One query."""
+    if user.email_verified_at is not None:
+        return None
+    now = now or timezone.now()
+    grants = [g for g in CreditGrant.objects.filter(
+        user_id=user.pk, awaiting_verification=True, voided_at__isnull=True)
+        if g.is_usable_at(now)]
+    amount = sum(g.remaining_micros for g in grants)
+    if amount <= 0:
+        return None
+    first = min(g.granted_at for g in grants)
+    return PendingVerification(
+        email=user.email, amount_micros=amount,
+        deadline=first + dt.timedelta(hours=settings.PROMOTION_VERIFICATION_HOURS))
 
 
 def _enqueue_verification_email(user_id: int) -> None:

@@ -110,6 +110,9 @@
     if (reasonEl && promo.withheld_reason) {
       reasonEl.textContent = promo.withheld_reason;
       reasonEl.hidden = false;
+      // Credit waiting for the email verification: offer to send the link again.
+      var resend = promo.claimed && banner.querySelector("[data-verify-resend]");
+      if (resend) resend.hidden = false;
     }
   }
 

@@ -1,0 +1,182 @@
+"""The user-facing side of the optional email verification: the alert on the dashboard and
+the onboarding page while promotional credit waits for it, and "Resend the link"
+(at most one email a minute per user)."""
+
+import datetime as dt
+import threading
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from accounts.models import User
+from credits import abuse
+from credits.models import CreditGrant, GrantKind, Promotion
+from credits.selectors import get_user_credits
+from inference.services import record_first_token
+from tests.books import USD
+
+RESEND = "/accounts/verify-email/resend/"
+ALERT = 'data-alert="verify_email"'
+
+
+@pytest.fixture
+def live(db):
+    """Only this $20 first-token promotion is live."""
+    Promotion.objects.update(is_active=False)
+    return Promotion.objects.create(name="Launch", active_from=timezone.now() - dt.timedelta(days=1),
+                                    amount_micros=20 * USD, window_seconds=180, expiry_days=30)
+
+
+def earned(register, email: str) -> User:
+    """Signed up (the sign-up's email two minutes ago) and generated a first token."""
+    response = register(email)
+    assert response.status_code == 201, response.content
+    user = User.objects.get(pk=response.json()["user"]["id"])
+    User.objects.filter(pk=user.pk).update(
+        verification_email_sent_at=timezone.now() - dt.timedelta(minutes=2))
+    record_first_token(user_id=user.pk)
+    user.refresh_from_db()
+    return user
+
+
+def logged_in(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def verify_mails(outbox) -> list:
+    return [m for m in outbox if "Verify" in m.subject]
+
+
+def test_dashboard_and_onboarding_show_the_alert_while_credit_awaits_verification(
+        live, settings, register):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    user = earned(register, "careful@example.com")
+    grant = CreditGrant.objects.get(user=user, kind=GrantKind.PROMOTIONAL)
+    deadline = grant.granted_at + dt.timedelta(hours=settings.PROMOTION_VERIFICATION_HOURS)
+    client = logged_in(user)
+    for url in ("/billing/", "/accounts/onboarding/"):
+        html = client.get(url).content.decode()
+        assert html.count(ALERT) == 1, url
+        assert "Verify your email to unlock $20.00" in html
+        assert "careful@example.com" in html
+        assert f"{deadline:%b %-d, %Y %H:%M} UTC" in html
+        assert f'action="{RESEND}"' in html and "Resend the link" in html
+    # Locked credit is not offered as credit "to use", nor does it raise a low-balance alarm.
+    dashboard = client.get("/billing/").content.decode()
+    assert 'data-alert="promotion_available"' not in dashboard
+    assert 'data-alert="low_balance"' not in dashboard
+
+
+def test_no_alert_when_verification_is_off(live, register):
+    user = earned(register, "quick@example.com")
+    client = logged_in(user)
+    dashboard = client.get("/billing/").content.decode()
+    assert ALERT not in dashboard
+    assert 'data-alert="promotion_available"' in dashboard
+    assert ALERT not in client.get("/accounts/onboarding/").content.decode()
+
+
+def test_no_alert_before_the_credit_is_earned(live, settings, register):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    register("early@example.com")
+    client = logged_in(User.objects.get(email="early@example.com"))
+    assert ALERT not in client.get("/billing/").content.decode()
+    assert ALERT not in client.get("/accounts/onboarding/").content.decode()
+
+
+def test_resend_sends_one_email_and_a_second_within_a_minute_is_refused(
+        live, settings, register, mailoutbox, django_capture_on_commit_callbacks, eager_tasks):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    user = earned(register, "careful@example.com")
+    client = logged_in(user)
+    with django_capture_on_commit_callbacks(execute=True):
+        first = client.post(RESEND, {"next": "/billing/"}, follow=True)
+    assert first.redirect_chain == [("/billing/", 302)]
+    assert "Link sent to careful@example.com." in first.content.decode()
+    [message] = verify_mails(mailoutbox)
+    assert message.to == ["careful@example.com"]
+    with django_capture_on_commit_callbacks(execute=True):
+        second = client.post(RESEND, {"next": "/accounts/onboarding/"}, follow=True)
+    assert second.redirect_chain == [("/accounts/onboarding/", 302)]
+    assert abuse.VERIFY_RESEND_TOO_SOON in second.content.decode()
+    assert len(verify_mails(mailoutbox)) == 1
+
+    # The resent link unlocks the credit: the alert is gone and the $20 is available.
+    link = next(w for w in message.body.split() if "/accounts/verify-email/" in w)
+    assert client.get(link.replace(settings.SITE_URL, "")).status_code == 200
+    assert get_user_credits(user=user).available_micros == 20 * USD
+    dashboard = client.get("/billing/").content.decode()
+    assert ALERT not in dashboard
+    assert "You have $20.00 of promotional credit to use" in dashboard
+    assert ALERT not in client.get("/accounts/onboarding/").content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        after = client.post(RESEND, {"next": "/billing/"}, follow=True)
+    assert abuse.VERIFY_ALREADY_DONE in after.content.decode()
+    assert len(verify_mails(mailoutbox)) == 1
+
+
+def test_resend_is_allowed_again_once_the_minute_has_passed(live, settings, register):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    user = earned(register, "patient@example.com")
+    start = timezone.now()
+    assert abuse.resend_verification(user=user, now=start) == abuse.ResendOutcome.SENT
+    assert abuse.resend_verification(user=user, now=start + dt.timedelta(seconds=59)) == (
+        abuse.ResendOutcome.TOO_SOON)
+    assert abuse.resend_verification(user=user, now=start + dt.timedelta(seconds=61)) == (
+        abuse.ResendOutcome.SENT)
+
+
+def test_resend_right_after_sign_up_waits_for_the_minute(live, settings, register, mailoutbox):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    register("fresh@example.com")  # the sign-up itself emails the link
+    client = logged_in(User.objects.get(email="fresh@example.com"))
+    response = client.post(RESEND, follow=True)
+    assert response.redirect_chain == [("/billing/", 302)]
+    assert abuse.VERIFY_RESEND_TOO_SOON in response.content.decode()
+
+
+def test_resend_needs_a_logged_in_post_with_a_csrf_token(live, settings, register, mailoutbox):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    user = earned(register, "careful@example.com")
+    assert Client().post(RESEND).status_code == 302  # to the login page
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    assert client.get(RESEND).status_code == 405
+    assert client.post(RESEND).status_code == 403
+    user.refresh_from_db()
+    assert user.verification_email_sent_at < timezone.now() - dt.timedelta(minutes=1)
+
+
+def test_resend_to_another_site_goes_back_to_the_dashboard(live, settings, register):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    client = logged_in(earned(register, "careful@example.com"))
+    response = client.post(RESEND, {"next": "https://evil.example/"})
+    assert response.status_code == 302 and response["Location"] == "/billing/"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_resends_send_one_email(live, settings, register, mailoutbox, eager_tasks):
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    user = earned(register, "clicky@example.com")
+    sent_at_sign_up = len(verify_mails(mailoutbox))  # committed for real in this test
+    outcomes, barrier = [], threading.Barrier(6)
+
+    def click():
+        try:
+            barrier.wait()
+            outcomes.append(abuse.resend_verification(user=user))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=click) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == [abuse.ResendOutcome.SENT] + [abuse.ResendOutcome.TOO_SOON] * 5
+    assert len(verify_mails(mailoutbox)) == sent_at_sign_up + 1
