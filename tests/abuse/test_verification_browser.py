@@ -2,12 +2,9 @@
 dashboard, "Resend the link" posts (CSRF) and the page says the link was sent."""
 
 import datetime as dt
-import os
 import re
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -16,33 +13,17 @@ from accounts.models import User
 from credits.models import Promotion
 from inference.services import record_first_token
 from tests.books import USD
+from tests.browser import SHOTS, browser_page, needs_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
 PASSWORD = "correct-horse-battery"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at " + CHROMIUM),
-]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 
 @pytest.fixture
 def page(live_server, transactional_db, monkeypatch):
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls between browser steps
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(15_000)
-        tab = context.new_page()
+    with browser_page(monkeypatch, base_url=live_server.url) as tab:
         yield tab
-        context.close()
-        browser.close()
 
 
 def test_dashboard_alert_resends_the_link(page, settings, mailoutbox, eager_tasks):

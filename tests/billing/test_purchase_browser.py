@@ -1,47 +1,30 @@
 """Buying $10 with the test provider in real headless Chromium."""
 
 import re
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from billing.models import Purchase, PurchaseStatus
 from credits.models import GrantKind
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
-SCREENSHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
+from tests.browser import SHOTS, browser_page, needs_chromium
 
 
 @pytest.fixture
 def page(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; our ORM calls here are sync.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(15_000)
-        yield context.new_page()
-        context.close()
-        browser.close()
+    with browser_page(monkeypatch) as tab:
+        yield tab
 
 
 @pytest.mark.browser
+@needs_chromium
 @pytest.mark.django_db(transaction=True)
 def test_buying_10_dollars_in_test_mode_raises_the_balance_and_shows_the_receipt(
     live_server, page, packages, demo_models, test_provider, make_user, fund
 ):
     buyer = make_user("buyer@example.com")
     fund(buyer, usd=3, kind=GrantKind.ADJUSTMENT, description="welcome")
-    expect = playwright_sync.expect
+    from playwright.sync_api import expect
+
 
     page.goto(f"{live_server.url}/accounts/login/?next=/billing/")
     page.get_by_label("Email address").fill(buyer.email)
@@ -51,17 +34,16 @@ def test_buying_10_dollars_in_test_mode_raises_the_balance_and_shows_the_receipt
 
     page.locator("nav").get_by_role("link", name="Buy credits").click()
     expect(page.locator("[data-test-mode]")).to_contain_text("TEST MODE")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     expect(page.locator("[data-package-estimate]").first).to_contain_text("demo-small ≈ 16.6M")
-    page.screenshot(path=str(SCREENSHOTS / "purchase_buy.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "purchase_buy.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
-    page.screenshot(path=str(SCREENSHOTS / "purchase_buy-phone.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "purchase_buy-phone.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 900})
     page.get_by_role("button", name="Buy $10.00").click()
 
     expect(page).to_have_url(re.compile(r"/billing/checkout/test/"))
     expect(page.locator("[data-test-mode]")).to_contain_text("TEST MODE")
-    page.screenshot(path=str(SCREENSHOTS / "purchase_checkout_test.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "purchase_checkout_test.png"), full_page=True)
     purchase = Purchase.objects.get(user=buyer)
 
     # The page the provider returns to waits, then updates itself once the payment lands.
@@ -73,7 +55,7 @@ def test_buying_10_dollars_in_test_mode_raises_the_balance_and_shows_the_receipt
     expect(page.get_by_role("heading", name="Payment received")).to_be_visible()
     expect(page.locator("[data-balance]")).to_have_text("$13.00")
     expect(waiting.get_by_role("heading", name="Payment received")).to_be_visible()
-    page.screenshot(path=str(SCREENSHOTS / "purchase_success.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "purchase_success.png"), full_page=True)
 
     page.get_by_role("link", name="Go to the dashboard").click()
     expect(page.locator(".balance-pill")).to_have_text("$13.00")
@@ -84,7 +66,7 @@ def test_buying_10_dollars_in_test_mode_raises_the_balance_and_shows_the_receipt
     page.locator("#history").scroll_into_view_if_needed()
     expect(page.locator("#history")).to_contain_text("Purchased $10.00 (test mode)")
     page.evaluate("window.scrollTo(0, 0)")  # the sticky header would overlap a scrolled shot
-    page.screenshot(path=str(SCREENSHOTS / "purchase_dashboard.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "purchase_dashboard.png"), full_page=True)
 
     purchase.refresh_from_db()
     buyer.refresh_from_db()

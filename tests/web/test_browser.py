@@ -4,12 +4,9 @@ Screenshots of each page go to artifacts/screenshots/ (git-ignored) for a person
 """
 
 import datetime as dt
-import os
 import re
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
@@ -17,36 +14,17 @@ from accounts.models import User
 from credits.models import CreditGrant, GrantKind
 from credits.money import display_usd
 from inference.models import UsageRecord
+from tests.browser import SHOTS, browser_page, needs_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
 PASSWORD = "correct-horse-battery"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at " + CHROMIUM),
-]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 
 @pytest.fixture
 def page(live_server, seed_data, monkeypatch):
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls the test makes
-    # between browser steps are still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(base_url=live_server.url,
-                                      viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(15_000)
-        tab = context.new_page()
+    with browser_page(monkeypatch, base_url=live_server.url) as tab:
         yield tab
-        context.close()
-        browser.close()
 
 
 def shot(page, name: str) -> None:
