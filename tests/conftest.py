@@ -47,6 +47,18 @@ def django_db_setup(django_db_setup, django_db_blocker):
         call_command("createcachetable", verbosity=0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _end_leaked_connections(django_db_setup, django_db_blocker):
+    """A live-server thread may still hold a connection when the session ends (a stream the
+    browser walked away from); end those sessions so the test database can be dropped."""
+    yield
+    # Only ever the test database (none exists when no test used the database).
+    if connection.vendor == "postgresql" and connection.settings_dict["NAME"].startswith("test_"):
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
 @pytest.fixture
 def make_user(db):
     counter = {"n": 0}
