@@ -3,6 +3,8 @@ staff set them in admin; one variant; every existing user assigned to it) and th
 staff groups "Support" and "Finance"."""
 
 from django.db import migrations
+
+from credits.migrations._staff_groups import grant_group_permissions
 from django.utils import timezone
 
 DEFAULT_PROMOTION = "First-token promotion"
@@ -52,23 +54,7 @@ def create_default_promotion(apps, schema_editor):
 
 
 def create_groups(apps, schema_editor):
-    from django.contrib.auth.management import create_permissions
-
-    # Permissions are normally created after migrate; the groups need them now.
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for name, wanted in (("Support", SUPPORT_PERMISSIONS), ("Finance", FINANCE_PERMISSIONS)):
-        group, _ = Group.objects.get_or_create(name=name)
-        for app_label, codename in wanted:
-            permission = Permission.objects.filter(
-                content_type__app_label=app_label, codename=codename
-            ).first()
-            if permission is not None:
-                group.permissions.add(permission)
+    grant_group_permissions(apps, {"Support": SUPPORT_PERMISSIONS, "Finance": FINANCE_PERMISSIONS})
 
 
 class Migration(migrations.Migration):

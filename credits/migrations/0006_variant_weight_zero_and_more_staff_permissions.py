@@ -4,6 +4,8 @@ records and prices, and Finance edits prices (a price change is a new ModelPrice
 
 from django.db import migrations, models
 
+from credits.migrations._staff_groups import grant_group_permissions
+
 MORE_SUPPORT = [("accounts", "view_apikey"), ("inference", "view_usagerecord"),
                 ("inference", "view_aimodel"), ("inference", "view_modelprice")]
 MORE_FINANCE = MORE_SUPPORT + [("inference", "add_modelprice"), ("inference", "change_aimodel"),
@@ -11,21 +13,7 @@ MORE_FINANCE = MORE_SUPPORT + [("inference", "add_modelprice"), ("inference", "c
 
 
 def add_permissions(apps, schema_editor):
-    from django.contrib.auth.management import create_permissions
-
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for name, wanted in (("Support", MORE_SUPPORT), ("Finance", MORE_FINANCE)):
-        group, _ = Group.objects.get_or_create(name=name)
-        for app_label, codename in wanted:
-            permission = Permission.objects.filter(
-                content_type__app_label=app_label, codename=codename).first()
-            if permission is not None:
-                group.permissions.add(permission)
+    grant_group_permissions(apps, {"Support": MORE_SUPPORT, "Finance": MORE_FINANCE})
 
 
 class Migration(migrations.Migration):
