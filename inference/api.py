@@ -90,14 +90,12 @@ class _MeteredView(JsonAPIView):
     serializer_class: type = ChatCompletionRequestSerializer
     endpoint = ""
     id_prefix = "gen"
+    chunk_object = ""  # the `object` of each streamed chunk
 
     def build_prompt(self, data) -> Prompt:
         raise NotImplementedError
 
     def render(self, call: services.MeteredCall, data, created: int) -> dict:
-        raise NotImplementedError
-
-    def stream_events(self, call, data, created, first):
         raise NotImplementedError
 
     def post(self, request):
@@ -170,6 +168,31 @@ class _MeteredView(JsonAPIView):
             response["X-Promotion-Applied"] = "true"
         return response
 
+    def opening_choices(self) -> list[dict]:
+        return []
+
+    def stream_choice(self, text: str | None, finish_reason: str | None = None) -> dict:
+        raise NotImplementedError  # a view that streams says how a choice looks
+
+    def stream_events(self, call, data, created, first, tokens):
+        """The SSE chunks of a stream: opening, one per token, the finish, usage, [DONE]."""
+        base = {"id": call.request_id, "object": self.chunk_object, "created": created,
+                "model": call.model.id}
+
+        def chunk(choice: dict) -> bytes:
+            return _sse({**base, "choices": [choice]})
+
+        for choice in self.opening_choices():
+            yield chunk(choice)
+        if first is not None:
+            yield chunk(self.stream_choice(first))
+            for piece in tokens:
+                yield chunk(self.stream_choice(piece))
+        yield chunk(self.stream_choice(None, call.finish_reason or "stop"))
+        if (data.get("stream_options") or {}).get("include_usage"):
+            yield _sse(self.final_usage_chunk(call, base))
+        yield DONE
+
     def _guarded(self, events):
         try:
             yield from events
@@ -218,6 +241,7 @@ class ChatCompletionsView(_MeteredView):
     serializer_class = ChatCompletionRequestSerializer
     endpoint = "chat.completions"
     id_prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
 
     @extend_schema(request=ChatCompletionRequestSerializer, responses=OpenApiTypes.OBJECT,
                    parameters=[IDEMPOTENCY_HEADER])
@@ -238,23 +262,13 @@ class ChatCompletionsView(_MeteredView):
             "usage": self.usage(call),
         }
 
-    def stream_events(self, call, data, created, first, tokens):
-        base = {"id": call.request_id, "object": "chat.completion.chunk", "created": created,
-                "model": call.model.id}
+    def stream_choice(self, text: str | None, finish_reason: str | None = None) -> dict:
+        delta = {} if text is None else {"content": text}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-        def chunk(delta, finish_reason=None):
-            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                              "finish_reason": finish_reason}]})
-
-        yield chunk({"role": "assistant", "content": ""})
-        if first is not None:
-            yield chunk({"content": first})
-            for piece in tokens:
-                yield chunk({"content": piece})
-        yield chunk({}, call.finish_reason or "stop")
-        if (data.get("stream_options") or {}).get("include_usage"):
-            yield _sse(self.final_usage_chunk(call, base))
-        yield DONE
+    def opening_choices(self) -> list[dict]:
+        return [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                 "finish_reason": None}]
 
 
 class CompletionsView(_MeteredView):
@@ -263,6 +277,7 @@ class CompletionsView(_MeteredView):
     serializer_class = CompletionRequestSerializer
     endpoint = "completions"
     id_prefix = "cmpl"
+    chunk_object = "text_completion"
 
     @extend_schema(request=CompletionRequestSerializer, responses=OpenApiTypes.OBJECT,
                    parameters=[IDEMPOTENCY_HEADER])
@@ -281,22 +296,8 @@ class CompletionsView(_MeteredView):
             "usage": self.usage(call),
         }
 
-    def stream_events(self, call, data, created, first, tokens):
-        base = {"id": call.request_id, "object": "text_completion", "created": created,
-                "model": call.model.id}
-
-        def chunk(text, finish_reason=None):
-            return _sse({**base, "choices": [{"text": text, "index": 0, "logprobs": None,
-                                              "finish_reason": finish_reason}]})
-
-        if first is not None:
-            yield chunk(first)
-            for piece in tokens:
-                yield chunk(piece)
-        yield chunk("", call.finish_reason or "stop")
-        if (data.get("stream_options") or {}).get("include_usage"):
-            yield _sse(self.final_usage_chunk(call, base))
-        yield DONE
+    def stream_choice(self, text: str | None, finish_reason: str | None = None) -> dict:
+        return {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}
 
 
 class InferenceView(_MeteredView):
