@@ -142,8 +142,7 @@ class MeteredCall:
     promotion_applied: bool = False
     first_token_ms: int | None = None
     settled: bool = False
-    _balance_micros: int | None = None
-    _balance_read_settled: bool = False
+    _balance_micros: int | None = None  # cached; settling replaces or clears it
 
     @property
     def text(self) -> str:
@@ -163,11 +162,10 @@ class MeteredCall:
 
     def balance_micros(self) -> int:
         """The user's balance after this call's settlement (before it, while streaming)."""
-        if self._balance_micros is None or self._balance_read_settled != self.settled:
+        if self._balance_micros is None:
             self._balance_micros = (
                 User.objects.filter(pk=self.user.pk).values_list("credit_balance", flat=True).get()
             )
-            self._balance_read_settled = self.settled
         return self._balance_micros
 
     def promotion_json(self) -> dict:
@@ -263,19 +261,20 @@ class MeteredCall:
         Returns what was charged; any shortfall is logged loudly."""
         with contextlib.suppress(Exception):  # already settled: nothing is held any more
             credit_services.release(hold=self.hold)
-        key = f"late-charge:{self.request_id}"
+        def debit(amount: int) -> None:
+            credit_services.use_credits(user=self.user.pk, amount_micros=amount,
+                                        reference=self.request_id,
+                                        idempotency_key=f"late-charge:{self.request_id}",
+                                        description=f"{self.model.id} {self.request_id}")
+
         try:
             try:
-                credit_services.use_credits(user=self.user.pk, amount_micros=charge,
-                                            reference=self.request_id, idempotency_key=key,
-                                            description=f"{self.model.id} {self.request_id}")
+                debit(charge)
                 charged = charge
             except InsufficientCredits as exc:
                 charged = exc.available_micros
                 if charged:
-                    credit_services.use_credits(user=self.user.pk, amount_micros=charged,
-                                                reference=self.request_id, idempotency_key=key,
-                                                description=f"{self.model.id} {self.request_id}")
+                    debit(charged)
         except Exception:
             logger.exception("BILLING: call %s delivered tokens worth %s micros that could not "
                              "be charged", self.request_id, charge)
@@ -283,7 +282,6 @@ class MeteredCall:
         if charged < charge:
             logger.error("BILLING: call %s was charged %s of %s micros after its hold was lost",
                          self.request_id, charged, charge)
-        self._balance_read_settled = False
         return charged
 
     def _settle(self, *, status: str, error: str) -> None:
@@ -292,6 +290,7 @@ class MeteredCall:
         if self.settled:
             return
         self.settled = True
+        self._balance_micros = None  # what was read while streaming is stale now
         self.status, self.error = status, error[:255]
         if not self.billed:
             return
@@ -311,7 +310,6 @@ class MeteredCall:
                         hold=self.hold, amount_micros=charge,
                         description=f"{self.model.id} {self.request_id}")
                 self._balance_micros = getattr(settled, "balance_after_micros", None)
-                self._balance_read_settled = self._balance_micros is not None
             except Exception:
                 logger.exception("BILLING: settling hold %s of call %s failed (charge %s)",
                                  self.hold.pk, self.request_id, charge)
