@@ -58,7 +58,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(amount=amounts)
     def debit(self, amount):
-        if self.free_after_sweep() < amount:
+        if self.free() < amount:
             with pytest.raises(InsufficientCredits):
                 services.use_credits(user=self.user, amount_micros=amount, now=self.now)
             return
@@ -68,7 +68,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(amount=amounts)
     def authorize(self, amount):
-        if self.free_after_sweep() < amount:
+        if self.free() < amount:
             with pytest.raises(InsufficientCredits):
                 services.authorize(user=self.user, amount_micros=amount, now=self.now)
             return
@@ -112,9 +112,6 @@ class LedgerMachine(RuleBasedStateMachine):
         self.now += dt.timedelta(seconds=seconds)
 
     # --- helpers for the model --------------------------------------------------------
-    def free_after_sweep(self) -> int:
-        return self.free()
-
     def take_in_burn_order(self, amount: int, *, field: str) -> dict[int, int]:
         taken: dict[int, int] = {}
         for grant_id, grant in self.burn_order():
