@@ -40,7 +40,7 @@ class User(AbstractUser):
     )
     email_verified_at = models.DateTimeField(null=True, blank=True)
     # When the verification link was last emailed: resends are at most one a minute
-    # (credits.abuse.resend_verification claims it with a conditional UPDATE).
+    # (credits.promotion.verification.resend_verification claims it with a conditional UPDATE).
     verification_email_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     # Cached from the ledger, written only by credits.services in the same

@@ -6,15 +6,17 @@ import datetime as dt
 import hashlib
 import secrets
 
+from django.conf import settings
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from accounts.emails import canonical_email
 from accounts.models import ApiKey, User
-from credits import abuse
+from accounts.signals import user_registered
 
 API_KEY_PREFIX = "sk-"
 DEFAULT_KEY_NAME = "Default key"
@@ -85,6 +87,12 @@ def normalize_email(email: str) -> str:
     return (email or "").strip().lower()
 
 
+def run_signup_checks(email: str) -> None:
+    """Run settings.SIGNUP_CHECKS on a well-formed address; each raises ValidationError."""
+    for path in settings.SIGNUP_CHECKS:
+        import_string(path)(email)
+
+
 def register_user(
     *, email: str, password: str, client_ip: str | None = None
 ) -> tuple[User, ApiKey, str]:
@@ -94,9 +102,11 @@ def register_user(
     "password": [...]}) for a malformed or taken email (case-insensitive, and by
     its normalized form: accounts.emails), a disposable email domain, or a weak
     password; nothing is created then. The promotion window starts at
-    `date_joined`, i.e. now. `client_ip` (credits.abuse.client_ip) feeds the sign-up
-    velocity limits: over one, the account is created but the promotion is withheld
-    with a reason (credits.abuse.record_signup).
+    `date_joined`, i.e. now. The address is also checked by each callable listed in
+    settings.SIGNUP_CHECKS (as AUTH_PASSWORD_VALIDATORS are), which raise
+    ValidationError({"email": [...]}). `client_ip` (accounts.network.client_ip) rides on
+    the `user_registered` signal, sent in the sign-up's transaction (the promotion's
+    velocity limits listen).
     """
     email = normalize_email(email)
     errors: dict[str, list[str]] = {}
@@ -105,7 +115,7 @@ def register_user(
     else:
         try:
             validate_email(email)
-            abuse.check_signup_email(email)
+            run_signup_checks(email)
         except ValidationError as exc:
             errors["email"] = (list(exc.message_dict.get("email", []))
                                if hasattr(exc, "error_dict") else ["Enter a valid email address."])
@@ -127,8 +137,7 @@ def register_user(
         with transaction.atomic():
             user = User.objects.create_user(email, password)
             key, secret = create_api_key(user=user, name=DEFAULT_KEY_NAME)
-            abuse.record_signup(user=user, ip=client_ip)
-            abuse.schedule_verification_email(user=user)
+            user_registered.send(sender=User, user=user, client_ip=client_ip)
     except IntegrityError:
         # Lost a race with a concurrent registration of the same (normalized) address.
         raise ValidationError({"email": [ACCOUNT_EXISTS]}) from None

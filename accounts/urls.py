@@ -7,11 +7,6 @@ from accounts.forms import LoginForm
 app_name = "accounts"
 
 urlpatterns = [
-    path("signup/", views.signup, name="signup"),
-    path("onboarding/", views.onboarding, name="onboarding"),
-    # Before the token route, which would take "resend" for a token.
-    path("verify-email/resend/", views.resend_verification, name="resend_verification"),
-    path("verify-email/<str:token>/", views.verify_email, name="verify_email"),
     path("keys/", views.create_key, name="create_key"),
     path("keys/<int:pk>/revoke/", views.revoke_key, name="revoke_key"),
 ]

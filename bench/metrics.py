@@ -69,7 +69,7 @@ def build(n_users: int) -> None:
         PromotionAssignment,
         PromotionVariant,
     )
-    from credits.promotions import pick_variant
+    from credits.promotion.terms import pick_variant
 
     rng = random.Random(20260601)
     promotion, _ = Promotion.objects.get_or_create(
@@ -200,7 +200,7 @@ def main() -> None:
     from django.urls import reverse
 
     from accounts.models import User
-    from credits.metrics import promotion_metrics
+    from credits.promotion.metrics import promotion_metrics
     from credits.services import verify_balances
 
     call_command("migrate", verbosity=0)

@@ -109,7 +109,7 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
     now = now or timezone.now()
     alerts: list[Alert] = []
     usable = [g for g in credits.grants if g.is_usable_at(now) and g.remaining_micros > 0]
-    # Credit locked until the email is verified has its own alert (accounts/_verify_email_alert).
+    # Credit locked until the email is verified has its own alert (onboarding/_verify_email_alert).
     awaiting = sum(g.remaining_micros for g in usable if g.awaiting_verification)
     if credits.balance_micros == 0 and not credits.promotion.eligible:
         message = (

@@ -7,17 +7,19 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import StreamingHttpResponse
 from django.shortcuts import render
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts.forms import ApiKeyForm
+from accounts.views import NEW_KEY_SECRET_KEY
 from billing import selectors
 from billing.charts import PHONE_CHAR_WIDTH, PHONE_HEIGHT, PHONE_WIDTH, spend_chart
-from credits import abuse, money
+from credits import money
+from credits.notifications import recent_notifications
+from credits.promotion.verification import pending_verification
 from credits.selectors import get_user_credits
 
 HISTORY_PAGE_SIZE = 25
-NEW_KEY_SECRET_KEY = "new_api_key_secret"  # set by accounts.views.create_key
 
 
 @login_required
@@ -39,7 +41,7 @@ def dashboard(request):
         "promotional": money.display_usd(credits.promotional_micros),
         "promo_expiry": _promo_expiry(credits, now),
         "alerts": selectors.dashboard_alerts(credits, now=now),
-        "verification": abuse.pending_verification(user=user, now=now),
+        "verification": pending_verification(user=user, now=now),
         "grant_rows": [_grant_row(g, now) for g in credits.grants],
         "history_rows": [_entry_row(e) for e in page.object_list],
         "page": page,
@@ -53,8 +55,8 @@ def dashboard(request):
         "api_keys": selectors.api_keys(user=user),
         "new_key": new_key,
         "key_form": ApiKeyForm(),
-        "buy_url": _buy_url(),
-        "notifications": _notifications(user),
+        "buy_url": reverse("billing:buy"),
+        "notifications": recent_notifications(user=user, limit=5),
     })
 
 
@@ -153,19 +155,3 @@ def _promo_expiry(credits, now):
                 if g.kind == "PROMOTIONAL" and g.remaining_micros > 0 and g.is_usable_at(now)
                 and g.expires_at]
     return min(expiries) if expiries else None
-
-
-def _buy_url() -> str:
-    try:
-        return reverse("billing:buy")
-    except NoReverseMatch:  # purchase pages not installed
-        return ""
-
-
-def _notifications(user):
-    """Recent notifications (credits.notifications is the Celery side's selector)."""
-    try:
-        from credits.notifications import recent_notifications
-    except ImportError:  # notifications not installed in this build
-        return []
-    return recent_notifications(user=user, limit=5)

@@ -59,7 +59,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "accounts.context_processors.web",
+                "billing.context_processors.web",
             ],
         },
     },
@@ -209,7 +209,9 @@ IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 ADMIN_APPROVAL_THRESHOLD_USD = env("ADMIN_APPROVAL_THRESHOLD_USD", default="100")
 SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")
 
-# --- Abuse controls of the sign-up credit (credits/abuse.py) --------------------
+# --- Abuse controls of the sign-up credit (credits/promotion/) -------------------
+# Checks of a sign-up's email address, run by accounts.services.register_user.
+SIGNUP_CHECKS = ["credits.promotion.signup.check_signup_email"]
 # Proxies whose X-Forwarded-For we believe (IPs or CIDRs). Empty: REMOTE_ADDR is the client.
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 # Over these, the sign-up still works but the promotion is withheld (0 = no limit).

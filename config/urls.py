@@ -1,21 +1,24 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.defaults import server_error as html_server_error
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from accounts import views as account_views
 from accounts.urls import auth_patterns
-from inference.errors import api_not_found
+from billing import onboarding
+from inference.errors import api_not_found, api_server_error
 from inference.urls import api_urlpatterns, v1_urlpatterns
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("", account_views.landing, name="landing"),
+    path("", onboarding.landing, name="landing"),
     path("accounts/", include(auth_patterns)),
     path("accounts/", include("accounts.urls")),
+    path("accounts/", include("billing.onboarding_urls")),
     path("billing/", include("billing.urls")),
     # The JSON API (inference issue): OpenAI-compatible under /v1, the rest under /api.
     path("v1/", include(v1_urlpatterns)),
     path("api/", include("accounts.api")),
+    path("api/", include("credits.api")),
     path("api/", include(api_urlpatterns)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
@@ -28,10 +31,6 @@ handler500 = "config.urls.server_error"
 
 def server_error(request, *args, **kwargs):
     """JSON for the API's paths, Django's page elsewhere."""
-    from django.views.defaults import server_error as html_server_error
-
-    from inference.errors import api_server_error
-
     if request.path.startswith(("/v1/", "/api/")):
         return api_server_error(request)
     return html_server_error(request)

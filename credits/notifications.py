@@ -3,10 +3,10 @@
 Events: the first-token promotion was granted, credit expires soon, credit
 expired, the balance fell below LOW_BALANCE_THRESHOLD_USD, the balance is used up.
 
-- The ledger calls `promotion_granted` / `balance_changed` inside its transaction;
-  they only schedule an enqueue for after the commit (no query, nothing sent if
-  the transaction rolls back). An enqueue that fails (Redis down) is logged and
-  dropped; `catch_up` (periodic) finds the missed events later.
+- The ledger queues events through `credits.notices` inside its transaction: only an
+  enqueue scheduled for after the commit (no query, nothing sent if the transaction
+  rolls back). An enqueue that fails (Redis down) is logged and dropped; `catch_up`
+  (periodic) finds the missed events later.
 - `notify` re-checks the event for the user, claims a unique
   (user, event, key) Notification row, then emails. A second call, a retry or a
   concurrent worker finds the row and sends nothing: at most once per occurrence.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from functools import partial
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -38,12 +37,10 @@ from credits.models import (
     Notification,
     NotificationEvent,
 )
+from credits.models.promotions import FIRST_TOKEN_PROMOTION_KEY
+from credits.notices import SPENDING_ENTRY_TYPES, low_balance_threshold_micros
 
 logger = logging.getLogger(__name__)
-
-# Entry types that spend credit; an expiry alone does not send a balance notice
-# (the "credits expired" one says it).
-SPENDING_ENTRY_TYPES = frozenset({EntryType.USAGE, EntryType.CAPTURE, EntryType.ADJUSTMENT})
 
 _TEMPLATES = {
     NotificationEvent.PROMOTION_GRANTED: "promotion_granted",
@@ -76,47 +73,6 @@ _SUMMARIES = {
 }
 
 
-def low_balance_threshold_micros() -> int:
-    return money.usd_to_micros(str(settings.LOW_BALANCE_THRESHOLD_USD))
-
-
-# --- hooks the ledger calls inside its transactions (the debit hot path) --------
-
-
-def balance_changed(*, user_id: int, before_micros: int, after_micros: int) -> None:
-    """A spend moved the balance from `before` to `after`. No query: when it
-    crosses the low-balance threshold or reaches zero, schedule an enqueue."""
-    if after_micros >= before_micros:
-        return
-    if after_micros == 0:
-        enqueue_on_commit(user_id=user_id, event=NotificationEvent.BALANCE_EXHAUSTED)
-    elif after_micros < low_balance_threshold_micros() <= before_micros:
-        enqueue_on_commit(user_id=user_id, event=NotificationEvent.LOW_BALANCE)
-
-
-def promotion_granted(*, user_id: int) -> None:
-    enqueue_on_commit(user_id=user_id, event=NotificationEvent.PROMOTION_GRANTED)
-
-
-def enqueue_on_commit(*, user_id: int, event: str) -> None:
-    """Enqueue `send_notification` once the current transaction commits (now, if
-    none is open); dropped if it rolls back."""
-    transaction.on_commit(partial(_enqueue, user_id, str(event)), robust=True)
-
-
-def _enqueue(user_id: int, event: str) -> None:
-    from credits.tasks import send_notification  # tasks import this module
-
-    try:
-        # retry=False: one short connection attempt, never a retry loop in a request.
-        send_notification.apply_async((user_id, event), retry=False)
-    except Exception:
-        logger.warning(
-            "Could not enqueue %s notification for user %s (broker down?); "
-            "the periodic catch-up will send it.", event, user_id, exc_info=True,
-        )
-
-
 # --- deciding and sending ---------------------------------------------------------
 
 
@@ -132,8 +88,6 @@ def _when(moment: dt.datetime | None) -> str:
 
 
 def _promotion_granted(user: User, now: dt.datetime) -> list[_Occurrence]:
-    from credits.services import FIRST_TOKEN_PROMOTION_KEY  # services import this module
-
     grant = CreditGrant.objects.filter(
         user=user, idempotency_key=FIRST_TOKEN_PROMOTION_KEY, voided_at__isnull=True
     ).first()
@@ -307,8 +261,6 @@ def notify_expiring_soon(*, now: dt.datetime | None = None) -> int:
 def catch_up(*, now: dt.datetime | None = None) -> int:
     """Send what the enqueue-on-commit hooks missed (broker down, worker lost) and
     the expiry notices, looking back NOTIFICATION_CATCH_UP_HOURS. Idempotent."""
-    from credits.services import FIRST_TOKEN_PROMOTION_KEY
-
     now = now or timezone.now()
     since = now - dt.timedelta(hours=settings.NOTIFICATION_CATCH_UP_HOURS)
     sent = 0

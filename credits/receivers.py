@@ -1,19 +1,30 @@
+"""The credits app's doors for other apps' signals: each calls one service."""
+
 from django.conf import settings
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
-from credits import promotions, services
+from accounts.signals import user_registered
+from credits.promotion import award, signup, terms, verification
 from inference.signals import first_token_generated
 
 
 @receiver(first_token_generated, dispatch_uid="credits.apply_first_token_promotion")
 def apply_promotion_on_first_token(sender, *, user_id: int, **kwargs) -> None:
-    services.apply_first_token_promotion(user=user_id)
+    award.apply_first_token_promotion(user=user_id)
 
 
-# Assigning a promotion variant is not a ledger row, so post_save is the right door.
+# Assigning a promotion variant is not a ledger row, so post_save is the right door
+# (it also covers users made in the admin or the shell).
 @receiver(post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="credits.assign_promotion")
 def assign_promotion_on_sign_up(sender, *, instance, created: bool, raw: bool = False,
                                 **kwargs) -> None:
     if created and not raw:
-        promotions.assign_promotion(user=instance)
+        terms.assign_promotion(user=instance)
+
+
+@receiver(user_registered, dispatch_uid="credits.record_signup")
+def record_signup_on_registration(sender, *, user, client_ip: str | None, **kwargs) -> None:
+    """In the registration's transaction: velocity limits, then the verification email."""
+    signup.record_signup(user=user, ip=client_ip)
+    verification.schedule_verification_email(user=user)

@@ -9,64 +9,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from credits import abuse, money
-from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
-from credits.promotions import PromotionTerms, user_promotion_terms
-
-
-def promotion_terms(user: User) -> PromotionTerms:
-    """The first-token promotion this user plays for: their assigned promotion and
-    variant (credits.promotions), or the PROMOTION_* settings when they have none.
-    `active` is False when its kill switch is off or no promotion was running."""
-    return user_promotion_terms(user)
-
-
-@dataclass(frozen=True)
-class PromotionStatus:
-    eligible: bool  # could still earn it by generating a first token now
-    claimed: bool
-    deadline: dt.datetime
-    seconds_remaining: float
-    amount_micros: int
-    expiry_days: int
-    # Why this user is not (or not yet) getting it, in plain words; "" when nothing to say
-    # (credits.abuse: velocity limits, a claimed address, the offer paused, verify email).
-    withheld_reason: str = ""
-
-    def as_json(self) -> dict:
-        return {
-            "eligible": self.eligible,
-            "claimed": self.claimed,
-            # The same form as DRF's timestamps: UTC with a Z.
-            "deadline": self.deadline.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
-            "seconds_remaining": self.seconds_remaining,
-            "amount": money.format_usd(self.amount_micros),
-            "withheld_reason": self.withheld_reason or None,
-        }
-
-
-def promotion_status(user: User, *, now: dt.datetime | None = None) -> PromotionStatus:
-    now = now or timezone.now()
-    terms = promotion_terms(user)
-    deadline = user.date_joined + dt.timedelta(seconds=terms.window_seconds)
-    remaining = max(0.0, (deadline - now).total_seconds())
-    eligible = (
-        terms.active
-        and not user.promotion_claimed
-        and user.promotion_eligible
-        and user.first_token_at is None
-        and now <= deadline
-    )
-    return PromotionStatus(
-        eligible=eligible,
-        claimed=user.promotion_claimed,
-        deadline=deadline,
-        seconds_remaining=round(remaining, 3) if eligible else 0.0,
-        amount_micros=terms.amount_micros,
-        expiry_days=terms.expiry_days,
-        withheld_reason=abuse.withheld_reason(
-            user, terms_active=terms.active, terms_amount_micros=terms.amount_micros),
-    )
+from credits.models import CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
+from credits.promotion.status import PromotionStatus, promotion_status
 
 
 @dataclass(frozen=True)
@@ -108,3 +52,22 @@ def get_user_credits(*, user: User, now: dt.datetime | None = None) -> UserCredi
         promotion=promotion_status(user, now=now),
         next_expiry=min(expiries) if expiries else None,
     )
+
+
+@dataclass(frozen=True)
+class CallCharge:
+    """What the ledger charged for one call (its request id is the entries' reference)."""
+
+    user_id: int
+    charged_micros: int
+
+
+def call_charge(*, request_id: str) -> CallCharge | None:
+    """The charge of the call `request_id` (captures and direct debits), or None when the
+    ledger never charged a call by that id."""
+    rows = list(LedgerEntry.objects.filter(
+        reference=request_id, entry_type__in=[EntryType.CAPTURE, EntryType.USAGE],
+    ).values_list("user_id", "amount_micros"))
+    if not rows:
+        return None
+    return CallCharge(user_id=rows[0][0], charged_micros=-sum(amount for _, amount in rows))

@@ -22,7 +22,8 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import ApiKey, User
+from accounts.services import revoke_api_key
 from credits import money, services
 from credits.exceptions import CreditError, GrantNotActive, InvalidAmount
 from credits.models import (
@@ -34,6 +35,7 @@ from credits.models import (
     StaffActionKind,
     StaffActionStatus,
 )
+from credits.selectors import call_charge
 
 
 class ActionNotAllowed(CreditError):
@@ -137,16 +139,13 @@ def adjust_balance(*, staff: User, user: User, amount_micros: int, reason: str,
 
 def refund_credit(*, staff: User, user: User, amount_micros: int, reason: str,
                   usage_reference: str = "", now: dt.datetime | None = None) -> StaffAction:
-    """Give credit back as a REFUND grant, optionally naming the usage record (request id),
-    which must be one of this user's calls."""
+    """Give credit back as a REFUND grant, optionally naming the call (its request id),
+    which must be one this user was charged for in the ledger."""
     _require_positive(amount_micros)
     usage_reference = (usage_reference or "").strip()
     if usage_reference:
-        from inference.models import UsageRecord
-
-        owner = UsageRecord.objects.filter(request_id=usage_reference).values_list(
-            "user_id", flat=True).first()
-        if owner != user.pk:
+        charge = call_charge(request_id=usage_reference)
+        if charge is None or charge.user_id != user.pk:
             raise InvalidAmount(f"{user} has no usage record with request id {usage_reference!r}.")
     return _submit(StaffAction(kind=StaffActionKind.REFUND, user=user,
                                amount_micros=amount_micros, grant_kind=GrantKind.REFUND,
@@ -378,9 +377,6 @@ def _moved(grant_id: int, entry_type: str, operation_key: str | None = None) -> 
 
 
 def _revoke_keys(user_id: int) -> int:
-    from accounts.models import ApiKey
-    from accounts.services import revoke_api_key
-
     user = User.objects.get(pk=user_id)
     keys = list(ApiKey.objects.filter(user_id=user_id, revoked_at__isnull=True))
     for key in keys:

@@ -8,7 +8,8 @@ import datetime as dt
 
 from celery import shared_task
 
-from credits import abuse, notifications, services
+from credits import notifications, services
+from credits.promotion import award, verification
 
 _IDEMPOTENT = {"acks_late": True, "reject_on_worker_lost": True}
 
@@ -52,16 +53,16 @@ def catch_up_notifications(now: str | None = None) -> int:
 @shared_task(**_IDEMPOTENT, soft_time_limit=240, time_limit=300)
 def void_unverified_promotions(now: str | None = None) -> int:
     """Void sign-up credit still awaiting email verification after PROMOTION_VERIFICATION_HOURS."""
-    return abuse.void_unverified_promotions(now=_moment(now))
+    return verification.void_unverified_promotions(now=_moment(now))
 
 
 @shared_task(**_IDEMPOTENT)
 def notify_promotion_paused(promotion_ids: list[int]) -> int:
     """Tell staff a spend cap paused these promotions (once per pause)."""
-    return abuse.notify_staff_promotion_paused(promotion_ids=promotion_ids)
+    return award.notify_staff_promotion_paused(promotion_ids=promotion_ids)
 
 
 @shared_task(**_IDEMPOTENT)
 def send_verification_email(user_id: int) -> bool:
     """The sign-up's email-verification link (PROMOTION_REQUIRE_EMAIL_VERIFICATION)."""
-    return abuse.send_verification_email_to(user_id=user_id)
+    return verification.send_verification_email_to(user_id=user_id)

@@ -15,7 +15,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from credits import money
-from credits.admin import ReadOnlyAdmin, UserIdFilter, usd_exact
+from credits.admin.console import ReadOnlyAdmin, UserIdFilter, usd_exact
 from inference.models import AiModel, ModelPrice, UsageRecord
 
 # A new price may start a little before "now" (the form was opened a moment ago),

@@ -14,19 +14,16 @@ import time
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import JSONParser
-from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from accounts.rest import JsonAPIView
+from accounts.throttles import ApiKeyRateThrottle
 from credits.money import format_usd
 from inference import services
 from inference.backends import Prompt
 from inference.errors import error_body, exception_handler
 from inference.exceptions import InferenceError
 from inference.models import AiModel
-from inference.ratelimit import ApiKeyRateThrottle
 from inference.serializers import (
     ChatCompletionRequestSerializer,
     CompletionRequestSerializer,
@@ -43,20 +40,6 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 
 def _api_key(request):
     return request.auth if hasattr(request.auth, "key_hash") else None
-
-
-class AlwaysJsonNegotiation(DefaultContentNegotiation):
-    """Answer JSON (or the SSE stream the body asked for) whatever `Accept` says, as
-    OpenAI does: SSE clients often send only `Accept: text/event-stream`."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
-
-
-class JsonAPIView(APIView):
-    renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
-    content_negotiation_class = AlwaysJsonNegotiation
 
 
 class ModelListView(JsonAPIView):

@@ -21,7 +21,7 @@ from credits import services as credit_services
 from credits.exceptions import InsufficientCredits
 from credits.models import CreditHold
 from credits.money import format_usd
-from credits.selectors import promotion_status
+from credits.promotion.status import call_promotion_outcome, promotion_status
 from credits.services import calculate_inference_cost
 from inference.backends import Prompt, Usage, count_tokens, get_backend
 from inference.exceptions import (
@@ -221,11 +221,9 @@ class MeteredCall:
                                               "promotion_eligible"])
             self.promotion_applied = stamped and self.user.promotion_claimed
         if self.hold is not None and self.hold.pending_promotion_micros > 0:
-            pending = CreditHold.objects.filter(pk=self.hold.pk).values_list(
-                "pending_promotion_micros", flat=True).get()
-            if pending:
-                self.user.refresh_from_db(fields=["promotion_withheld_reason"])
-                why = self.user.promotion_withheld_reason  # credits.abuse refused it
+            outcome = call_promotion_outcome(user_id=self.user.pk, hold_id=self.hold.pk)
+            if outcome.unbacked_micros:
+                why = outcome.withheld_reason  # the abuse controls refused it
                 raise PromotionNotGranted(
                     "Insufficient credits: this call relied on the first-token promotion, but "
                     + (f"it was not granted: {why}" if why else
@@ -309,7 +307,7 @@ class MeteredCall:
                     settled = credit_services.capture(
                         hold=self.hold, amount_micros=charge,
                         description=f"{self.model.id} {self.request_id}")
-                self._balance_micros = getattr(settled, "balance_after_micros", None)
+                self._balance_micros = settled.balance_micros
             except Exception:
                 logger.exception("BILLING: settling hold %s of call %s failed (charge %s)",
                                  self.hold.pk, self.request_id, charge)
@@ -406,7 +404,7 @@ def start_call(
 
 
 def _withheld_suffix(user: User) -> str:
-    """" <reason>" when the sign-up credit is withheld or locked (credits.abuse), else ""."""
+    """" <reason>" when the sign-up credit is withheld or locked (credits.promotion), else ""."""
     if user.promotion_claimed and not user.promotion_withheld_reason and not getattr(
             settings, "PROMOTION_REQUIRE_EMAIL_VERIFICATION", False):
         return ""  # nothing to say, no query

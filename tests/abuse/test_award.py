@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from credits import abuse, services
+from credits import services
 from credits.exceptions import InsufficientCredits
 from credits.models import (
     CreditGrant,
@@ -22,7 +22,17 @@ from credits.models import (
     PromotionReview,
     ReviewStatus,
 )
-from credits.promotions import live_promotion
+from credits.promotion.messages import (
+    OFFER_PAUSED,
+    VERIFY_TO_SPEND,
+    WITHHELD_CLAIMED,
+    WITHHELD_IP,
+    WITHHELD_NETWORK_PROMOTIONS,
+    WITHHELD_PAUSED,
+)
+from credits.promotion.review import claw_back
+from credits.promotion.terms import live_promotion
+from credits.promotion.verification import void_unverified_promotions
 from credits.selectors import get_user_credits
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
@@ -69,7 +79,7 @@ def test_the_credit_is_given_once_per_normalized_email_even_after_the_account_is
     User.objects.filter(pk=first.pk).update(email="closed-1@tokenbank.invalid",
                                             email_normalized="closed-1@tokenbank.invalid")
     again = signed_up(register, "adalovelace+again@gmail.com", ip="192.0.2.50")
-    assert promotion_json(again)["withheld_reason"] == abuse.WITHHELD_CLAIMED
+    assert promotion_json(again)["withheld_reason"] == WITHHELD_CLAIMED
     assert first_token(again) is None
     assert PromotionClaim.objects.count() == 1
 
@@ -81,7 +91,7 @@ def test_the_claim_is_checked_again_when_the_credit_is_awarded(live, make_user):
     user = make_user("Grace@Example.com")
     assert first_token(user) is None
     assert user.promotion_eligible is False
-    assert user.promotion_withheld_reason == abuse.WITHHELD_CLAIMED
+    assert user.promotion_withheld_reason == WITHHELD_CLAIMED
 
 
 # --- promotions per network per day ------------------------------------------------------
@@ -94,11 +104,11 @@ def test_promotions_per_network_per_day_are_limited_at_award_and_at_sign_up(live
     assert promotion_json(b)["eligible"] is True  # nobody claimed yet
     assert first_token(a) is not None
     assert first_token(b) is None
-    assert promotion_json(b)["withheld_reason"] == abuse.WITHHELD_NETWORK_PROMOTIONS
+    assert promotion_json(b)["withheld_reason"] == WITHHELD_NETWORK_PROMOTIONS
     c = signed_up(register, "c@example.com", ip="203.0.113.7")
     assert promotion_json(c) | {"deadline": None, "seconds_remaining": None} == {
         "eligible": False, "claimed": False, "deadline": None, "seconds_remaining": None,
-        "amount": "20.000000", "withheld_reason": abuse.WITHHELD_NETWORK_PROMOTIONS}
+        "amount": "20.000000", "withheld_reason": WITHHELD_NETWORK_PROMOTIONS}
     # Elsewhere the offer is unaffected.
     assert first_token(signed_up(register, "d@example.com", ip="192.0.2.9")) is not None
 
@@ -115,10 +125,10 @@ def test_a_call_relying_on_a_withheld_promotion_says_why_and_charges_nothing(liv
                        format="json")
     assert call.status_code == 402
     error = call.json()["error"]
-    assert error["type"] == "insufficient_credits" and abuse.WITHHELD_IP in error["message"]
+    assert error["type"] == "insufficient_credits" and WITHHELD_IP in error["message"]
     assert not LedgerEntry.objects.filter(user__email="second@example.com").exists()
     assert promotion_json(User.objects.get(email="second@example.com"))["withheld_reason"] == (
-        abuse.WITHHELD_IP)
+        WITHHELD_IP)
 
 
 # --- spend caps --------------------------------------------------------------------------
@@ -137,9 +147,9 @@ def test_past_the_hourly_cap_the_promotion_pauses_itself_and_staff_are_told_once
     paused_mail = [m for m in mailoutbox if "paused itself" in m.subject]
     assert len(paused_mail) == 1 and paused_mail[0].to == ["ops@tokenbank.test"]
     # Everyone still waiting is told the offer is paused, never shown a stale offer.
-    assert users[2].promotion_withheld_reason == abuse.WITHHELD_PAUSED
+    assert users[2].promotion_withheld_reason == WITHHELD_PAUSED
     status = promotion_json(users[3])
-    assert status["eligible"] is False and status["withheld_reason"] == abuse.OFFER_PAUSED
+    assert status["eligible"] is False and status["withheld_reason"] == OFFER_PAUSED
     assert live_promotion() is None
     with django_capture_on_commit_callbacks(execute=True):
         assert first_token(users[3]) is None
@@ -233,7 +243,7 @@ def test_confirm_keeps_the_grant_and_a_decided_review_is_not_decided_again(
     assert review.status == ReviewStatus.CONFIRMED and grant.voided_at is None
     assert get_user_credits(user=user).balance_micros == 20 * USD
     with pytest.raises(Exception, match="already decided"):
-        abuse.claw_back(review=review, actor=make_user("x@tokenbank.test"), reason="again")
+        claw_back(review=review, actor=make_user("x@tokenbank.test"), reason="again")
 
 
 def test_the_review_list_renders_for_staff(live, register, finance_admin):
@@ -270,7 +280,7 @@ def test_verification_on_the_credit_waits_for_the_link(live, settings, register,
     assert grant.awaiting_verification is True
     credits = get_user_credits(user=user)
     assert (credits.balance_micros, credits.available_micros) == (20 * USD, 0)
-    assert promotion_json(user)["withheld_reason"] == abuse.VERIFY_TO_SPEND
+    assert promotion_json(user)["withheld_reason"] == VERIFY_TO_SPEND
     with pytest.raises(InsufficientCredits):
         services.authorize(user=user, amount_micros=USD)
     # Following the link unlocks it; the 24-hour sweep then leaves it alone.
@@ -279,7 +289,7 @@ def test_verification_on_the_credit_waits_for_the_link(live, settings, register,
     assert get_user_credits(user=user).available_micros == 20 * USD
     assert promotion_json(user)["withheld_reason"] is None
     later = timezone.now() + dt.timedelta(hours=25)
-    assert abuse.void_unverified_promotions(now=later) == 0
+    assert void_unverified_promotions(now=later) == 0
     services.use_credits(user=user, amount_micros=USD)
     assert_books_balance(user.pk)
 
@@ -288,9 +298,9 @@ def test_unverified_credit_is_voided_after_24_hours(live, settings, register):
     settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
     user = signed_up(register, "ghost@example.com")
     grant = first_token(user)
-    assert abuse.void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=23)) == 0
-    assert abuse.void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=25)) == 1
-    assert abuse.void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=26)) == 0
+    assert void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=23)) == 0
+    assert void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=25)) == 1
+    assert void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=26)) == 0
     grant.refresh_from_db()
     assert grant.voided_at is not None
     assert get_user_credits(user=user).balance_micros == 0
@@ -329,7 +339,7 @@ def test_the_onboarding_page_says_why_the_credit_is_withheld(live, settings, reg
     assert page.status_code == 200
     html = page.content.decode()
     assert "No free credit for this account" in html
-    assert abuse.WITHHELD_IP.split(",")[0] in html
+    assert WITHHELD_IP.split(",")[0] in html
     assert mail.outbox == [] or all("Verify" not in m.subject for m in mail.outbox)
 
 
@@ -343,4 +353,4 @@ def test_a_402_while_the_credit_awaits_verification_says_to_verify(live, setting
                                                 "messages": [{"role": "user", "content": "hi"}]},
                        format="json")
     assert call.status_code == 402
-    assert abuse.VERIFY_TO_SPEND in call.json()["error"]["message"]
+    assert VERIFY_TO_SPEND in call.json()["error"]["message"]

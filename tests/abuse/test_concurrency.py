@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import register_user
-from credits import abuse
 from credits.models import CreditGrant, GrantKind, Promotion, PromotionClaim
+from credits.promotion.messages import WITHHELD_IP
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
@@ -57,4 +57,4 @@ def test_simultaneous_sign_ups_from_one_address_do_not_pass_the_limit_together(s
     users = User.objects.filter(pk__in=results)
     assert users.filter(promotion_eligible=True).count() == 2
     assert set(users.filter(promotion_eligible=False).values_list(
-        "promotion_withheld_reason", flat=True)) == {abuse.WITHHELD_IP}
+        "promotion_withheld_reason", flat=True)) == {WITHHELD_IP}

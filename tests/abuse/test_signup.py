@@ -6,8 +6,9 @@ from django.test import RequestFactory
 
 from accounts.emails import canonical_email
 from accounts.models import ApiKey, User
-from credits import abuse
+from accounts.network import client_ip, network_of
 from credits.models import DomainRuleAction, EmailDomainRule, SignupRecord
+from credits.promotion.messages import DISPOSABLE_REFUSED, WITHHELD_IP, WITHHELD_NETWORK
 
 from .conftest import PASSWORD
 
@@ -62,7 +63,7 @@ def test_a_disposable_domain_is_refused_in_the_api_envelope_and_nothing_is_creat
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "email" and error["code"] == "invalid_request"
-    assert abuse.DISPOSABLE_REFUSED in error["message"]
+    assert DISPOSABLE_REFUSED in error["message"]
     assert not User.objects.exists() and not SignupRecord.objects.exists()
 
 
@@ -108,14 +109,14 @@ def _request(remote: str, xff: str | None = None):
 def test_client_ip_believes_x_forwarded_for_only_from_trusted_proxies(settings, trusted, remote,
                                                                       xff, expected):
     settings.TRUSTED_PROXIES = trusted
-    assert abuse.client_ip(_request(remote, xff)) == expected
+    assert client_ip(_request(remote, xff)) == expected
 
 
 def test_networks_are_slash_24_and_slash_64():
-    assert abuse.network_of("203.0.113.77") == "203.0.113.0/24"
-    assert abuse.network_of("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
-    assert abuse.network_of("::ffff:203.0.113.77") == "203.0.113.0/24"
-    assert abuse.network_of(None) == ""
+    assert network_of("203.0.113.77") == "203.0.113.0/24"
+    assert network_of("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert network_of("::ffff:203.0.113.77") == "203.0.113.0/24"
+    assert network_of(None) == ""
 
 
 # --- velocity limits --------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_sign_ups_over_the_per_ip_limit_still_work_but_withhold_the_promotion(se
     first = [_promotion(register(f"u{i}@example.com", ip="198.51.100.7")) for i in range(2)]
     assert all(p["eligible"] and p["withheld_reason"] is None for p in first)
     third = _promotion(register("u3@example.com", ip="198.51.100.7"))
-    assert third["eligible"] is False and third["withheld_reason"] == abuse.WITHHELD_IP
+    assert third["eligible"] is False and third["withheld_reason"] == WITHHELD_IP
     # Another address on another network is not affected.
     assert _promotion(register("u4@example.com", ip="192.0.2.1"))["eligible"] is True
     # The account works: it has its key and can read its credits, which say why.
@@ -145,7 +146,7 @@ def test_many_addresses_in_one_slash_24_hit_the_network_limit(settings, register
     settings.SIGNUPS_PER_NETWORK_PER_HOUR = 3
     results = [_promotion(register(f"n{i}@example.com", ip=f"203.0.113.{10 + i}")) for i in range(5)]
     assert [p["eligible"] for p in results] == [True, True, True, False, False]
-    assert results[3]["withheld_reason"] == abuse.WITHHELD_NETWORK
+    assert results[3]["withheld_reason"] == WITHHELD_NETWORK
     assert _promotion(register("other@example.com", ip="203.0.114.10"))["eligible"] is True
 
 
@@ -170,7 +171,7 @@ def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_on_its_own(sett
         f"198.51.{i}.20" for i in range(4)}
     # The same forwarded client again is over its limit.
     again = _promotion(register("p9@example.com", ip="127.0.0.1", xff="198.51.0.20"))
-    assert again["withheld_reason"] == abuse.WITHHELD_IP
+    assert again["withheld_reason"] == WITHHELD_IP
 
 
 @pytest.mark.django_db

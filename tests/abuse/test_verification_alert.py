@@ -11,8 +11,9 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import User
-from credits import abuse
 from credits.models import CreditGrant, GrantKind, Promotion
+from credits.promotion.messages import VERIFY_ALREADY_DONE, VERIFY_RESEND_TOO_SOON
+from credits.promotion.verification import ResendOutcome, resend_verification
 from credits.selectors import get_user_credits
 from inference.services import record_first_token
 from tests.books import USD
@@ -102,7 +103,7 @@ def test_resend_sends_one_email_and_a_second_within_a_minute_is_refused(
     with django_capture_on_commit_callbacks(execute=True):
         second = client.post(RESEND, {"next": "/accounts/onboarding/"}, follow=True)
     assert second.redirect_chain == [("/accounts/onboarding/", 302)]
-    assert abuse.VERIFY_RESEND_TOO_SOON in second.content.decode()
+    assert VERIFY_RESEND_TOO_SOON in second.content.decode()
     assert len(verify_mails(mailoutbox)) == 1
 
     # The resent link unlocks the credit: the alert is gone and the $20 is available.
@@ -115,7 +116,7 @@ def test_resend_sends_one_email_and_a_second_within_a_minute_is_refused(
     assert ALERT not in client.get("/accounts/onboarding/").content.decode()
     with django_capture_on_commit_callbacks(execute=True):
         after = client.post(RESEND, {"next": "/billing/"}, follow=True)
-    assert abuse.VERIFY_ALREADY_DONE in after.content.decode()
+    assert VERIFY_ALREADY_DONE in after.content.decode()
     assert len(verify_mails(mailoutbox)) == 1
 
 
@@ -123,11 +124,11 @@ def test_resend_is_allowed_again_once_the_minute_has_passed(live, settings, regi
     settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
     user = earned(register, "patient@example.com")
     start = timezone.now()
-    assert abuse.resend_verification(user=user, now=start) == abuse.ResendOutcome.SENT
-    assert abuse.resend_verification(user=user, now=start + dt.timedelta(seconds=59)) == (
-        abuse.ResendOutcome.TOO_SOON)
-    assert abuse.resend_verification(user=user, now=start + dt.timedelta(seconds=61)) == (
-        abuse.ResendOutcome.SENT)
+    assert resend_verification(user=user, now=start) == ResendOutcome.SENT
+    assert resend_verification(user=user, now=start + dt.timedelta(seconds=59)) == (
+        ResendOutcome.TOO_SOON)
+    assert resend_verification(user=user, now=start + dt.timedelta(seconds=61)) == (
+        ResendOutcome.SENT)
 
 
 def test_resend_right_after_sign_up_waits_for_the_minute(live, settings, register, mailoutbox):
@@ -136,7 +137,7 @@ def test_resend_right_after_sign_up_waits_for_the_minute(live, settings, registe
     client = logged_in(User.objects.get(email="fresh@example.com"))
     response = client.post(RESEND, follow=True)
     assert response.redirect_chain == [("/billing/", 302)]
-    assert abuse.VERIFY_RESEND_TOO_SOON in response.content.decode()
+    assert VERIFY_RESEND_TOO_SOON in response.content.decode()
 
 
 def test_resend_needs_a_logged_in_post_with_a_csrf_token(live, settings, register, mailoutbox):
@@ -169,7 +170,7 @@ def test_simultaneous_resends_send_one_email(live, settings, register, mailoutbo
     def click():
         try:
             barrier.wait()
-            outcomes.append(abuse.resend_verification(user=user))
+            outcomes.append(resend_verification(user=user))
         finally:
             connection.close()
 
@@ -178,5 +179,5 @@ def test_simultaneous_resends_send_one_email(live, settings, register, mailoutbo
         t.start()
     for t in threads:
         t.join()
-    assert sorted(outcomes) == [abuse.ResendOutcome.SENT] + [abuse.ResendOutcome.TOO_SOON] * 5
+    assert sorted(outcomes) == [ResendOutcome.SENT] + [ResendOutcome.TOO_SOON] * 5
     assert len(verify_mails(mailoutbox)) == sent_at_sign_up + 1

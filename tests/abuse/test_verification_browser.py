@@ -54,6 +54,6 @@ def test_dashboard_alert_resends_the_link(page, settings, mailoutbox, eager_task
     page.screenshot(path=str(SHOTS / "10-dashboard-verify-email-sent.png"))
     assert [m.to for m in mailoutbox[sent_before:]] == [["lin@example.com"]]
 
-    page.goto(reverse("accounts:onboarding"))
+    page.goto(reverse("onboarding:onboarding"))
     expect(page.get_by_role("alert").filter(has_text="Verify your email to unlock $20.00")).to_be_visible()
     page.screenshot(path=str(SHOTS / "11-onboarding-verify-email.png"))

@@ -8,7 +8,6 @@ from django.utils import timezone
 
 from accounts.models import User
 from credits import services
-from credits.metrics import percentile_cont, promotion_metrics
 from credits.models import (
     CreditGrant,
     GrantKind,
@@ -16,6 +15,7 @@ from credits.models import (
     PromotionAssignment,
     PromotionVariant,
 )
+from credits.promotion.metrics import percentile_cont, promotion_metrics
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 

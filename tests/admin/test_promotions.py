@@ -11,7 +11,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from credits import promotions
 from credits.models import (
     CreditGrant,
     GrantKind,
@@ -19,7 +18,8 @@ from credits.models import (
     PromotionAssignment,
     PromotionVariant,
 )
-from credits.selectors import promotion_status
+from credits.promotion.status import promotion_status
+from credits.promotion.terms import assign_promotion, deactivate_promotion
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 
@@ -61,7 +61,7 @@ def test_assignment_is_sticky(ab_test, make_user):
     small.weight, default.weight = 1000, 1  # editing weights changes only later sign-ups
     small.save()
     default.save()
-    again = promotions.assign_promotion(user=user)
+    again = assign_promotion(user=user)
     assert again.pk == first.pk and again.variant_id == first.variant_id
     assert PromotionAssignment.objects.filter(user=user).count() == 1
 
@@ -70,7 +70,7 @@ def test_assignment_follows_the_weights_over_many_users(ab_test):
     _promotion, small, _default = ab_test
     users = User.objects.bulk_create([User(email=f"w{i}@example.com") for i in range(2000)])
     for user in users:  # bulk_create sends no post_save: assign as sign-up would
-        promotions.assign_promotion(user=user)
+        assign_promotion(user=user)
     share = PromotionAssignment.objects.filter(variant=small).count() / 2000
     # Weight 1 of 5 = 20 %; the draw is a hash of (promotion, user id), so the share is fixed
     # for these ids; 2000 draws land within a few points of it.
@@ -95,7 +95,7 @@ def test_kill_switch_stops_new_awards_and_leaves_awarded_credit(ab_test, make_us
     promotion, *_ = ab_test
     lucky, unlucky = make_user(), make_user()
     first_token_after(lucky, 10)
-    promotions.deactivate_promotion(promotion=promotion)
+    deactivate_promotion(promotion=promotion)
     assert not promotion_status(unlucky).eligible
     first_token_after(unlucky, 10)
     assert not CreditGrant.objects.filter(user=unlucky).exists()

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 from accounts.services import create_api_key
-from credits import staff_actions
+from credits import services, staff_actions
 from credits.exceptions import GrantNotActive, InsufficientCredits, InvalidAmount
 from credits.models import (
     CreditGrant,
@@ -97,11 +97,15 @@ def test_negative_adjustment_takes_credit_back(finance, user, fund):
 
 
 def usage_record(user, request_id):
+    """A call of `user` charged $2 in the ledger (its request id is the entry's reference)."""
+    grant = services.add_credit(user=user, amount_micros=2 * USD, kind=GrantKind.PURCHASED)
+    services.use_credits(user=user, amount_micros=2 * USD, reference=request_id)
     model, _ = AiModel.objects.get_or_create(id="refund-test")
-    return UsageRecord.objects.create(
+    UsageRecord.objects.create(
         request_id=request_id, user=user, model=model, endpoint="chat.completions",
         input_price_per_million_micros=1, output_price_per_million_micros=1,
         cost_micros=2 * USD, status=UsageStatus.SUCCEEDED, started_at=timezone.now())
+    return grant
 
 
 def test_refund_links_the_usage_record(support, user):
@@ -110,7 +114,8 @@ def test_refund_links_the_usage_record(support, user):
                                          reason="Bad completion", usage_reference="req_123")
     assert action.grant.kind == GrantKind.REFUND
     assert action.grant.source_reference == "req_123"
-    assert LedgerEntry.objects.get(user=user).reference == "req_123"
+    assert LedgerEntry.objects.get(user=user, entry_type=EntryType.GRANT,
+                                   grant=action.grant).reference == "req_123"
 
 
 def test_refund_refuses_someone_elses_usage_record(support, user, make_user):

@@ -11,6 +11,7 @@ from accounts.models import User
 from credits import services
 from credits.exceptions import CreditError, InsufficientCredits
 from credits.models import CreditGrant, GrantKind, LedgerEntry
+from credits.promotion.award import apply_first_token_promotion
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
@@ -49,7 +50,7 @@ def test_concurrent_promotion_applications_grant_once(make_user):
     user = make_user()
     User.objects.filter(pk=user.pk).update(first_token_at=timezone.now())
 
-    results = run_concurrently(lambda i: services.apply_first_token_promotion(user=user.pk), 20)
+    results = run_concurrently(lambda i: apply_first_token_promotion(user=user.pk), 20)
 
     grant_ids = {r.pk for r in results if isinstance(r, CreditGrant)}
     assert len(grant_ids) == 1, results

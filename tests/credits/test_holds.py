@@ -8,13 +8,14 @@ from django.utils import timezone
 from credits import services
 from credits.exceptions import CaptureExceedsHold, HoldNotActive, InsufficientCredits
 from credits.models import CreditHold, EntryType, GrantKind, HoldStatus, LedgerEntry
+from credits.selectors import get_user_credits
 from tests.books import USD, assert_books_balance
 
 pytestmark = pytest.mark.django_db
 
 
 def credits_of(user, now=None):
-    return services.get_user_credits(user=user, now=now)
+    return get_user_credits(user=user, now=now)
 
 
 def test_a_hold_lowers_available_but_not_the_balance(user, fund):

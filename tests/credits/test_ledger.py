@@ -16,6 +16,7 @@ from credits.exceptions import (
     UnknownUser,
 )
 from credits.models import CreditGrant, EntryType, GrantKind, ImmutableEntryError, LedgerEntry
+from credits.selectors import get_user_credits
 from tests.books import USD, assert_books_balance
 
 pytestmark = pytest.mark.django_db
@@ -98,7 +99,7 @@ def test_a_grant_that_expired_one_second_before_a_debit_cannot_pay_for_it(user):
                                 now=now - dt.timedelta(days=1))
     with pytest.raises(InsufficientCredits):
         services.use_credits(user=user, amount_micros=1, now=now)
-    assert services.get_user_credits(user=user, now=now).available_micros == 0
+    assert get_user_credits(user=user, now=now).available_micros == 0
     grant.refresh_from_db()
     assert grant.remaining_micros == USD  # the refused call wrote nothing, not even its sweep
     assert_books_balance(user.pk)

@@ -10,6 +10,9 @@ from accounts.models import User
 from credits import services
 from credits.exceptions import InsufficientCredits
 from credits.models import CreditGrant, EntryType, GrantKind, LedgerEntry
+from credits.models.promotions import FIRST_TOKEN_PROMOTION_KEY
+from credits.promotion.award import apply_first_token_promotion
+from credits.promotion.status import check_promotion_eligibility
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 
@@ -45,7 +48,7 @@ def test_first_token_after_the_window_earns_nothing(user):
 def test_only_the_first_token_counts(user):
     first_token_after(user, 5)
     assert record_first_token(user_id=user.pk) is False
-    services.apply_first_token_promotion(user=user)
+    apply_first_token_promotion(user=user)
     assert promotional_grants(user).count() == 1
     assert User.objects.get(pk=user.pk).credit_balance == 20 * USD
 
@@ -59,16 +62,16 @@ def test_the_promotion_follows_its_settings(user):
 
 
 def test_eligibility_counts_down_from_registration(user):
-    eligible, remaining = services.check_promotion_eligibility(
+    eligible, remaining = check_promotion_eligibility(
         user=user, now=user.date_joined + dt.timedelta(seconds=30))
     assert (eligible, remaining) == (True, 150.0)
-    eligible, remaining = services.check_promotion_eligibility(
+    eligible, remaining = check_promotion_eligibility(
         user=user, now=user.date_joined + dt.timedelta(seconds=181))
     assert (eligible, remaining) == (False, 0.0)
 
 
 def test_no_promotion_without_a_first_token(user):
-    assert services.apply_first_token_promotion(user=user) is None
+    assert apply_first_token_promotion(user=user) is None
     assert not promotional_grants(user).exists()
 
 
@@ -120,4 +123,4 @@ def test_the_database_refuses_a_second_first_token_promotion(user):
     with pytest.raises(IntegrityError), transaction.atomic():
         CreditGrant.objects.create(
             user=user, kind=GrantKind.PROMOTIONAL, amount_micros=USD, remaining_micros=0,
-            granted_at=timezone.now(), idempotency_key=services.FIRST_TOKEN_PROMOTION_KEY)
+            granted_at=timezone.now(), idempotency_key=FIRST_TOKEN_PROMOTION_KEY)

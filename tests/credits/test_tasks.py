@@ -20,6 +20,7 @@ from credits.models import (
     Notification,
     NotificationEvent,
 )
+from credits.services import grants as ledger_grants
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
@@ -135,7 +136,7 @@ def test_credit_held_by_an_in_flight_call_is_not_lost_to_it(user):
 def test_an_interrupted_expiry_run_rerun_expires_each_grant_once(make_user, monkeypatch):
     users = [make_user() for _ in range(6)]
     grants = [expiring_grant(u) for u in users]
-    real_expire_user = services._expire_user
+    real_expire_user = ledger_grants._expire_user
     calls = {"n": 0}
 
     def crash_after_three_users(user_id, now):
@@ -144,12 +145,12 @@ def test_an_interrupted_expiry_run_rerun_expires_each_grant_once(make_user, monk
             raise RuntimeError("worker killed mid-batch")
         return real_expire_user(user_id, now)
 
-    monkeypatch.setattr(services, "_expire_user", crash_after_three_users)
+    monkeypatch.setattr(ledger_grants, "_expire_user", crash_after_three_users)
     with pytest.raises(RuntimeError):
         tasks.expire_credits()
     assert sum(len(expiry_entries(g)) for g in grants) == 3  # each user is its own transaction
 
-    monkeypatch.setattr(services, "_expire_user", real_expire_user)
+    monkeypatch.setattr(ledger_grants, "_expire_user", real_expire_user)
     assert tasks.expire_credits() == 3
 
     assert [len(expiry_entries(g)) for g in grants] == [1] * 6

@@ -109,10 +109,10 @@ def test_rate_limiter_fails_open_when_the_cache_is_down(api, user, fund, setting
         "LOCATION": "redis://127.0.0.1:9/0",  # nothing listens there
         "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
     }}
-    import inference.ratelimit
+    import accounts.throttles
 
-    inference.ratelimit._last_warning = 0.0
-    with caplog.at_level("WARNING", logger="inference.ratelimit"):
+    accounts.throttles._last_warning = 0.0
+    with caplog.at_level("WARNING", logger="accounts.throttles"):
         assert api.post(CHAT, _chat(), format="json").status_code == 200
         assert api.post(CHAT, _chat(), format="json").status_code == 200
     assert "Rate limiting is off" in caplog.text

@@ -1,7 +1,7 @@
-"""Admin for the sign-up credit's abuse controls (imported by credits/admin.py).
+"""Admin for the sign-up credit's abuse controls .
 
 Domain rules are edited here; sign-ups and claims are read-only history; flagged
-grants are confirmed or clawed back through credits.abuse (never by editing rows).
+grants are confirmed or clawed back through credits.promotion.review (never by editing rows).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.template.response import TemplateResponse
 
-from credits import abuse, money
+from credits import money
 from credits.models import EmailDomainRule, PromotionClaim, PromotionReview, ReviewStatus, SignupRecord
+from credits.promotion import review as reviews
 
 
 @admin.register(EmailDomainRule)
@@ -112,7 +113,7 @@ class PromotionReviewAdmin(_History):
 
     @admin.action(description="Confirm: the grant stands", permissions=["confirm"])
     def confirm(self, request, queryset):
-        done = self._each_flagged(request, queryset, lambda r: abuse.confirm_review(
+        done = self._each_flagged(request, queryset, lambda r: reviews.confirm_review(
             review=r, actor=request.user))
         self.message_user(request, f"Confirmed {done} grant(s).", messages.SUCCESS)
 
@@ -122,7 +123,7 @@ class PromotionReviewAdmin(_History):
         form = ClawBackForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
             reason = form.cleaned_data["reason"]
-            done = self._each_flagged(request, queryset, lambda r: abuse.claw_back(
+            done = self._each_flagged(request, queryset, lambda r: reviews.claw_back(
                 review=r, actor=request.user, reason=reason))
             self.message_user(request, f"Clawed back {done} grant(s). Purchased credit is untouched.",
                               messages.SUCCESS)

@@ -2,18 +2,9 @@
 
 from django.utils import timezone
 
+from billing.labels import epoch_ms, minutes_seconds
 from credits.money import display_usd
-from credits.selectors import promotion_status
-
-
-def epoch_ms(moment) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def remaining_label(seconds: float) -> str:
-    """"2:59" for 179.2 s (rounded up, as the page's countdown does)."""
-    whole = max(0, int(-(-seconds // 1)))
-    return f"{whole // 60}:{whole % 60:02d}"
+from credits.promotion.status import promotion_status
 
 
 def web(request) -> dict:
@@ -26,7 +17,7 @@ def web(request) -> dict:
     return {
         "promotion": promotion,
         "promotion_deadline_ms": epoch_ms(promotion.deadline),
-        "promotion_remaining_label": remaining_label(promotion.seconds_remaining),
+        "promotion_remaining_label": minutes_seconds(promotion.seconds_remaining),
         "server_now_ms": epoch_ms(now),
         "nav_balance_display": display_usd(user.credit_balance),
     }

@@ -29,7 +29,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from accounts.models import User
-from credits import metrics, money, promotions, staff_actions
+from credits import money, staff_actions
 from credits.exceptions import CreditError
 from credits.models import (
     CreditGrant,
@@ -44,6 +44,9 @@ from credits.models import (
     StaffActionKind,
     StaffActionStatus,
 )
+from credits.promotion import metrics
+from credits.promotion import terms as promotions
+from credits.selectors import call_charge
 
 MAX_BULK = 500
 
@@ -250,10 +253,8 @@ class RefundForm(ReasonForm):
     field_order = ["amount", "usage_reference", "reason"]
 
     def clean_usage_reference(self):
-        from inference.models import UsageRecord
-
         value = (self.cleaned_data.get("usage_reference") or "").strip()
-        if value and not UsageRecord.objects.filter(request_id=value).exists():
+        if value and call_charge(request_id=value) is None:
             raise forms.ValidationError(f"No usage record has the request id {value!r}.")
         return value
 
@@ -844,4 +845,3 @@ def grant_action_links(grant: CreditGrant) -> str:
     return format_html_join(" · ", '<a href="{}">{}</a>', links)
 
 
-from credits import abuse_admin  # noqa: E402, F401  (registers the abuse-control admin)

@@ -16,6 +16,8 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
+from accounts.network import client_ip
+
 logger = logging.getLogger(__name__)
 _last_warning = 0.0
 
@@ -64,12 +66,10 @@ class ApiKeyRateThrottle(BaseThrottle):
 class RegistrationRateThrottle(BaseThrottle):
     """REGISTER_RATE_LIMIT_PER_HOUR sign-ups per client address; 0 = off.
 
-    The address is credits.abuse.client_ip (X-Forwarded-For believed only from
+    The address is accounts.network.client_ip (X-Forwarded-For believed only from
     TRUSTED_PROXIES), so a client cannot dodge the limit with a forged header."""
 
     def get_ident(self, request) -> str:
-        from credits.abuse import client_ip
-
         return client_ip(request) or "unknown"
 
     def allow_request(self, request, view) -> bool:

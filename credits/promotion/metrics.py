@@ -41,7 +41,7 @@ from credits.models import (
     LedgerEntry,
     PromotionVariant,
 )
-from credits.promotions import settings_terms, terms_for
+from credits.models.promotions import settings_terms, terms_for
 
 GroupKey = tuple[int | None, int | None]  # (promotion id, variant id)
 

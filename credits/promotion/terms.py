@@ -1,4 +1,7 @@
-"""Promotions as data: which promotion and variant a user plays for, and its terms.
+"""Which promotion and variant a new user plays for, and the kill switch.
+
+The terms themselves (PromotionTerms, `user_promotion_terms`) live with the promotion
+models, because the ledger's holds read them too; they are re-exported here.
 
 A new user is assigned, once, to the live first-token promotion and one of its
 variants, drawn by weight. The draw hashes (promotion, user id), so it is
@@ -10,74 +13,19 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
-from credits import money
 from credits.models import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
-
-
-@dataclass(frozen=True)
-class PromotionTerms:
-    amount_micros: int
-    window_seconds: int
-    expiry_days: int
-    active: bool = True  # False: the kill switch is off, or no promotion was running
-    promotion_id: int | None = None
-    variant_id: int | None = None
-
-
-def settings_terms() -> PromotionTerms:
-    """The PROMOTION_* settings: the terms of users who have no assignment."""
-    return PromotionTerms(
-        amount_micros=money.usd_to_micros(str(settings.PROMOTION_AMOUNT_USD)),
-        window_seconds=int(settings.PROMOTION_WINDOW_SECONDS),
-        expiry_days=int(settings.PROMOTION_EXPIRY_DAYS),
-    )
-
-
-def terms_for(promotion: Promotion, variant: PromotionVariant | None) -> PromotionTerms:
-    """A variant's terms; its empty fields fall back to the promotion's, and the
-    promotion's to the PROMOTION_* settings."""
-    defaults = settings_terms()
-
-    def pick(field: str) -> int:
-        for source in (variant, promotion):
-            value = getattr(source, field, None) if source is not None else None
-            if value is not None:
-                return value
-        return getattr(defaults, field)
-
-    return PromotionTerms(
-        amount_micros=pick("amount_micros"),
-        window_seconds=pick("window_seconds"),
-        expiry_days=pick("expiry_days"),
-        active=promotion.is_active,
-        promotion_id=promotion.pk,
-        variant_id=variant.pk if variant is not None else None,
-    )
-
-
-def user_promotion_terms(user: User) -> PromotionTerms:
-    """The first-token terms `user` plays for (one query)."""
-    assignment = (
-        PromotionAssignment.objects.select_related("promotion", "variant")
-        .filter(user_id=user.pk)
-        .first()
-    )
-    if assignment is None:
-        return settings_terms()
-    if assignment.promotion is None or assignment.promotion.kind != PromotionKind.FIRST_TOKEN:
-        return PromotionTerms(
-            amount_micros=0, window_seconds=0, expiry_days=0, active=False,
-            promotion_id=assignment.promotion_id, variant_id=assignment.variant_id,
-        )
-    return terms_for(assignment.promotion, assignment.variant)
+from credits.models.promotions import (  # noqa: F401  (the terms, re-exported)
+    PromotionTerms,
+    settings_terms,
+    terms_for,
+    user_promotion_terms,
+)
 
 
 def live_promotion(*, now: dt.datetime | None = None) -> Promotion | None:

@@ -1,0 +1,48 @@
+"""Enqueue Celery tasks by name once the current transaction commits.
+
+Services never import task modules (Zulip's `queue_event_on_commit` habit): they name
+the task. `retry=False` makes a down broker fail in one short attempt instead of a
+retry loop inside a request; what happens then is the caller's choice: run the task
+right here (`inline_if_broker_down`), or drop it and rely on a periodic catch-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from celery import current_app
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+
+def enqueue_on_commit(task_name: str, *args, inline_if_broker_down: bool = False,
+                      describe: str = "") -> None:
+    """Enqueue `task_name(*args)` after the commit (now, outside a transaction); nothing
+    if the transaction rolls back. Arguments must be JSON-serializable. `describe` names
+    the work in the log line written when the broker is down."""
+    what = describe or f"{task_name}{args!r}"
+    transaction.on_commit(partial(_enqueue, task_name, args, inline_if_broker_down, what),
+                          robust=True)
+
+
+def _task(task_name: str):
+    if task_name not in current_app.tasks:
+        # A web process has not imported the apps' tasks modules yet (the worker does at start).
+        current_app.loader.import_default_modules()
+    return current_app.tasks[task_name]
+
+
+def _enqueue(task_name: str, args: tuple, inline_if_broker_down: bool, what: str) -> None:
+    task = _task(task_name)
+    try:
+        task.apply_async(args, retry=False)
+    except Exception:
+        if not inline_if_broker_down:
+            logger.warning("Could not enqueue %s (broker down?); the periodic catch-up will "
+                           "send it.", what, exc_info=True)
+            return
+        logger.warning("Could not enqueue %s (broker down?); running it here", what,
+                       exc_info=True)
+        task.run(*args)

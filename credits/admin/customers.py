@@ -1,0 +1,242 @@
+"""Users in the credit console: search, filters, the credit summary, money actions; API keys."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from accounts.admin import EmailUserChangeForm, EmailUserCreationForm
+from accounts.models import ApiKey, User
+from credits import money
+from credits.admin.console import USER_ACTIONS, MoneyActionsMixin, grant_action_links, usd
+from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
+from credits.promotion.terms import eligible_now_q
+from credits.selectors import get_user_credits
+
+LATEST_ENTRIES = 15
+
+
+class HasBalanceFilter(admin.SimpleListFilter):
+    title = "balance"
+    parameter_name = "balance"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Has a balance"), ("no", "Zero balance")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(credit_balance__gt=0)
+        if self.value() == "no":
+            return queryset.filter(credit_balance=0)
+        return queryset
+
+
+class EligibleFilter(admin.SimpleListFilter):
+    """Could still earn the first-token promotion now (inside their own window)."""
+
+    title = "promotion eligible"
+    parameter_name = "eligible"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Eligible now"), ("no", "Not eligible")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(eligible_now_q())
+        if self.value() == "no":
+            return queryset.exclude(pk__in=User.objects.filter(eligible_now_q()).values("pk"))
+        return queryset
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class GrantInline(ReadOnlyInline):
+    model = CreditGrant
+    fk_name = "user"
+    verbose_name_plural = "credit grants"
+    fields = ["grant_id", "kind", "amount", "remaining", "held", "granted_at", "expires_at",
+              "voided_at", "promotion_variant", "description", "staff_actions"]
+    readonly_fields = fields
+    ordering = ["-granted_at", "-id"]
+
+    @admin.display(description="#")
+    def grant_id(self, obj):
+        return obj.pk
+
+    @admin.display(description="amount")
+    def amount(self, obj):
+        return usd(obj.amount_micros)
+
+    @admin.display(description="remaining")
+    def remaining(self, obj):
+        return usd(obj.remaining_micros)
+
+    @admin.display(description="held")
+    def held(self, obj):
+        return usd(obj.held_micros)
+
+    @admin.display(description="actions")
+    def staff_actions(self, obj):
+        return grant_action_links(obj)
+
+
+class ActiveHoldInline(ReadOnlyInline):
+    model = CreditHold
+    verbose_name_plural = "active holds"
+    fields = ["id", "amount", "pending_promotion", "reference", "created_at"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(status=HoldStatus.ACTIVE)
+
+    @admin.display(description="amount")
+    def amount(self, obj):
+        return usd(obj.amount_micros)
+
+    @admin.display(description="against pending promotion")
+    def pending_promotion(self, obj):
+        return usd(obj.pending_promotion_micros)
+
+
+class ApiKeyInline(ReadOnlyInline):
+    model = ApiKey
+    verbose_name_plural = "API keys"
+    fields = ["name", "masked", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = fields
+
+
+@admin.register(User)
+class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
+    money_actions = USER_ACTIONS
+    form = EmailUserChangeForm
+    add_form = EmailUserCreationForm
+    change_form_template = "admin/accounts/user/change_form.html"
+    ordering = ["-date_joined"]
+    list_display = ["email", "date_joined", "balance", "held", "promotion_claimed",
+                    "first_token_at", "is_staff"]
+    list_filter = ["promotion_claimed", EligibleFilter, ("date_joined", admin.DateFieldListFilter),
+                   HasBalanceFilter, ("promotion_assignment__variant", admin.RelatedFieldListFilter),
+                   "is_staff", "is_active", "groups"]
+    search_fields = ["email", "api_keys__prefix"]
+    show_full_result_count = False
+    inlines = [GrantInline, ActiveHoldInline, ApiKeyInline]
+    readonly_fields = ["credit_summary", "latest_entries", "promotion", "first_token_at",
+                       "promotion_eligible", "promotion_claimed", "last_login", "date_joined",
+                       "email_normalized", "email_verified_at", "promotion_withheld_reason"]
+    fieldsets = (
+        (None, {"fields": ("email", "email_normalized", "email_verified_at", "password")}),
+        ("Credit", {"fields": ("credit_summary", "latest_entries")}),
+        ("First-token promotion", {"fields": ("promotion", "first_token_at", "promotion_eligible",
+                                              "promotion_claimed", "promotion_withheld_reason")}),
+        ("Personal info", {"fields": ("first_name", "last_name")}),
+        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups",
+                                    "user_permissions"), "classes": ("collapse",)}),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = (
+        (None, {"classes": ("wide",),
+                "fields": ("email", "usable_password", "password1", "password2")}),
+    )
+
+    @admin.display(description="balance", ordering="credit_balance")
+    def balance(self, obj):
+        return usd(obj.credit_balance)
+
+    @admin.display(description="held", ordering="credit_held")
+    def held(self, obj):
+        return usd(obj.credit_held) if obj.credit_held else ""
+
+    @admin.display(description="summary")
+    def credit_summary(self, obj):
+        if obj.pk is None:
+            return "—"
+        credits = get_user_credits(user=obj)
+        purchased = sum(g.remaining_micros for g in credits.grants
+                        if g.kind == "PURCHASED" and g.is_usable_at(timezone.now()))
+        rows = [
+            ("Balance", usd(credits.balance_micros)),
+            ("Available now", usd(credits.available_micros)),
+            ("Held by calls in flight", usd(credits.held_micros)),
+            ("Promotional", usd(credits.promotional_micros)),
+            ("Purchased", usd(purchased)),
+            ("Other (refunds, adjustments, referrals)",
+             usd(credits.balance_micros - credits.promotional_micros - purchased)),
+            ("Next expiry", credits.next_expiry.isoformat(timespec="minutes")
+             if credits.next_expiry else "—"),
+            ("Exact balance (USD)", money.format_usd(credits.balance_micros)),
+        ]
+        return format_html(
+            '<table class="credit-summary">{}</table>',
+            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows))
+
+    @admin.display(description=f"latest {LATEST_ENTRIES} ledger entries")
+    def latest_entries(self, obj):
+        if obj.pk is None:
+            return "—"
+        entries = LedgerEntry.objects.filter(user=obj).select_related("actor")[:LATEST_ENTRIES]
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((e.created_at.isoformat(timespec="seconds"), e.get_entry_type_display(),
+              money.format_usd(e.amount_micros), money.format_usd(e.balance_after_micros),
+              e.actor or "", e.description) for e in entries))
+        link = reverse("admin:credits_ledgerentry_changelist") + f"?user_id={obj.pk}"
+        return format_html(
+            '<table><tr><th>When</th><th>Type</th><th>Amount</th><th>Balance after</th>'
+            '<th>Actor</th><th>Description</th></tr>{}</table><p><a href="{}">All entries…</a>'
+            ' · <a href="{}">Staff actions…</a></p>',
+            rows, link,
+            reverse("admin:credits_staffaction_changelist") + f"?user_id={obj.pk}")
+
+    @admin.display(description="assigned promotion")
+    def promotion(self, obj):
+        assignment = getattr(obj, "promotion_assignment", None) if obj.pk else None
+        if assignment is None:
+            return "None (PROMOTION_* settings)"
+        return str(assignment.variant or assignment.promotion or "No promotion was running")
+
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None else []
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        extra_context["money_buttons"] = [
+            {"label": spec.label, "url": self.money_action_url(name, [object_id])}
+            for name, spec in USER_ACTIONS.items() if spec.allowed(request.user)
+        ]
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["masked", "name", "user", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [("created_at", admin.DateFieldListFilter), ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["prefix", "user__email", "name"]
+    list_select_related = ["user"]
+    fields = ["user", "name", "masked", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False  # keys are created by their owner, who alone sees the secret
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # usage records name the key; revoke instead (user page)

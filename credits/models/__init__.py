@@ -1,0 +1,31 @@
+"""The credits app's tables, one module per concern; every name is importable from here."""
+
+from credits.models.abuse import (
+    DomainRuleAction,
+    EmailDomainRule,
+    PromotionClaim,
+    PromotionReview,
+    ReviewStatus,
+    SignupRecord,
+)
+from credits.models.ledger import (
+    CreditGrant,
+    CreditHold,
+    EntryType,
+    GrantKind,
+    HoldStatus,
+    ImmutableEntryError,
+    LedgerEntry,
+    LedgerEntryQuerySet,
+)
+from credits.models.notifications import Notification, NotificationEvent
+from credits.models.promotions import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
+from credits.models.staff import StaffAction, StaffActionKind, StaffActionStatus
+
+__all__ = [
+    "CreditGrant", "CreditHold", "DomainRuleAction", "EmailDomainRule", "EntryType", "GrantKind",
+    "HoldStatus", "ImmutableEntryError", "LedgerEntry", "LedgerEntryQuerySet", "Notification",
+    "NotificationEvent", "Promotion", "PromotionAssignment", "PromotionClaim", "PromotionKind",
+    "PromotionReview", "PromotionVariant", "ReviewStatus", "SignupRecord", "StaffAction",
+    "StaffActionKind", "StaffActionStatus",
+]

@@ -1,0 +1,224 @@
+"""The ledger: credit grants (lots), their append-only entries, and holds of calls in flight."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class GrantKind(models.TextChoices):
+    PROMOTIONAL = "PROMOTIONAL", "Promotional"
+    PURCHASED = "PURCHASED", "Purchased"
+    REFUND = "REFUND", "Refund"
+    ADJUSTMENT = "ADJUSTMENT", "Adjustment"
+    REFERRAL = "REFERRAL", "Referral"
+
+
+class CreditGrant(models.Model):
+    """A lot of credit. `remaining_micros` and `held_micros` move only through
+    credits.services, each move mirrored by a LedgerEntry on this grant."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="credit_grants"
+    )
+    kind = models.CharField(max_length=16, choices=GrantKind.choices)
+    amount_micros = models.BigIntegerField()
+    remaining_micros = models.BigIntegerField()
+    held_micros = models.BigIntegerField(default=0)
+    granted_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    voided_at = models.DateTimeField(null=True, blank=True)
+    description = models.CharField(max_length=255, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    idempotency_key = models.CharField(max_length=200)
+    # Where it came from: a promotion, a payment, a support ticket...
+    source_reference = models.CharField(max_length=200, blank=True)
+    # The promotion arm a promotional grant was awarded under (credits.promotions).
+    promotion_variant = models.ForeignKey(
+        "PromotionVariant", null=True, blank=True, on_delete=models.PROTECT, related_name="grants"
+    )
+    # Promotional credit earned while PROMOTION_REQUIRE_EMAIL_VERIFICATION is on: counted in
+    # the balance but not spendable until the user verifies their email (credits.promotion.verification).
+    awaiting_verification = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["granted_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"], name="grant_idempotency_key_unique_per_user"
+            ),
+            models.CheckConstraint(condition=Q(amount_micros__gt=0), name="grant_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(remaining_micros__gte=0) & Q(remaining_micros__lte=F("amount_micros")),
+                name="grant_remaining_within_amount",
+            ),
+            models.CheckConstraint(
+                condition=Q(held_micros__gte=0) & Q(held_micros__lte=F("remaining_micros")),
+                name="grant_held_within_remaining",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["expires_at"], name="grant_expires_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} grant #{self.pk} for {self.user_id}"
+
+    @property
+    def free_micros(self) -> int:
+        return self.remaining_micros - self.held_micros
+
+    def is_usable_at(self, moment) -> bool:
+        return self.voided_at is None and (self.expires_at is None or self.expires_at > moment)
+
+    def is_spendable_at(self, moment) -> bool:
+        """Usable, and not waiting for an email verification: what a new debit or hold may draw."""
+        return not self.awaiting_verification and self.is_usable_at(moment)
+
+
+class EntryType(models.TextChoices):
+    GRANT = "GRANT", "Grant"
+    USAGE = "USAGE", "Usage"
+    HOLD = "HOLD", "Hold"
+    CAPTURE = "CAPTURE", "Capture"
+    RELEASE = "RELEASE", "Release"
+    EXPIRY = "EXPIRY", "Expiry"
+    VOID = "VOID", "Void"
+    REFUND = "REFUND", "Refund"
+    ADJUSTMENT = "ADJUSTMENT", "Adjustment"
+    # Amount 0: records a staff change of the grant's expiry (credits.services.change_grant_expiry).
+    EXPIRY_CHANGE = "EXPIRY_CHANGE", "Expiry change"
+
+
+class ImmutableEntryError(Exception):
+    pass
+
+
+class LedgerEntryQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise ImmutableEntryError("Ledger entries are append-only; write a correcting entry.")
+
+    def delete(self):
+        raise ImmutableEntryError("Ledger entries are append-only; write a correcting entry.")
+
+
+class LedgerEntry(models.Model):
+    """One movement of credit. Append-only: never updated, never deleted
+    (enforced here and, on PostgreSQL, by a trigger)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ledger_entries"
+    )
+    entry_type = models.CharField(max_length=16, choices=EntryType.choices)
+    grant = models.ForeignKey(
+        CreditGrant, null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    hold = models.ForeignKey(
+        "CreditHold", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    # Signed change to the balance, and to the held amount (holds move only the latter).
+    amount_micros = models.BigIntegerField()
+    held_change_micros = models.BigIntegerField(default=0)
+    balance_after_micros = models.BigIntegerField()
+    description = models.CharField(max_length=255, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    reference = models.CharField(max_length=200, blank=True, db_index=True)
+    # The key of the service call that wrote this entry, and this entry's own key.
+    operation_key = models.CharField(max_length=200)
+    idempotency_key = models.CharField(max_length=220)
+    created_at = models.DateTimeField()
+
+    objects = LedgerEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "ledger entries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"], name="entry_idempotency_key_unique_per_user"
+            ),
+            models.CheckConstraint(
+                condition=Q(balance_after_micros__gte=0), name="entry_balance_after_not_negative"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["user", "operation_key"], name="entry_user_operation_idx"),
+            models.Index(fields=["user", "-created_at"], name="entry_user_recent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entry_type} {self.amount_micros} for {self.user_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ImmutableEntryError("Ledger entries are append-only; write a correcting entry.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableEntryError("Ledger entries are append-only; write a correcting entry.")
+
+
+class HoldStatus(models.TextChoices):
+    ACTIVE = "ACTIVE", "Active"
+    CAPTURED = "CAPTURED", "Captured"
+    RELEASED = "RELEASED", "Released"
+
+
+class CreditHold(models.Model):
+    """Credit reserved for work whose cost is known only afterwards.
+
+    The reserved part is spread over grants by HOLD entries; `pending_promotion_micros`
+    is reserved against a first-token promotion not granted yet (moved onto the
+    promotional grant when it is)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="credit_holds"
+    )
+    amount_micros = models.BigIntegerField()
+    pending_promotion_micros = models.BigIntegerField(default=0)
+    captured_micros = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=HoldStatus.choices, default=HoldStatus.ACTIVE)
+    reference = models.CharField(max_length=200, blank=True, db_index=True)
+    idempotency_key = models.CharField(max_length=200)
+    created_at = models.DateTimeField()
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"], name="hold_idempotency_key_unique_per_user"
+            ),
+            models.CheckConstraint(condition=Q(amount_micros__gt=0), name="hold_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(pending_promotion_micros__gte=0)
+                & Q(pending_promotion_micros__lte=F("amount_micros")),
+                name="hold_pending_within_amount",
+            ),
+            models.CheckConstraint(
+                condition=Q(captured_micros__gte=0) & Q(captured_micros__lte=F("amount_micros")),
+                name="hold_captured_within_amount",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "created_at"], name="hold_status_created_idx")]
+
+    def __str__(self) -> str:
+        return f"Hold {self.pk} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == HoldStatus.ACTIVE

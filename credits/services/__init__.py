@@ -1,0 +1,42 @@
+"""The credit ledger: the only code that writes grants, holds and entries.
+
+Every service is one database transaction that locks the user's row first, then the
+grants it touches in id order (`locks`), writes the entries and the cached totals
+together (`writer`), and raises a `credits.exceptions` error with nothing written when
+it refuses. Amounts are integers of micro-dollars; see `credits.money` for the rounding.
+
+By concern: `grants` (add, spend, void, re-date, take back, expire), `holds` (authorize,
+capture, release, the stale-hold sweep), `reconcile` (verify_balances), `pricing`.
+The public names are re-exported here: callers import `credits.services.<name>`.
+"""
+
+from credits.services.grants import (
+    DebitResult,
+    TakeBackResult,
+    add_credit,
+    adjust_credit,
+    change_grant_expiry,
+    expire_credits,
+    grant_locked,
+    take_back_credit,
+    use_credits,
+    void_grant,
+)
+from credits.services.holds import (
+    Settlement,
+    authorize,
+    back_pending_holds,
+    capture,
+    release,
+    release_stale_holds,
+)
+from credits.services.pricing import calculate_inference_cost
+from credits.services.reconcile import Mismatch, verify_balances
+from credits.services.writer import burn_down_order
+
+__all__ = [
+    "DebitResult", "Mismatch", "Settlement", "TakeBackResult", "add_credit", "adjust_credit",
+    "authorize", "back_pending_holds", "burn_down_order", "calculate_inference_cost", "capture",
+    "change_grant_expiry", "expire_credits", "grant_locked", "release", "release_stale_holds",
+    "take_back_credit", "use_credits", "verify_balances", "void_grant",
+]

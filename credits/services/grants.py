@@ -1,0 +1,350 @@
+"""Grants and debits: credit added as lots, spent soonest-expiring first, voided,
+re-dated, taken back and expired. Each service is one transaction that locks the
+user's row, then the grants it touches (`locks`), writes entries and the cached
+totals together (`writer`), and raises a `credits.exceptions` error with nothing
+written when it refuses. Amounts are integers of micro-dollars (`credits.money`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+
+from accounts.models import User
+from credits.exceptions import GrantNotActive, IdempotencyConflict, InsufficientCredits, InvalidAmount
+from credits.models import CreditGrant, EntryType, GrantKind, LedgerEntry
+from credits.services.locks import lock_grant, lock_open_grants, lock_user
+from credits.services.validation import now_or, require_amount, require_text
+from credits.services.writer import LedgerWriter, usable_grants
+
+_DEFAULT = object()
+
+
+def add_credit(
+    *,
+    user: User | int,
+    amount_micros: int,
+    kind: str,
+    description: str = "",
+    actor: User | None = None,
+    expires_at: dt.datetime | object | None = _DEFAULT,
+    idempotency_key: str | None = None,
+    source_reference: str = "",
+    now: dt.datetime | None = None,
+) -> CreditGrant:
+    """Grant credit as a new lot, with a GRANT entry.
+
+    Promotional credit expires PROMOTION_EXPIRY_DAYS after the grant unless
+    `expires_at` says otherwise; other kinds never expire by default.
+    Idempotent on `idempotency_key`: a replay returns the original grant; the
+    same key with other arguments raises IdempotencyConflict.
+    """
+    require_amount(amount_micros)
+    if kind not in GrantKind.values:
+        raise InvalidAmount(f"Unknown grant kind {kind!r}.")
+    now = now_or(now)
+    if expires_at is _DEFAULT:
+        expires_at = (
+            now + dt.timedelta(days=settings.PROMOTION_EXPIRY_DAYS)
+            if kind == GrantKind.PROMOTIONAL
+            else None
+        )
+    if expires_at is not None and expires_at <= now:
+        raise InvalidAmount("A grant must expire in the future.")
+    with transaction.atomic():
+        locked = lock_user(user)
+        return grant_locked(
+            locked, amount_micros=amount_micros, kind=kind, description=description, actor=actor,
+            expires_at=expires_at, idempotency_key=idempotency_key,
+            source_reference=source_reference, now=now,
+        )
+
+
+def grant_locked(user: User, *, amount_micros: int, kind: str, description: str, actor,
+                  expires_at: dt.datetime | None, idempotency_key: str | None,
+                  source_reference: str, now: dt.datetime,
+                  promotion_variant_id: int | None = None) -> CreditGrant:
+    key = idempotency_key or f"grant:{uuid.uuid4().hex}"
+    existing = CreditGrant.objects.filter(user_id=user.pk, idempotency_key=key).first()
+    if existing is not None:
+        if existing.kind != kind or existing.amount_micros != amount_micros:
+            raise IdempotencyConflict(
+                f"Idempotency key {key!r} was used for a different grant."
+            )
+        return existing
+    grant = CreditGrant.objects.create(
+        user_id=user.pk, kind=kind, amount_micros=amount_micros, remaining_micros=0,
+        granted_at=now, expires_at=expires_at, description=description[:255], actor=actor,
+        idempotency_key=key, source_reference=source_reference,
+        promotion_variant_id=promotion_variant_id,
+    )
+    writer = LedgerWriter(user, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
+                     reference=source_reference)
+    writer.write(EntryType.GRANT, grant=grant, amount=amount_micros,
+                 description=description or f"{grant.get_kind_display()} credit")
+    writer.flush()
+    return grant
+
+
+@dataclass(frozen=True)
+class DebitResult:
+    operation_key: str
+    amount_micros: int
+    balance_micros: int
+    entry_ids: tuple[int, ...]
+
+
+def use_credits(
+    *,
+    user: User | int,
+    amount_micros: int,
+    reference: str = "",
+    description: str = "",
+    idempotency_key: str | None = None,
+    actor: User | None = None,
+    now: dt.datetime | None = None,
+) -> DebitResult:
+    """Debit credit now, burning grants down soonest-expiring first.
+
+    Raises InsufficientCredits (nothing written) when the usable, unheld credit
+    is short. Idempotent on `idempotency_key`.
+    """
+    require_amount(amount_micros)
+    return _debit(user=user, amount_micros=amount_micros, entry_type=EntryType.USAGE,
+                  reference=reference, description=description or "Usage",
+                  idempotency_key=idempotency_key, actor=actor, now=now_or(now))
+
+
+def adjust_credit(
+    *,
+    user: User | int,
+    amount_micros: int,
+    reason: str,
+    actor: User | None = None,
+    idempotency_key: str | None = None,
+    expires_at: dt.datetime | None = None,
+    now: dt.datetime | None = None,
+) -> CreditGrant | DebitResult:
+    """A staff correction: positive adds an ADJUSTMENT grant, negative debits.
+
+    A negative adjustment never takes the balance below zero (InsufficientCredits).
+    """
+    if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or amount_micros == 0:
+        raise InvalidAmount("An adjustment is a non-zero integer number of micro-dollars.")
+    reason = require_text(reason, name="reason")
+    if amount_micros > 0:
+        return add_credit(user=user, amount_micros=amount_micros, kind=GrantKind.ADJUSTMENT,
+                          description=reason, actor=actor, expires_at=expires_at,
+                          idempotency_key=idempotency_key, now=now)
+    return _debit(user=user, amount_micros=-amount_micros, entry_type=EntryType.ADJUSTMENT,
+                  reference="", description=reason, idempotency_key=idempotency_key,
+                  actor=actor, now=now_or(now))
+
+
+def _debit(*, user: User | int, amount_micros: int, entry_type: str, reference: str,
+           description: str, idempotency_key: str | None, actor, now: dt.datetime) -> DebitResult:
+    operation_key = f"debit:{idempotency_key}" if idempotency_key else f"debit:{uuid.uuid4().hex}"
+    with transaction.atomic():
+        locked = lock_user(user)
+        if idempotency_key:
+            replay = _replayed_debit(locked.pk, operation_key, amount_micros, entry_type, reference)
+            if replay is not None:
+                return replay
+        grants = lock_open_grants(locked.pk)
+        writer = LedgerWriter(locked, operation_key=operation_key, now=now, actor=actor,
+                         reference=reference)
+        writer.sweep_expired(grants)
+        usable = usable_grants(grants, now)
+        available = sum(g.free_micros for g in usable)
+        if available < amount_micros:
+            raise InsufficientCredits(required_micros=amount_micros, available_micros=available)
+        to_take = amount_micros
+        for grant in usable:
+            take = min(grant.free_micros, to_take)
+            writer.write(entry_type, grant=grant, amount=-take, description=description)
+            to_take -= take
+            if to_take == 0:
+                break
+        entries = writer.flush()
+        return DebitResult(operation_key=operation_key, amount_micros=amount_micros,
+                           balance_micros=locked.credit_balance,
+                           entry_ids=tuple(e.pk for e in entries if e.entry_type == entry_type))
+
+
+def _replayed_debit(user_id: int, operation_key: str, amount_micros: int, entry_type: str,
+                    reference: str) -> DebitResult | None:
+    entries = list(
+        LedgerEntry.objects.filter(user_id=user_id, operation_key=operation_key).order_by("id")
+    )
+    if not entries:
+        return None
+    own = [e for e in entries if e.entry_type == entry_type]
+    if -sum(e.amount_micros for e in own) != amount_micros or any(
+        e.reference != reference for e in own
+    ) or not own:
+        raise IdempotencyConflict(
+            f"Idempotency key {operation_key.removeprefix('debit:')!r} was used for a different debit."
+        )
+    return DebitResult(operation_key=operation_key, amount_micros=amount_micros,
+                       balance_micros=own[-1].balance_after_micros,
+                       entry_ids=tuple(e.pk for e in own))
+
+
+def void_grant(
+    *,
+    grant: CreditGrant | int,
+    reason: str,
+    actor: User | None = None,
+    now: dt.datetime | None = None,
+) -> CreditGrant:
+    """Void what is left of a grant (VOID entry). Credit held by an in-flight call
+    is voided when that hold settles. Raises GrantNotActive if already voided."""
+    reason = require_text(reason, name="reason")
+    now = now_or(now)
+    with transaction.atomic():
+        locked, locked_grant = lock_grant(grant)
+        grant_id = locked_grant.pk
+        if locked_grant.voided_at is not None:
+            raise GrantNotActive(f"Grant #{grant_id} was already voided.")
+        writer = LedgerWriter(locked, operation_key=f"void:{grant_id}", now=now, actor=actor)
+        free = locked_grant.free_micros
+        locked_grant.voided_at = now
+        if free > 0:
+            writer.write(EntryType.VOID, grant=locked_grant, amount=-free, description=reason)
+        else:
+            writer.touched_grants[locked_grant.pk] = locked_grant
+        writer.flush()
+        return locked_grant
+
+
+def change_grant_expiry(
+    *,
+    grant: CreditGrant | int,
+    expires_at: dt.datetime | None,
+    reason: str,
+    actor: User | None = None,
+    now: dt.datetime | None = None,
+) -> CreditGrant:
+    """Move a grant's expiry (None: never expires).
+
+    The grant row holds the current expiry; the history is an EXPIRY_CHANGE entry
+    of amount 0 carrying the actor, the reason and the old and new expiry. An
+    expiry at or before `now` expires the free remainder at once (EXPIRY entry);
+    credit held by an in-flight call expires when its hold settles.
+    Raises GrantNotActive for a voided or already expired grant, InvalidAmount
+    without a reason or when nothing would change.
+    """
+    reason = require_text(reason, name="reason")
+    now = now_or(now)
+    with transaction.atomic():
+        locked, locked_grant = lock_grant(grant)
+        grant_id = locked_grant.pk
+        if locked_grant.voided_at is not None:
+            raise GrantNotActive(f"Grant #{grant_id} was voided.")
+        old = locked_grant.expires_at
+        if old is not None and old <= now:
+            raise GrantNotActive(f"Grant #{grant_id} has already expired.")
+        if expires_at == old:
+            raise InvalidAmount(f"Grant #{grant_id} already expires then.")
+        locked_grant.expires_at = expires_at
+        locked_grant.save(update_fields=["expires_at"])
+        change = f"expiry:{old.isoformat() if old else 'never'}->" + (
+            expires_at.isoformat() if expires_at else "never")
+        writer = LedgerWriter(locked, operation_key=f"expiry-change:{uuid.uuid4().hex}", now=now,
+                         actor=actor, reference=change)
+        writer.write(EntryType.EXPIRY_CHANGE, grant=locked_grant, amount=0, description=reason)
+        writer.sweep_expired([locked_grant])
+        writer.flush()
+        return locked_grant
+
+
+@dataclass(frozen=True)
+class TakeBackResult:
+    taken_micros: int
+    shortfall_micros: int  # already spent or held: could not be taken back
+
+
+def take_back_credit(
+    *,
+    grant: CreditGrant | int,
+    amount_micros: int,
+    reason: str,
+    idempotency_key: str,
+    actor: User | None = None,
+    now: dt.datetime | None = None,
+) -> TakeBackResult:
+    """Take credit back from one grant (a payment refund, a clawback) with a REFUND entry.
+
+    Takes at most the grant's unheld remainder: never below zero, never from any
+    other grant. Returns what was taken and what could not be. Idempotent on
+    `idempotency_key` (a replay returns the original result).
+    """
+    require_amount(amount_micros)
+    reason = require_text(reason, name="reason")
+    now = now_or(now)
+    operation_key = f"take-back:{idempotency_key}"
+    with transaction.atomic():
+        locked, locked_grant = lock_grant(grant)
+        grant_id = locked_grant.pk
+        previous = list(LedgerEntry.objects.filter(user_id=locked.pk, operation_key=operation_key))
+        if previous:
+            taken = -sum(e.amount_micros for e in previous)
+            # A replay asks for the same amount from the same grant; it cannot ask for less
+            # than was taken the first time.
+            if previous[0].grant_id != grant_id or taken > amount_micros:
+                raise IdempotencyConflict(
+                    f"Idempotency key {idempotency_key!r} was used for another take-back."
+                )
+            return TakeBackResult(taken_micros=taken, shortfall_micros=amount_micros - taken)
+        taken = min(amount_micros, locked_grant.free_micros)
+        writer = LedgerWriter(locked, operation_key=operation_key, now=now, actor=actor,
+                              reference=f"take-back:{grant_id}")
+        writer.write(EntryType.REFUND, grant=locked_grant, amount=-taken, description=reason)
+        writer.flush()
+        return TakeBackResult(taken_micros=taken, shortfall_micros=amount_micros - taken)
+
+
+def expire_credits(*, now: dt.datetime | None = None, batch_size: int = 200) -> int:
+    """Expire the unheld remainder of every grant whose `expires_at` has passed.
+
+    Works user by user, each in its own short transaction under the same locks as
+    debits, so a crash mid-run loses nothing and a re-run (or a concurrent run)
+    never expires anything twice: an expired grant has nothing free left.
+    Returns the number of grants it expired.
+    """
+    now = now_or(now)
+    expired = 0
+    while True:
+        user_ids = list(
+            CreditGrant.objects.filter(
+                expires_at__lte=now, remaining_micros__gt=F("held_micros"), voided_at__isnull=True
+            )
+            .order_by("user_id")
+            .values_list("user_id", flat=True)
+            .distinct()[:batch_size]
+        )
+        if not user_ids:
+            return expired
+        for user_id in user_ids:
+            expired += _expire_user(user_id, now)
+
+
+def _expire_user(user_id: int, now: dt.datetime) -> int:
+    with transaction.atomic():
+        locked = lock_user(user_id)
+        grants = list(
+            CreditGrant.objects.select_for_update()
+            .filter(user_id=user_id, expires_at__lte=now, remaining_micros__gt=F("held_micros"))
+            .order_by("id")
+        )
+        writer = LedgerWriter(locked, operation_key=f"expire:{uuid.uuid4().hex}", now=now)
+        writer.sweep_expired(grants)
+        writer.flush()
+        return len(writer.entries)
+
+

@@ -1,0 +1,109 @@
+"""Every lock the ledger takes, one style, in the one order every service follows: the
+user's row first, then the grants it touches in id order, so concurrent calls queue
+instead of deadlocking. Call inside a transaction. On SQLite write transactions are
+serialized (BEGIN IMMEDIATE), so there is nothing to lock.
+
+The locking reads are plain SQL: they run on every debit (see bench/ledger.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import connection
+
+from accounts.models import User
+from credits.exceptions import GrantNotActive, HoldNotActive, UnknownUser
+from credits.models import CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
+
+
+def for_update(of: str = "") -> str:
+    if not connection.features.has_select_for_update:
+        return ""
+    return f" FOR UPDATE OF {of}" if of else " FOR UPDATE"
+
+
+def user_id_of(user: User | int) -> int:
+    if isinstance(user, User):
+        return user.pk
+    if isinstance(user, bool) or not isinstance(user, int):
+        raise UnknownUser(f"Unknown user {user!r}.")
+    return user
+
+
+def lock_user(user: User | int) -> User:
+    """The user's row, locked. Raises UnknownUser."""
+    user_id = user_id_of(user)
+    rows = list(User.objects.raw(
+        f"SELECT * FROM {User._meta.db_table} WHERE id = %s{for_update()}", [user_id]))
+    if not rows:
+        raise UnknownUser(f"Unknown user {user_id}.")
+    return rows[0]
+
+
+def lock_open_grants(user_id: int) -> list[CreditGrant]:
+    """The user's grants with credit left, locked in id order (after the user's row)."""
+    return list(CreditGrant.objects.raw(
+        f"SELECT * FROM {CreditGrant._meta.db_table} WHERE user_id = %s AND remaining_micros > 0 "
+        f"ORDER BY id{for_update()}", [user_id]))
+
+
+def lock_grant(grant: CreditGrant | int) -> tuple[User, CreditGrant]:
+    """A grant's user, then the grant, locked. Raises GrantNotActive for an unknown grant."""
+    grant_id = grant.pk if isinstance(grant, CreditGrant) else grant
+    user_id = CreditGrant.objects.filter(pk=grant_id).values_list("user_id", flat=True).first()
+    if user_id is None:
+        raise GrantNotActive(f"Unknown grant {grant_id!r}.")
+    locked_user = lock_user(user_id)
+    rows = list(CreditGrant.objects.raw(
+        f"SELECT * FROM {CreditGrant._meta.db_table} WHERE id = %s{for_update()}", [grant_id]))
+    return locked_user, rows[0]
+
+
+def lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[User, CreditHold]:
+    """A hold's user, locked, then the hold. Every change to a hold happens under its
+    user's lock, so the hold row itself needs none. Raises HoldNotActive for an unknown hold."""
+    if isinstance(hold, CreditHold):
+        hold_id, user_id = hold.pk, hold.user_id
+    else:
+        hold_id = hold
+        user_id = CreditHold.objects.filter(pk=hold_id).values_list("user_id", flat=True).first()
+    if user_id is None:
+        raise HoldNotActive(f"Unknown hold {hold_id!r}.")
+    locked_user = lock_user(user_id)
+    rows = list(CreditHold.objects.raw(
+        f"SELECT * FROM {CreditHold._meta.db_table} WHERE id = %s AND user_id = %s",
+        [CreditHold._meta.pk.get_db_prep_value(hold_id, connection), user_id]))
+    if not rows:
+        raise HoldNotActive(f"Unknown hold {hold_id!r}.")
+    return locked_user, rows[0]
+
+
+def lock_held_grants(hold: CreditHold) -> list[CreditGrant]:
+    """The grants this hold reserves credit on, locked in id order, each with `reserved_micros`."""
+    grants = CreditGrant._meta.db_table
+    entries = LedgerEntry._meta.db_table
+    rows = CreditGrant.objects.raw(
+        f"SELECT g.*, a.reserved_micros FROM {grants} g JOIN ("
+        f"  SELECT grant_id, CAST(SUM(held_change_micros) AS BIGINT) AS reserved_micros FROM {entries}"
+        f"  WHERE hold_id = %s AND entry_type = %s GROUP BY grant_id"
+        f") a ON a.grant_id = g.id ORDER BY g.id{for_update(of='g')}",
+        [CreditHold._meta.pk.get_db_prep_value(hold.pk, connection), EntryType.HOLD],
+    )
+    return [g for g in rows if g.reserved_micros]
+
+
+def lock_pending_holds(user_id: int) -> list[CreditHold]:
+    """The user's active holds still reserved against a promotion not yet granted, oldest first."""
+    return list(CreditHold.objects.raw(
+        f"SELECT * FROM {CreditHold._meta.db_table} WHERE user_id = %s AND status = %s "
+        f"AND pending_promotion_micros > 0 ORDER BY created_at, id{for_update()}",
+        [user_id, HoldStatus.ACTIVE]))
+
+
+def advisory_lock(key: int) -> None:
+    """A transaction-scoped PostgreSQL advisory lock (released at commit or rollback), for
+    rules that span users (caps, velocity); taken after the user's row lock."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])

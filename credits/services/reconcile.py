@@ -1,0 +1,83 @@
+"""Reconciliation: the cached totals against the ledger (`manage.py credits_verify`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db.models import Sum
+
+from accounts.models import User
+from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    user_id: int
+    what: str
+    expected: int
+    found: int
+
+    def __str__(self) -> str:
+        return f"user {self.user_id}: {self.what}: expected {self.expected}, found {self.found}"
+
+
+def verify_balances(*, user_ids: Iterable[int] | None = None) -> list[Mismatch]:
+    """Check the cached totals against the ledger, for every user (or some).
+
+    balance == sum of entries == sum of grants' remaining; held == sum of held
+    changes == sum of grants' held == sum of active holds' reserved part; and
+    each grant's remaining/held == its own entries.
+    """
+    users = User.objects.all()
+    grants = CreditGrant.objects.all()
+    entries = LedgerEntry.objects.all()
+    holds = CreditHold.objects.filter(status=HoldStatus.ACTIVE)
+    if user_ids is not None:
+        ids = list(user_ids)
+        users, grants = users.filter(pk__in=ids), grants.filter(user_id__in=ids)
+        entries, holds = entries.filter(user_id__in=ids), holds.filter(user_id__in=ids)
+
+    def per_user(qs, **sums) -> dict[int, dict[str, int]]:
+        rows = qs.order_by().values("user_id").annotate(**{k: Sum(v) for k, v in sums.items()})
+        return {r["user_id"]: r for r in rows}
+
+    entry_sums = per_user(entries, balance="amount_micros", held="held_change_micros")
+    grant_sums = per_user(grants, balance="remaining_micros", held="held_micros")
+    hold_sums = per_user(holds, amount="amount_micros", pending="pending_promotion_micros")
+
+    problems: list[Mismatch] = []
+    for user_id, balance, held in users.values_list("pk", "credit_balance", "credit_held"):
+        e = entry_sums.get(user_id, {})
+        g = grant_sums.get(user_id, {})
+        h = hold_sums.get(user_id, {})
+        checks = [
+            ("balance vs sum of entries", e.get("balance") or 0, balance),
+            ("balance vs sum of grants' remaining", g.get("balance") or 0, balance),
+            ("held vs sum of entries' held changes", e.get("held") or 0, held),
+            ("held vs sum of grants' held", g.get("held") or 0, held),
+            ("held vs active holds", (h.get("amount") or 0) - (h.get("pending") or 0), held),
+        ]
+        problems += [Mismatch(user_id, what, exp, got) for what, exp, got in checks if exp != got]
+
+    by_grant = {
+        r["grant_id"]: r
+        for r in entries.filter(grant__isnull=False).order_by().values("grant_id").annotate(
+            balance=Sum("amount_micros"), held=Sum("held_change_micros"))
+    }
+    for grant_id, user_id, remaining, held in grants.values_list(
+        "pk", "user_id", "remaining_micros", "held_micros"
+    ):
+        row = by_grant.get(grant_id, {})
+        if (row.get("balance") or 0) != remaining:
+            problems.append(Mismatch(user_id, f"grant #{grant_id} remaining vs its entries",
+                                     row.get("balance") or 0, remaining))
+        if (row.get("held") or 0) != held:
+            problems.append(Mismatch(user_id, f"grant #{grant_id} held vs its entries",
+                                     row.get("held") or 0, held))
+    problems += [
+        Mismatch(e.user_id, f"entry #{e.pk} has no grant", 0, e.amount_micros)
+        for e in entries.filter(grant__isnull=True)
+    ]
+    return problems
+
