@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -13,6 +12,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, User
 from credits import money
 from credits.models import EntryType, GrantKind, LedgerEntry
+from credits.notices import low_balance_threshold_micros
 from credits.selectors import UserCredits
 from inference.models import AiModel, UsageRecord
 
@@ -91,11 +91,6 @@ def package_offers(packages, *, now: dt.datetime | None = None) -> list[PackageO
     ]
 
 
-def low_balance_micros() -> int:
-    """Below this much available credit we suggest a top-up (the notifications' threshold)."""
-    return money.usd_to_micros(str(getattr(settings, "LOW_BALANCE_THRESHOLD_USD", "1")))
-
-
 @dataclass(frozen=True)
 class Alert:
     level: str  # info, success, warn, danger
@@ -118,7 +113,7 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
             else "You have no credit yet: API calls are refused until you add some."
         )
         alerts.append(Alert("danger", "exhausted", message, "buy"))
-    elif (credits.balance_micros > 0 and credits.available_micros < low_balance_micros()
+    elif (credits.balance_micros > 0 and credits.available_micros < low_balance_threshold_micros()
           and not awaiting):
         alerts.append(Alert(
             "warn", "low_balance",
