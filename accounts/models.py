@@ -1,6 +1,7 @@
 from django.contrib.auth.models import AbstractUser, BaseUserManager
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Q
 
 from accounts.emails import canonical_email
 
@@ -43,11 +44,6 @@ class User(AbstractUser):
     # (credits.promotion.verification.resend_verification claims it with a conditional UPDATE).
     verification_email_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
 
-    # Cached from the ledger, written only by credits.services in the same
-    # transaction as the entries; `credits_verify` checks them.
-    credit_balance = models.BigIntegerField(default=0, help_text="Micro-dollars (cached).")
-    credit_held = models.BigIntegerField(default=0, help_text="Micro-dollars held (cached).")
-
     first_token_at = models.DateTimeField(null=True, blank=True)
     promotion_eligible = models.BooleanField(
         default=True, help_text="May still earn the first-token promotion."
@@ -64,13 +60,6 @@ class User(AbstractUser):
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=Q(credit_balance__gte=0), name="user_credit_balance_not_negative"
-            ),
-            models.CheckConstraint(
-                condition=Q(credit_held__gte=0) & Q(credit_held__lte=F("credit_balance")),
-                name="user_credit_held_within_balance",
-            ),
-            models.CheckConstraint(
                 condition=~(Q(promotion_claimed=True) & Q(first_token_at__isnull=True)),
                 name="user_promotion_claimed_needs_first_token",
             ),
@@ -78,6 +67,22 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.email
+
+    # The cached credit totals live on the user's credit account (credits.CreditAccount),
+    # written only by the ledger; these read them (0 before the account exists).
+    @property
+    def credit_balance(self) -> int:
+        return self._credit_account_value("balance_micros")
+
+    @property
+    def credit_held(self) -> int:
+        return self._credit_account_value("held_micros")
+
+    def _credit_account_value(self, field: str) -> int:
+        try:
+            return getattr(self.credit_account, field)
+        except ObjectDoesNotExist:
+            return 0
 
     def save(self, *args, **kwargs):
         if self._state.adding and self.email_normalized is None and self.email:

@@ -61,6 +61,7 @@ def build(n_users: int) -> None:
 
     from accounts.models import User
     from credits.models import (
+        CreditAccount,
         CreditGrant,
         EntryType,
         GrantKind,
@@ -151,10 +152,11 @@ def build(n_users: int) -> None:
             totals: dict[int, int] = defaultdict(int)
             for entry in entries:
                 totals[entry.user_id] += entry.amount_micros
-            for user in users:
-                user.credit_balance = totals[user.pk]
-            User.objects.bulk_update(
-                users, ["promotion_eligible", "promotion_claimed", "credit_balance"],
+            User.objects.bulk_update(users, ["promotion_eligible", "promotion_claimed"],
+                                     batch_size=BATCH)
+            CreditAccount.objects.filter(user__in=users).delete()  # opened empty at creation
+            CreditAccount.objects.bulk_create(
+                [CreditAccount(user_id=user.pk, balance_micros=totals[user.pk]) for user in users],
                 batch_size=BATCH)
         print(f"  {offset + size:>7} users ({time.perf_counter() - t0:.0f}s)", flush=True)
     from django.db import connection

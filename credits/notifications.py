@@ -298,9 +298,10 @@ def catch_up(*, now: dt.datetime | None = None) -> int:
                                  Cast(Subquery(latest_grant[:1]), output_field=CharField())))
     )
     for event, balance in (
-        (NotificationEvent.BALANCE_EXHAUSTED, Q(credit_balance=0)),
+        (NotificationEvent.BALANCE_EXHAUSTED, Q(credit_account__balance_micros=0)),
         (NotificationEvent.LOW_BALANCE,
-         Q(credit_balance__gt=0, credit_balance__lt=low_balance_threshold_micros())),
+         Q(credit_account__balance_micros__gt=0,
+           credit_account__balance_micros__lt=low_balance_threshold_micros())),
     ):
         told = Notification.objects.filter(user_id=OuterRef("pk"), event=event,
                                            key=OuterRef("episode"))

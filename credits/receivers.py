@@ -5,6 +5,7 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from accounts.signals import user_registered
+from credits.models import CreditAccount
 from credits.promotion import award, signup, terms, verification
 from inference.signals import first_token_generated
 
@@ -14,12 +15,14 @@ def apply_promotion_on_first_token(sender, *, user_id: int, **kwargs) -> None:
     award.apply_first_token_promotion(user=user_id)
 
 
-# Assigning a promotion variant is not a ledger row, so post_save is the right door
+# Opening the (empty) credit account and assigning a promotion variant are not ledger
+# rows, so post_save is the right door
 # (it also covers users made in the admin or the shell).
 @receiver(post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="credits.assign_promotion")
 def assign_promotion_on_sign_up(sender, *, instance, created: bool, raw: bool = False,
                                 **kwargs) -> None:
     if created and not raw:
+        CreditAccount.objects.get_or_create(user=instance)  # empty: the ledger fills it
         terms.assign_promotion(user=instance)
 
 

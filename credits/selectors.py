@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from credits.models import CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
+from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
 from credits.promotion.status import PromotionStatus, promotion_status
 
 
@@ -33,18 +33,19 @@ def get_user_credits(*, user: User, now: dt.datetime | None = None) -> UserCredi
     not swept yet, so it is what a debit could draw right now.
     """
     now = now or timezone.now()
-    user.refresh_from_db(fields=["credit_balance", "credit_held", "first_token_at",
+    user.refresh_from_db(fields=["first_token_at",
                                  "promotion_claimed", "promotion_eligible",
                                  "promotion_withheld_reason", "email_verified_at"])
+    account = CreditAccount.objects.filter(user_id=user.pk).first() or CreditAccount(user_id=user.pk)
     grants = list(CreditGrant.objects.filter(user=user).order_by("-granted_at", "-id"))
     usable = [g for g in grants if g.is_usable_at(now)]
     # Credit awaiting an email verification counts in the balance but is not available.
     available = sum(g.free_micros for g in usable if g.is_spendable_at(now))
     expiries = [g.expires_at for g in usable if g.expires_at and g.remaining_micros > 0]
     return UserCredits(
-        balance_micros=user.credit_balance,
+        balance_micros=account.balance_micros,
         available_micros=available,
-        held_micros=user.credit_held,
+        held_micros=account.held_micros,
         promotional_micros=sum(g.remaining_micros for g in usable if g.kind == "PROMOTIONAL"),
         grants=grants,
         history=LedgerEntry.objects.filter(user=user).select_related("grant"),

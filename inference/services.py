@@ -19,7 +19,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, User
 from credits import services as credit_services
 from credits.exceptions import InsufficientCredits
-from credits.models import CreditHold
+from credits.models import CreditAccount, CreditHold
 from credits.money import format_usd
 from credits.promotion.status import call_promotion_outcome, promotion_status
 from credits.services import calculate_inference_cost
@@ -164,7 +164,8 @@ class MeteredCall:
         """The user's balance after this call's settlement (before it, while streaming)."""
         if self._balance_micros is None:
             self._balance_micros = (
-                User.objects.filter(pk=self.user.pk).values_list("credit_balance", flat=True).get()
+                CreditAccount.objects.filter(user_id=self.user.pk).values_list(
+                    "balance_micros", flat=True).first() or 0
             )
         return self._balance_micros
 

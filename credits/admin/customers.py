@@ -28,9 +28,9 @@ class HasBalanceFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "yes":
-            return queryset.filter(credit_balance__gt=0)
+            return queryset.filter(credit_account__balance_micros__gt=0)
         if self.value() == "no":
-            return queryset.filter(credit_balance=0)
+            return queryset.filter(credit_account__balance_micros=0)
         return queryset
 
 
@@ -155,11 +155,11 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
                 "fields": ("email", "usable_password", "password1", "password2")}),
     )
 
-    @admin.display(description="balance", ordering="credit_balance")
+    @admin.display(description="balance", ordering="credit_account__balance_micros")
     def balance(self, obj):
         return usd(obj.credit_balance)
 
-    @admin.display(description="held", ordering="credit_held")
+    @admin.display(description="held", ordering="credit_account__held_micros")
     def held(self, obj):
         return usd(obj.credit_held) if obj.credit_held else ""
 

@@ -9,6 +9,7 @@ from credits.models.abuse import (
     SignupRecord,
 )
 from credits.models.ledger import (
+    CreditAccount,
     CreditGrant,
     CreditHold,
     EntryType,
@@ -23,7 +24,8 @@ from credits.models.promotions import Promotion, PromotionAssignment, PromotionK
 from credits.models.staff import StaffAction, StaffActionKind, StaffActionStatus
 
 __all__ = [
-    "CreditGrant", "CreditHold", "DomainRuleAction", "EmailDomainRule", "EntryType", "GrantKind",
+    "CreditAccount", "CreditGrant", "CreditHold", "DomainRuleAction", "EmailDomainRule", "EntryType",
+    "GrantKind",
     "HoldStatus", "ImmutableEntryError", "LedgerEntry", "LedgerEntryQuerySet", "Notification",
     "NotificationEvent", "Promotion", "PromotionAssignment", "PromotionClaim", "PromotionKind",
     "PromotionReview", "PromotionVariant", "ReviewStatus", "SignupRecord", "StaffAction",

@@ -7,6 +7,38 @@ from django.db import models
 from django.db.models import F, Q
 
 
+class CreditAccount(models.Model):
+    """Whose credit: the cached totals of one account's ledger, written only by the ledger
+    services (credits.services.writer) in the transaction that writes the entries, and
+    checked by `credits_verify`. Its row is the ledger's lock (credits.services.locks).
+
+    One account per user today (created with the user, or by the first ledger service that
+    needs it); the cached totals live here, not on the user, so no save of a user, however
+    stale, can overwrite them. An organization's shared account would be another owner of
+    this row.
+    """
+
+    # CASCADE: an account with any history cannot be left behind anyway (its grants and
+    # entries PROTECT the user); an empty one goes with its user.
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                related_name="credit_account")
+    balance_micros = models.BigIntegerField(default=0, help_text="Micro-dollars (cached).")
+    held_micros = models.BigIntegerField(default=0, help_text="Micro-dollars held (cached).")
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(balance_micros__gte=0),
+                                   name="account_balance_not_negative"),
+            models.CheckConstraint(
+                condition=Q(held_micros__gte=0) & Q(held_micros__lte=F("balance_micros")),
+                name="account_held_within_balance",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"credit account of user {self.user_id}"
+
+
 class GrantKind(models.TextChoices):
     PROMOTIONAL = "PROMOTIONAL", "Promotional"
     PURCHASED = "PURCHASED", "Purchased"

@@ -41,7 +41,7 @@ from credits.promotion.messages import (
     WITHHELD_PAUSED,
 )
 from credits.promotion.signup import network_promotions_exhausted, withhold_promotion
-from credits.services.locks import advisory_lock, lock_user
+from credits.services.locks import advisory_lock, lock_account, lock_user
 from credits.services.validation import now_or
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ def apply_first_token_promotion(
         award = reserve_award(user=locked, amount_micros=terms.amount_micros, now=now)
         if isinstance(award, str):
             return None
+        account = lock_account(locked)
         grant = services.grant_locked(
-            locked, amount_micros=terms.amount_micros, kind=GrantKind.PROMOTIONAL,
+            account, amount_micros=terms.amount_micros, kind=GrantKind.PROMOTIONAL,
             description="First-token promotion", actor=None,
             expires_at=now + dt.timedelta(days=terms.expiry_days),
             idempotency_key=FIRST_TOKEN_PROMOTION_KEY, source_reference="first-token", now=now,
@@ -91,7 +92,7 @@ def apply_first_token_promotion(
         locked.save(update_fields=["promotion_claimed"])
         finish_award(user=locked, award=award, grant=grant, now=now)
         # Awaiting verification or not, the call that earned it may draw on it.
-        services.back_pending_holds(user=locked, grant=grant, now=now)
+        services.back_pending_holds(account=account, grant=grant, now=now)
         notices.enqueue_notice(user_id=locked.pk, event=NotificationEvent.PROMOTION_GRANTED)
         return grant
 

@@ -1,6 +1,6 @@
 """Grants and debits: credit added as lots, spent soonest-expiring first, voided,
 re-dated, taken back and expired. Each service is one transaction that locks the
-user's row, then the grants it touches (`locks`), writes entries and the cached
+user's credit account, then the grants it touches (`locks`), writes entries and the cached
 totals together (`writer`), and raises a `credits.exceptions` error with nothing
 written when it refuses. Amounts are integers of micro-dollars (`credits.money`).
 """
@@ -17,8 +17,8 @@ from django.db.models import F
 
 from accounts.models import User
 from credits.exceptions import GrantNotActive, IdempotencyConflict, InsufficientCredits, InvalidAmount
-from credits.models import CreditGrant, EntryType, GrantKind, LedgerEntry
-from credits.services.locks import lock_grant, lock_open_grants, lock_user
+from credits.models import CreditAccount, CreditGrant, EntryType, GrantKind, LedgerEntry
+from credits.services.locks import lock_account, lock_grant, lock_open_grants
 from credits.services.validation import now_or, require_amount, require_text
 from credits.services.writer import LedgerWriter, usable_grants
 
@@ -57,7 +57,7 @@ def add_credit(
     if expires_at is not None and expires_at <= now:
         raise InvalidAmount("A grant must expire in the future.")
     with transaction.atomic():
-        locked = lock_user(user)
+        locked = lock_account(user)
         return grant_locked(
             locked, amount_micros=amount_micros, kind=kind, description=description, actor=actor,
             expires_at=expires_at, idempotency_key=idempotency_key,
@@ -65,12 +65,14 @@ def add_credit(
         )
 
 
-def grant_locked(user: User, *, amount_micros: int, kind: str, description: str, actor,
-                  expires_at: dt.datetime | None, idempotency_key: str | None,
-                  source_reference: str, now: dt.datetime,
-                  promotion_variant_id: int | None = None) -> CreditGrant:
+def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, description: str,
+                 actor, expires_at: dt.datetime | None, idempotency_key: str | None,
+                 source_reference: str, now: dt.datetime,
+                 promotion_variant_id: int | None = None) -> CreditGrant:
+    """add_credit's body, for a caller that already holds the account's lock (`lock_account`)
+    in its own transaction: the promotion's award."""
     key = idempotency_key or f"grant:{uuid.uuid4().hex}"
-    existing = CreditGrant.objects.filter(user_id=user.pk, idempotency_key=key).first()
+    existing = CreditGrant.objects.filter(user_id=account.user_id, idempotency_key=key).first()
     if existing is not None:
         if existing.kind != kind or existing.amount_micros != amount_micros:
             raise IdempotencyConflict(
@@ -78,13 +80,13 @@ def grant_locked(user: User, *, amount_micros: int, kind: str, description: str,
             )
         return existing
     grant = CreditGrant.objects.create(
-        user_id=user.pk, kind=kind, amount_micros=amount_micros, remaining_micros=0,
+        user_id=account.user_id, kind=kind, amount_micros=amount_micros, remaining_micros=0,
         granted_at=now, expires_at=expires_at, description=description[:255], actor=actor,
         idempotency_key=key, source_reference=source_reference,
         promotion_variant_id=promotion_variant_id,
     )
-    writer = LedgerWriter(user, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
-                     reference=source_reference)
+    writer = LedgerWriter(account, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
+                          reference=source_reference)
     writer.write(EntryType.GRANT, grant=grant, amount=amount_micros,
                  description=description or f"{grant.get_kind_display()} credit")
     writer.flush()
@@ -150,12 +152,12 @@ def _debit(*, user: User | int, amount_micros: int, entry_type: str, reference: 
            description: str, idempotency_key: str | None, actor, now: dt.datetime) -> DebitResult:
     operation_key = f"debit:{idempotency_key}" if idempotency_key else f"debit:{uuid.uuid4().hex}"
     with transaction.atomic():
-        locked = lock_user(user)
+        locked = lock_account(user)
         if idempotency_key:
-            replay = _replayed_debit(locked.pk, operation_key, amount_micros, entry_type, reference)
+            replay = _replayed_debit(locked.user_id, operation_key, amount_micros, entry_type, reference)
             if replay is not None:
                 return replay
-        grants = lock_open_grants(locked.pk)
+        grants = lock_open_grants(locked.user_id)
         writer = LedgerWriter(locked, operation_key=operation_key, now=now, actor=actor,
                          reference=reference)
         writer.sweep_expired(grants)
@@ -172,7 +174,7 @@ def _debit(*, user: User | int, amount_micros: int, entry_type: str, reference: 
                 break
         entries = writer.flush()
         return DebitResult(operation_key=operation_key, amount_micros=amount_micros,
-                           balance_micros=locked.credit_balance,
+                           balance_micros=locked.balance_micros,
                            entry_ids=tuple(e.pk for e in entries if e.entry_type == entry_type))
 
 
@@ -291,7 +293,7 @@ def take_back_credit(
     with transaction.atomic():
         locked, locked_grant = lock_grant(grant)
         grant_id = locked_grant.pk
-        previous = list(LedgerEntry.objects.filter(user_id=locked.pk, operation_key=operation_key))
+        previous = list(LedgerEntry.objects.filter(user_id=locked.user_id, operation_key=operation_key))
         if previous:
             taken = -sum(e.amount_micros for e in previous)
             # A replay asks for the same amount from the same grant; it cannot ask for less
@@ -336,7 +338,7 @@ def expire_credits(*, now: dt.datetime | None = None, batch_size: int = 200) -> 
 
 def _expire_user(user_id: int, now: dt.datetime) -> int:
     with transaction.atomic():
-        locked = lock_user(user_id)
+        locked = lock_account(user_id)
         grants = list(
             CreditGrant.objects.select_for_update()
             .filter(user_id=user_id, expires_at__lte=now, remaining_micros__gt=F("held_micros"))

@@ -1,5 +1,5 @@
 """Holds: credit reserved for a call whose cost is known only afterwards, then
-captured (charged) or released. Each service locks the user's row first (`locks`)
+captured (charged) or released. Each service locks the user's credit account first (`locks`)
 and writes through the one `writer`.
 """
 
@@ -17,14 +17,14 @@ from django.db.models import Sum
 from accounts.models import User
 from credits import money
 from credits.exceptions import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientCredits
-from credits.models import CreditGrant, CreditHold, EntryType, HoldStatus
+from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus
 from credits.models.promotions import user_promotion_terms
 from credits.services.locks import (
+    lock_account,
     lock_held_grants,
     lock_hold,
     lock_open_grants,
     lock_pending_holds,
-    lock_user,
 )
 from credits.services.validation import now_or, require_amount
 from credits.services.writer import LedgerWriter, burn_down_order, usable_grants
@@ -60,14 +60,14 @@ def authorize(
     hold_id = uuid.uuid4()
     key = idempotency_key or hold_id.hex
     with transaction.atomic():
-        locked = lock_user(user)
+        locked = lock_account(user)
         existing = idempotency_key and CreditHold.objects.filter(
-            user_id=locked.pk, idempotency_key=key).first()
+            user_id=locked.user_id, idempotency_key=key).first()
         if existing:
             if existing.amount_micros != amount_micros or existing.reference != reference:
                 raise IdempotencyConflict(f"Idempotency key {key!r} was used for another hold.")
             return existing
-        grants = lock_open_grants(locked.pk)
+        grants = lock_open_grants(locked.user_id)
         writer = LedgerWriter(locked, operation_key=f"hold:{hold_id}", now=now, reference=reference)
         writer.sweep_expired(grants)
         usable = usable_grants(grants, now)
@@ -82,7 +82,7 @@ def authorize(
                                           available_micros=available + pending_room)
             pending = amount_micros - available
         hold = CreditHold(
-            id=hold_id, user_id=locked.pk, amount_micros=amount_micros, pending_promotion_micros=pending,
+            id=hold_id, user_id=locked.user_id, amount_micros=amount_micros, pending_promotion_micros=pending,
             reference=reference, idempotency_key=key, created_at=now,
         )
         writer.insert_hold(hold)
@@ -98,8 +98,11 @@ def authorize(
         return hold
 
 
-def _pending_promotion_room(user: User, now: dt.datetime) -> int:
-    """What the locked user may still reserve against a first-token promotion not yet granted."""
+def _pending_promotion_room(account: CreditAccount, now: dt.datetime) -> int:
+    """What the account's user may still reserve against a first-token promotion not yet
+    granted. The award locks the user's row, then this account, so it either sees this hold
+    (and backs it) or has already claimed, and then the user's flags say so here."""
+    user = User.objects.get(pk=account.user_id)
     terms = user_promotion_terms(user)
     if not terms.open_to(user, now=now):
         return 0
@@ -128,9 +131,9 @@ def capture(
     require_amount(amount_micros, allow_zero=True)
     now = now_or(now)
     with transaction.atomic():
-        locked_user, locked_hold = lock_hold(hold)
+        account, locked_hold = lock_hold(hold)
         if locked_hold.status == HoldStatus.CAPTURED and locked_hold.captured_micros == amount_micros:
-            return Settlement(hold=locked_hold, balance_micros=locked_user.credit_balance)
+            return Settlement(hold=locked_hold, balance_micros=account.balance_micros)
         if not locked_hold.is_active:
             raise HoldNotActive(f"Hold {locked_hold.pk} is already {locked_hold.status.lower()}.")
         if amount_micros > locked_hold.amount_micros:
@@ -144,7 +147,7 @@ def capture(
                 required_micros=amount_micros, available_micros=backed,
                 message="The first-token promotion this call relied on was not granted.",
             )
-        return _settle(locked_user, locked_hold, charge=amount_micros, now=now,
+        return _settle(account, locked_hold, charge=amount_micros, now=now,
                        description=description or "Usage")
 
 
@@ -152,17 +155,17 @@ def release(*, hold: CreditHold | uuid.UUID | str, now: dt.datetime | None = Non
     """Release a hold without charging. Raises HoldNotActive if it was settled."""
     now = now_or(now)
     with transaction.atomic():
-        locked_user, locked_hold = lock_hold(hold)
+        account, locked_hold = lock_hold(hold)
         if not locked_hold.is_active:
             raise HoldNotActive(f"Hold {locked_hold.pk} is already {locked_hold.status.lower()}.")
-        return _settle(locked_user, locked_hold, charge=None, now=now, description="Released hold")
+        return _settle(account, locked_hold, charge=None, now=now, description="Released hold")
 
 
-def _settle(user: User, hold: CreditHold, *, charge: int | None, now: dt.datetime,
+def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now: dt.datetime,
             description: str) -> Settlement:
     grants = lock_held_grants(hold)
     op = "capture" if charge is not None else "release"
-    writer = LedgerWriter(user, operation_key=f"{op}:{hold.pk}", now=now, reference=hold.reference)
+    writer = LedgerWriter(account, operation_key=f"{op}:{hold.pk}", now=now, reference=hold.reference)
     to_charge = charge or 0
     for grant in burn_down_order(grants):
         reserved = grant.reserved_micros
@@ -180,7 +183,7 @@ def _settle(user: User, hold: CreditHold, *, charge: int | None, now: dt.datetim
     hold.settled_at = now
     writer.update_hold(hold, "status", "captured_micros", "settled_at")
     writer.flush()
-    return Settlement(hold=hold, balance_micros=user.credit_balance)
+    return Settlement(hold=hold, balance_micros=account.balance_micros)
 
 
 def release_stale_holds(
@@ -207,15 +210,15 @@ def release_stale_holds(
     return released
 
 
-def back_pending_holds(*, user: User, grant: CreditGrant, now: dt.datetime) -> None:
+def back_pending_holds(*, account: CreditAccount, grant: CreditGrant, now: dt.datetime) -> None:
     """Move holds made against the not-yet-granted promotion onto its new `grant`, oldest
     first, as far as the grant goes. Call in the transaction that granted it, with the
-    user's row locked (the promotion's award does)."""
-    pending = lock_pending_holds(user.pk)
+    account locked (the promotion's award does)."""
+    pending = lock_pending_holds(account.user_id)
     if not pending:
         return
     grant.refresh_from_db()
-    writer = LedgerWriter(user, operation_key=f"promotion-backing:{grant.pk}", now=now)
+    writer = LedgerWriter(account, operation_key=f"promotion-backing:{grant.pk}", now=now)
     for hold in pending:
         take = min(hold.pending_promotion_micros, grant.free_micros)
         if take:

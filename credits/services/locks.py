@@ -1,6 +1,7 @@
 """Every lock the ledger takes, one style, in the one order every service follows: the
-user's row first, then the grants it touches in id order, so concurrent calls queue
-instead of deadlocking. Call inside a transaction. On SQLite write transactions are
+user's row (only where user rules are decided: the promotion's award, verification), then
+the user's credit account, then the grants it touches in id order, so concurrent calls
+queue instead of deadlocking. Call inside a transaction. On SQLite write transactions are
 serialized (BEGIN IMMEDIATE), so there is nothing to lock.
 
 The locking reads are plain SQL: they run on every debit (see bench/ledger.py).
@@ -14,7 +15,7 @@ from django.db import connection
 
 from accounts.models import User
 from credits.exceptions import GrantNotActive, HoldNotActive, UnknownUser
-from credits.models import CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
+from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
 
 
 def for_update(of: str = "") -> str:
@@ -32,12 +33,27 @@ def user_id_of(user: User | int) -> int:
 
 
 def lock_user(user: User | int) -> User:
-    """The user's row, locked. Raises UnknownUser."""
+    """The user's row, locked, for rules about the user (the promotion's award, email
+    verification); taken before the account. Raises UnknownUser."""
     user_id = user_id_of(user)
     rows = list(User.objects.raw(
         f"SELECT * FROM {User._meta.db_table} WHERE id = %s{for_update()}", [user_id]))
     if not rows:
         raise UnknownUser(f"Unknown user {user_id}.")
+    return rows[0]
+
+
+def lock_account(user: User | int) -> CreditAccount:
+    """The user's credit account, locked: the first lock of every ledger service. Created
+    on first use (the sign-up creates it too). Raises UnknownUser."""
+    user_id = user_id_of(user)
+    sql = f"SELECT * FROM {CreditAccount._meta.db_table} WHERE user_id = %s{for_update()}"
+    rows = list(CreditAccount.objects.raw(sql, [user_id]))
+    if not rows:
+        if not User.objects.filter(pk=user_id).exists():
+            raise UnknownUser(f"Unknown user {user_id}.")
+        CreditAccount.objects.bulk_create([CreditAccount(user_id=user_id)], ignore_conflicts=True)
+        rows = list(CreditAccount.objects.raw(sql, [user_id]))
     return rows[0]
 
 
@@ -48,21 +64,21 @@ def lock_open_grants(user_id: int) -> list[CreditGrant]:
         f"ORDER BY id{for_update()}", [user_id]))
 
 
-def lock_grant(grant: CreditGrant | int) -> tuple[User, CreditGrant]:
-    """A grant's user, then the grant, locked. Raises GrantNotActive for an unknown grant."""
+def lock_grant(grant: CreditGrant | int) -> tuple[CreditAccount, CreditGrant]:
+    """A grant's account, then the grant, locked. Raises GrantNotActive for an unknown grant."""
     grant_id = grant.pk if isinstance(grant, CreditGrant) else grant
     user_id = CreditGrant.objects.filter(pk=grant_id).values_list("user_id", flat=True).first()
     if user_id is None:
         raise GrantNotActive(f"Unknown grant {grant_id!r}.")
-    locked_user = lock_user(user_id)
+    account = lock_account(user_id)
     rows = list(CreditGrant.objects.raw(
         f"SELECT * FROM {CreditGrant._meta.db_table} WHERE id = %s{for_update()}", [grant_id]))
-    return locked_user, rows[0]
+    return account, rows[0]
 
 
-def lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[User, CreditHold]:
-    """A hold's user, locked, then the hold. Every change to a hold happens under its
-    user's lock, so the hold row itself needs none. Raises HoldNotActive for an unknown hold."""
+def lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[CreditAccount, CreditHold]:
+    """A hold's account, locked, then the hold. Every change to a hold happens under its
+    account's lock, so the hold row itself needs none. Raises HoldNotActive for an unknown hold."""
     if isinstance(hold, CreditHold):
         hold_id, user_id = hold.pk, hold.user_id
     else:
@@ -70,13 +86,13 @@ def lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[User, CreditHold]:
         user_id = CreditHold.objects.filter(pk=hold_id).values_list("user_id", flat=True).first()
     if user_id is None:
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")
-    locked_user = lock_user(user_id)
+    account = lock_account(user_id)
     rows = list(CreditHold.objects.raw(
         f"SELECT * FROM {CreditHold._meta.db_table} WHERE id = %s AND user_id = %s",
         [CreditHold._meta.pk.get_db_prep_value(hold_id, connection), user_id]))
     if not rows:
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")
-    return locked_user, rows[0]
+    return account, rows[0]
 
 
 def lock_held_grants(hold: CreditHold) -> list[CreditGrant]:

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from django.db.models import Sum
 
-from accounts.models import User
-from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
+from credits.models import CreditAccount, CreditGrant, CreditHold, HoldStatus, LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -23,19 +22,19 @@ class Mismatch:
 
 
 def verify_balances(*, user_ids: Iterable[int] | None = None) -> list[Mismatch]:
-    """Check the cached totals against the ledger, for every user (or some).
+    """Check the accounts' cached totals against the ledger, for every user (or some).
 
     balance == sum of entries == sum of grants' remaining; held == sum of held
     changes == sum of grants' held == sum of active holds' reserved part; and
     each grant's remaining/held == its own entries.
     """
-    users = User.objects.all()
+    accounts = CreditAccount.objects.all()
     grants = CreditGrant.objects.all()
     entries = LedgerEntry.objects.all()
     holds = CreditHold.objects.filter(status=HoldStatus.ACTIVE)
     if user_ids is not None:
         ids = list(user_ids)
-        users, grants = users.filter(pk__in=ids), grants.filter(user_id__in=ids)
+        accounts, grants = accounts.filter(user_id__in=ids), grants.filter(user_id__in=ids)
         entries, holds = entries.filter(user_id__in=ids), holds.filter(user_id__in=ids)
 
     def per_user(qs, **sums) -> dict[int, dict[str, int]]:
@@ -47,7 +46,11 @@ def verify_balances(*, user_ids: Iterable[int] | None = None) -> list[Mismatch]:
     hold_sums = per_user(holds, amount="amount_micros", pending="pending_promotion_micros")
 
     problems: list[Mismatch] = []
-    for user_id, balance, held in users.values_list("pk", "credit_balance", "credit_held"):
+    cached = {user_id: (balance, held) for user_id, balance, held in
+              accounts.values_list("user_id", "balance_micros", "held_micros")}
+    # A user with ledger rows but no account is a mismatch too (found 0).
+    for user_id in sorted(set(cached) | set(entry_sums) | set(grant_sums) | set(hold_sums)):
+        balance, held = cached.get(user_id, (0, 0))
         e = entry_sums.get(user_id, {})
         g = grant_sums.get(user_id, {})
         h = hold_sums.get(user_id, {})

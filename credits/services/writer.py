@@ -1,5 +1,5 @@
 """The ledger's one writer: it collects the entries of a service call, keeps each
-grant's and the user's cached totals in step with them, and writes them all at once.
+grant's and the account's cached totals in step with them, and writes them all at once.
 
 Only the ledger services (grants, holds) use it, under the locks of `locks`.
 """
@@ -11,9 +11,8 @@ from collections.abc import Iterable
 
 from django.db import connection
 
-from accounts.models import User
 from credits import money, notices
-from credits.models import CreditGrant, CreditHold, EntryType, LedgerEntry
+from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, LedgerEntry
 
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
@@ -26,16 +25,16 @@ def burn_down_order(grants: Iterable[CreditGrant]) -> list[CreditGrant]:
 class LedgerWriter:
     """Collects the entries of one service call and keeps the cached totals in step."""
 
-    def __init__(self, user: User, *, operation_key: str, now: dt.datetime, actor=None,
-                 reference: str = ""):
-        self.user = user
+    def __init__(self, account: CreditAccount, *, operation_key: str, now: dt.datetime,
+                 actor=None, reference: str = ""):
+        self.account = account
         self.operation_key = operation_key
         self.now = now
         self.actor = actor
         self.reference = reference
         self.entries: list[LedgerEntry] = []
         self.touched_grants: dict[int, CreditGrant] = {}
-        self.balance_before = user.credit_balance
+        self.balance_before = account.balance_micros
         self.statements: list[tuple[str, list]] = []  # hold rows written with the entries
 
     def insert_hold(self, hold: CreditHold) -> None:
@@ -57,20 +56,20 @@ class LedgerWriter:
               hold: CreditHold | None = None, description: str = "", key_suffix: str = "") -> None:
         grant.remaining_micros += amount
         grant.held_micros += held_change
-        self.user.credit_balance += amount
-        self.user.credit_held += held_change
+        self.account.balance_micros += amount
+        self.account.held_micros += held_change
         self.touched_grants[grant.pk] = grant
         seq = len(self.entries)
         key = self.operation_key + (f"#{seq}" if seq else "") + key_suffix
         self.entries.append(
             LedgerEntry(
-                user_id=self.user.pk,
+                user_id=self.account.user_id,
                 entry_type=entry_type,
                 grant=grant,
                 hold=hold,
                 amount_micros=amount,
                 held_change_micros=held_change,
-                balance_after_micros=self.user.credit_balance,
+                balance_after_micros=self.account.balance_micros,
                 description=description[:255],
                 actor=self.actor,
                 reference=self.reference,
@@ -99,7 +98,7 @@ class LedgerWriter:
                            description=expiry_description(grant))
 
     def flush(self) -> list[LedgerEntry]:
-        """Write the hold, grant and user rows and the entries.
+        """Write the hold, grant and account rows and the entries.
 
         Plain SQL by primary key (Model.save() costs more than the statement on this
         benchmarked path); on PostgreSQL all of it goes in one statement (data-modifying
@@ -114,8 +113,9 @@ class LedgerWriter:
             for g in self.touched_grants.values()
         ]
         statements.append((
-            f"UPDATE {User._meta.db_table} SET credit_balance = %s, credit_held = %s WHERE id = %s",
-            [self.user.credit_balance, self.user.credit_held, self.user.pk],
+            f"UPDATE {CreditAccount._meta.db_table} SET balance_micros = %s, held_micros = %s "
+            "WHERE id = %s",
+            [self.account.balance_micros, self.account.held_micros, self.account.pk],
         ))
         entries_sql, entries_params = (
             insert_sql(LedgerEntry, self.entries, returning="id") if self.entries else ("", [])
@@ -140,9 +140,9 @@ class LedgerWriter:
         if any(e.entry_type in notices.SPENDING_ENTRY_TYPES for e in self.entries):
             # No query: at most an enqueue after commit when a threshold is crossed.
             event = notices.notice_for_spend(before_micros=self.balance_before,
-                                                    after_micros=self.user.credit_balance)
+                                                    after_micros=self.account.balance_micros)
             if event is not None:
-                notices.enqueue_notice(user_id=self.user.pk, event=event)
+                notices.enqueue_notice(user_id=self.account.user_id, event=event)
         return self.entries
 
 

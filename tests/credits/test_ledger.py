@@ -15,7 +15,7 @@ from credits.exceptions import (
     InvalidAmount,
     UnknownUser,
 )
-from credits.models import CreditGrant, EntryType, GrantKind, ImmutableEntryError, LedgerEntry
+from credits.models import CreditAccount, CreditGrant, EntryType, GrantKind, ImmutableEntryError, LedgerEntry
 from credits.selectors import get_user_credits
 from tests.books import USD, assert_books_balance
 
@@ -265,14 +265,14 @@ def test_database_constraints_keep_balances_and_grants_non_negative(user, fund):
     with pytest.raises(IntegrityError), transaction.atomic():
         CreditGrant.objects.filter(pk=grant.pk).update(remaining_micros=-1)
     with pytest.raises(IntegrityError), transaction.atomic():
-        type(user).objects.filter(pk=user.pk).update(credit_balance=-1)
+        CreditAccount.objects.filter(user=user).update(balance_micros=-1)
 
 
 def test_credits_verify_reports_a_tampered_balance(user, fund, capsys):
     fund(user, 3)
     call_command("credits_verify")
     assert "verified" in capsys.readouterr().out
-    type(user).objects.filter(pk=user.pk).update(credit_balance=2 * USD)
+    CreditAccount.objects.filter(user=user).update(balance_micros=2 * USD)
     with pytest.raises(Exception, match="mismatch"):
         call_command("credits_verify")
     assert "balance vs sum of entries" in capsys.readouterr().err

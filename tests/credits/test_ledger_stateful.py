@@ -107,6 +107,18 @@ class LedgerMachine(RuleBasedStateMachine):
         services.expire_credits(now=self.now)
         self.sweep()
 
+    @rule()
+    def someone_loads_the_user(self):
+        """A form, the admin or a password reset reads the user row..."""
+        self.stale_copy = User.objects.get(pk=self.user.pk)
+
+    @precondition(lambda self: getattr(self, "stale_copy", None) is not None)
+    @rule()
+    def and_saves_it_later_in_full(self):
+        """...and saves every field of it after the ledger moved on: the books don't care."""
+        self.stale_copy.first_name = "Stale"
+        self.stale_copy.save()
+
     @rule(seconds=st.integers(1, 90))
     def tick(self, seconds):
         self.now += dt.timedelta(seconds=seconds)
