@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from credits.money import format_usd
-from inference import services
+from inference import idempotency, services
 from inference.backends import Prompt
 from inference.errors import error_body, exception_handler
 from inference.exceptions import InferenceError
@@ -106,7 +106,7 @@ class _MeteredView(JsonAPIView):
         record = None
         idempotency_key = request.headers.get("Idempotency-Key")
         if idempotency_key is not None and not stream:
-            record, replay = services.claim_idempotency_key(
+            record, replay = idempotency.claim_idempotency_key(
                 user=request.user, key=idempotency_key, endpoint=self.endpoint, body=request.data)
             if replay:
                 headers = {**record.response_headers, "Idempotent-Replayed": "true"}
@@ -131,11 +131,11 @@ class _MeteredView(JsonAPIView):
             if call.promotion_applied:
                 headers["X-Promotion-Applied"] = "true"
             if record is not None:
-                services.store_idempotent_response(record=record, status_code=200, body=body,
-                                                   headers=headers)
+                idempotency.store_idempotent_response(record=record, status_code=200, body=body,
+                                                      headers=headers)
         except Exception:
             if record is not None:
-                services.forget_idempotency_key(record=record)
+                idempotency.forget_idempotency_key(record=record)
             raise
         return Response(body, headers=headers)
 
