@@ -10,7 +10,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -33,7 +32,6 @@ from inference.ratelimit import RegistrationRateThrottle
 
 class JsonAPIView(APIView):
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
 
 
 class RegisterView(JsonAPIView):

@@ -15,7 +15,6 @@ from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -55,7 +54,6 @@ class AlwaysJsonNegotiation(DefaultContentNegotiation):
 
 class JsonAPIView(APIView):
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
     content_negotiation_class = AlwaysJsonNegotiation
 
 
