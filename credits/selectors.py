@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from credits import abuse, money
-from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
+from credits.models import CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
 from credits.promotions import PromotionTerms, user_promotion_terms
 
 
@@ -108,3 +108,12 @@ def get_user_credits(*, user: User, now: dt.datetime | None = None) -> UserCredi
         promotion=promotion_status(user, now=now),
         next_expiry=min(expiries) if expiries else None,
     )
+
+
+def was_charged(*, user_id: int, reference: str) -> bool:
+    """Whether the call `reference` was charged: its hold captured, or a direct debit
+    naming it (the late charge of a call whose hold was lost)."""
+    return (CreditHold.objects.filter(user_id=user_id, reference=reference,
+                                      status=HoldStatus.CAPTURED).exists()
+            or LedgerEntry.objects.filter(user_id=user_id, reference=reference,
+                                          entry_type=EntryType.USAGE).exists())
