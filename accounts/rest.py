@@ -1,7 +1,6 @@
 """The base of every JSON API view (accounts, credits, inference): JSON in, JSON out."""
 
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.views import APIView
 
@@ -15,6 +14,8 @@ class AlwaysJsonNegotiation(DefaultContentNegotiation):
 
 
 class JsonAPIView(APIView):
+    """JSON out; JSON in through the API-wide parser (REST_FRAMEWORK's DEFAULT_PARSER_CLASSES:
+    accounts.parsers.JSONParser, which refuses hostile JSON with a 400)."""
+
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
     content_negotiation_class = AlwaysJsonNegotiation

@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from accounts.rest import JsonAPIView
 from accounts.throttles import ApiKeyRateThrottle
 from credits.money import format_usd
-from inference import services
+from inference import idempotency, services
 from inference.backends import Prompt
 from inference.errors import error_body, exception_handler
 from inference.exceptions import InferenceError
@@ -86,41 +86,54 @@ class _MeteredView(JsonAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         stream = bool(data.get("stream"))
+        request_id = services.new_request_id(self.id_prefix)
         record = None
         idempotency_key = request.headers.get("Idempotency-Key")
         if idempotency_key is not None and not stream:
-            record, replay = services.claim_idempotency_key(
-                user=request.user, key=idempotency_key, endpoint=self.endpoint, body=request.data)
-            if replay:
-                headers = {**record.response_headers, "Idempotent-Replayed": "true"}
-                return Response(record.response_body, status=record.status_code, headers=headers)
+            record, replay = idempotency.claim_idempotency_key(
+                user=request.user, key=idempotency_key, endpoint=self.endpoint, body=request.data,
+                request_id=request_id)
+            if replay is not None:
+                return Response(replay.body, status=replay.status_code,
+                                headers={**replay.headers, "Idempotent-Replayed": "true"})
         created = int(time.time())
         try:
             call = services.start_call(
                 user=request.user, api_key=_api_key(request), model_id=data["model"],
                 prompt=self.build_prompt(data), max_tokens=data.get("max_tokens"),
-                endpoint=self.endpoint, streamed=stream, options=data,
-                request_id=services.new_request_id(self.id_prefix),
+                endpoint=self.endpoint, streamed=stream, options=data, request_id=request_id,
             )
             if stream:
                 return self.stream_response(call, data, created)
             for _ in call.tokens():
                 pass
-            body = self.render(call, data, created)
-            headers = {"X-Request-Id": call.request_id}
-            if call.billed:
-                headers["X-Credits-Balance"] = format_usd(call.balance_micros())
-                headers["X-Credits-Charged"] = format_usd(call.cost_micros)
-            if call.promotion_applied:
-                headers["X-Promotion-Applied"] = "true"
-            if record is not None:
-                services.store_idempotent_response(record=record, status_code=200, body=body,
-                                                   headers=headers)
         except Exception:
             if record is not None:
-                services.forget_idempotency_key(record=record)
+                # A non-streaming call that fails is released uncharged: the key may be retried.
+                idempotency.forget_idempotency_key(record=record)
             raise
+        # The call is settled (charged): from here on a failure keeps the key, or a retry pays again.
+        try:
+            body, headers = self.answer(call, data, created)
+        except Exception:
+            if record is not None:
+                idempotency.refuse_replays(record=record, status_code=500)
+            raise
+        if record is not None:
+            idempotency.store_idempotent_response(record=record, status_code=200, body=body,
+                                                  headers=headers)
         return Response(body, headers=headers)
+
+    def answer(self, call, data, created) -> tuple[dict, dict]:
+        """The body and headers of a settled non-streaming call."""
+        body = self.render(call, data, created)
+        headers = {"X-Request-Id": call.request_id}
+        if call.billed:
+            headers["X-Credits-Balance"] = format_usd(call.balance_micros())
+            headers["X-Credits-Charged"] = format_usd(call.cost_micros)
+        if call.promotion_applied:
+            headers["X-Promotion-Applied"] = "true"
+        return body, headers
 
     def usage(self, call) -> dict:
         prompt_tokens = call.charged_prompt_tokens

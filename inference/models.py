@@ -134,15 +134,24 @@ class UsageRecord(models.Model):
 
 
 class IdempotentRequest(models.Model):
-    """The stored response of a non-streaming call made with an Idempotency-Key header."""
+    """The stored response of a non-streaming call made with an Idempotency-Key header.
+
+    No status_code: the call is running (or died). A status_code and a response: replays
+    get the response. A status_code without one: the call was answered, and charged,
+    but its copy was lost; replays are refused, never run again.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=200)
     endpoint = models.CharField(max_length=40)
     body_hash = models.CharField(max_length=64)
+    # The call's request id: the reference of its hold and ledger entries.
+    request_id = models.CharField(max_length=64, blank=True, default="")
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
+    # Serialized JSON in a text column: PostgreSQL's json/jsonb refuse "\u0000", which an
+    # answer may hold (its ASCII escape is stored, so any string fits).
+    response_json = models.TextField(null=True, blank=True)
     response_headers = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 

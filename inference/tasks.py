@@ -1,9 +1,9 @@
 from celery import shared_task
 
-from inference import services
+from inference import idempotency
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def purge_idempotency_records() -> int:
     """Hourly: forget Idempotency-Key responses past their time to live (idempotent)."""
-    return services.purge_idempotency_records()
+    return idempotency.purge_idempotency_records()
