@@ -9,10 +9,12 @@ right here (`inline_if_broker_down`), or drop it and rely on a periodic catch-up
 from __future__ import annotations
 
 import logging
-from functools import partial
 
-from celery import current_app
 from django.db import transaction
+
+# Our app, not celery.current_app: that one is per thread, and a thread that never set it
+# (a live server's, a worker pool's) gets an empty default app.
+from config.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
 
@@ -23,15 +25,18 @@ def enqueue_on_commit(task_name: str, *args, inline_if_broker_down: bool = False
     if the transaction rolls back. Arguments must be JSON-serializable. `describe` names
     the work in the log line written when the broker is down."""
     what = describe or f"{task_name}{args!r}"
-    transaction.on_commit(partial(_enqueue, task_name, args, inline_if_broker_down, what),
-                          robust=True)
+
+    def enqueue() -> None:  # a named callable: Django logs a robust callback's failure by name
+        _enqueue(task_name, args, inline_if_broker_down, what)
+
+    transaction.on_commit(enqueue, robust=True)
 
 
 def _task(task_name: str):
-    if task_name not in current_app.tasks:
+    if task_name not in celery_app.tasks:
         # A web process has not imported the apps' tasks modules yet (the worker does at start).
-        current_app.loader.import_default_modules()
-    return current_app.tasks[task_name]
+        celery_app.loader.import_default_modules()
+    return celery_app.tasks[task_name]
 
 
 def _enqueue(task_name: str, args: tuple, inline_if_broker_down: bool, what: str) -> None:

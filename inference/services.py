@@ -222,7 +222,12 @@ class MeteredCall:
         if self.hold is not None and self.hold.pending_promotion_micros > 0:
             outcome = call_promotion_outcome(user_id=self.user.pk, hold_id=self.hold.pk)
             if outcome.unbacked_micros:
-                why = outcome.withheld_reason  # the abuse controls refused it
+                why = outcome.withheld_reason  # the abuse controls refused it, or it is locked
+                if outcome.awaiting_verification:
+                    raise PromotionNotGranted(
+                        "Insufficient credits: this call relied on the first-token promotion, "
+                        f"which you earned but which is locked until your email address is "
+                        f"verified. {why} Nothing was charged.")
                 raise PromotionNotGranted(
                     "Insufficient credits: this call relied on the first-token promotion, but "
                     + (f"it was not granted: {why}" if why else

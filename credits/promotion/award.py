@@ -91,8 +91,10 @@ def apply_first_token_promotion(
         locked.promotion_claimed = True
         locked.save(update_fields=["promotion_claimed"])
         finish_award(user=locked, award=award, grant=grant, now=now)
-        # Awaiting verification or not, the call that earned it may draw on it.
-        services.back_pending_holds(account=account, grant=grant, now=now)
+        # Credit locked until the email is verified backs nothing, not even the calls that
+        # reserved against it while it was pending: they are refused, nothing charged.
+        if not grant.awaiting_verification:
+            services.back_pending_holds(account=account, grant=grant, now=now)
         notices.enqueue_notice(user_id=locked.pk, event=NotificationEvent.PROMOTION_GRANTED)
         return grant
 

@@ -95,6 +95,7 @@ class CallPromotionOutcome:
     granted: bool  # the user holds the first-token credit now
     unbacked_micros: int  # the part of the call's hold still waiting on a promotion that did not come
     withheld_reason: str  # why it did not come, when the abuse controls said so
+    awaiting_verification: bool = False  # it came, locked until the email is verified
 
 
 def call_promotion_outcome(*, user_id: int, hold_id=None) -> CallPromotionOutcome:
@@ -105,4 +106,8 @@ def call_promotion_outcome(*, user_id: int, hold_id=None) -> CallPromotionOutcom
     if hold_id is not None:
         unbacked = CreditHold.objects.filter(pk=hold_id).values_list(
             "pending_promotion_micros", flat=True).first() or 0
-    return CallPromotionOutcome(granted=claimed, unbacked_micros=unbacked, withheld_reason=reason)
+    locked = claimed and bool(unbacked) and CreditGrant.objects.filter(
+        user_id=user_id, awaiting_verification=True, voided_at__isnull=True).exists()
+    return CallPromotionOutcome(granted=claimed, unbacked_micros=unbacked,
+                                withheld_reason=VERIFY_TO_SPEND if locked else reason,
+                                awaiting_verification=locked)

@@ -138,7 +138,7 @@ def verify_email(*, token: str) -> User:
     except signing.BadSignature:
         raise ValidationError("This verification link is not valid.") from None
     with transaction.atomic():
-        user = User.objects.select_for_update().filter(pk=data.get("u")).first()
+        user = User.objects.select_for_update(no_key=True).filter(pk=data.get("u")).first()
         if user is None or user.email != data.get("e"):
             raise ValidationError("This verification link is not valid.")
         if user.email_verified_at is None:
@@ -162,7 +162,7 @@ def void_unverified_promotions(*, now: dt.datetime | None = None) -> int:
         with transaction.atomic():
             grant = CreditGrant.objects.filter(pk=grant_id).first()
             # Under the user's lock (the one verify_email takes): verified meanwhile? keep it.
-            User.objects.select_for_update().filter(pk=grant.user_id).first()
+            User.objects.select_for_update(no_key=True).filter(pk=grant.user_id).first()
             if not CreditGrant.objects.filter(pk=grant_id, awaiting_verification=True).exists():
                 continue
             try:

@@ -340,7 +340,7 @@ def _expire_user(user_id: int, now: dt.datetime) -> int:
     with transaction.atomic():
         locked = lock_account(user_id)
         grants = list(
-            CreditGrant.objects.select_for_update()
+            CreditGrant.objects.select_for_update(no_key=True)
             .filter(user_id=user_id, expires_at__lte=now, remaining_micros__gt=F("held_micros"))
             .order_by("id")
         )

@@ -19,9 +19,13 @@ from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, Ho
 
 
 def for_update(of: str = "") -> str:
+    """FOR NO KEY UPDATE: the ledger never changes a key, and a plain FOR UPDATE would also
+    block the KEY SHARE lock that every insert referencing the row takes (an entry or a hold
+    naming the user), deadlocking the award (user row, then account) against a call that
+    holds the account and inserts its hold."""
     if not connection.features.has_select_for_update:
         return ""
-    return f" FOR UPDATE OF {of}" if of else " FOR UPDATE"
+    return f" FOR NO KEY UPDATE OF {of}" if of else " FOR NO KEY UPDATE"
 
 
 def user_id_of(user: User | int) -> int:

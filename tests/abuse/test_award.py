@@ -308,17 +308,23 @@ def test_unverified_credit_is_voided_after_24_hours(live, settings, register):
     assert_books_balance(user.pk)
 
 
-def test_verification_on_the_call_that_earned_it_is_served_from_it(live, settings, register):
+def test_verification_on_calls_held_against_the_pending_credit_are_not_paid_from_it(
+        live, settings, register):
+    # Issue 12 #7: credit locked until the email is verified pays for nothing, not even
+    # the calls that reserved against it while it was pending (was: they were served).
     settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
     user = signed_up(register, "eager@example.com")
     hold = services.authorize(user=user, amount_micros=2 * USD)  # against the pending promotion
     assert hold.pending_promotion_micros == 2 * USD
     first_token(user)
     hold.refresh_from_db()
-    assert hold.pending_promotion_micros == 0
-    services.capture(hold=hold, amount_micros=USD)
+    assert hold.pending_promotion_micros == 2 * USD  # not backed by the locked grant
+    with pytest.raises(InsufficientCredits):
+        services.capture(hold=hold, amount_micros=USD)
+    services.release(hold=hold)
     credits = get_user_credits(user=user)
-    assert (credits.balance_micros, credits.available_micros) == (19 * USD, 0)
+    assert (credits.balance_micros, credits.available_micros) == (20 * USD, 0)
+    assert not LedgerEntry.objects.filter(user=user, entry_type=EntryType.CAPTURE).exists()
     assert_books_balance(user.pk)
 
 

@@ -9,11 +9,12 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import register_user
-from credits.models import CreditGrant, GrantKind, Promotion, PromotionClaim
+from credits.models import CreditGrant, EntryType, GrantKind, LedgerEntry, Promotion, PromotionClaim
 from credits.promotion.messages import WITHHELD_IP
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
+from tests.inference.books import seed_demo_models
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -58,3 +59,39 @@ def test_simultaneous_sign_ups_from_one_address_do_not_pass_the_limit_together(s
     assert users.filter(promotion_eligible=True).count() == 2
     assert set(users.filter(promotion_eligible=False).values_list(
         "promotion_withheld_reason", flat=True)) == {WITHHELD_IP}
+
+
+def test_racing_first_calls_are_never_paid_from_credit_awaiting_verification(
+        settings, live_server):
+    """40 simultaneous first calls of a new user, verification on: whatever wins the first
+    token, no call is paid from the $20 that waits for the email link (was: 5 of 40)."""
+    import threading
+
+    import httpx
+
+    seed_demo_models()
+    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
+    user, _key, secret = register_user(email="racer@example.com", password="a-long-passphrase-42")
+    barrier = threading.Barrier(40)
+    statuses: list[int] = []
+
+    def call(i: int) -> None:
+        with httpx.Client(base_url=live_server.url, timeout=60) as client:
+            barrier.wait()
+            statuses.append(client.post(
+                "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                json={"model": "demo-small", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": f"question {i}"}]}).status_code)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(statuses) == [402] * 40  # nothing else to pay with, and no 500 (deadlock)
+    grant = CreditGrant.objects.get(user=user, kind=GrantKind.PROMOTIONAL)
+    assert grant.awaiting_verification
+    assert (grant.remaining_micros, grant.held_micros) == (20 * USD, 0)
+    assert not LedgerEntry.objects.filter(grant=grant, entry_type=EntryType.CAPTURE).exists()
+    assert_books_balance(user.pk)
