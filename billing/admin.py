@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 
 from billing import services
 from billing.models import CreditPackage, PaymentEvent, Purchase
-from credits.money import display_usd
+from credits.admin.toolkit import ReadOnlyAdmin, ReadOnlyInline, money_column
 
 
 @admin.register(CreditPackage)
@@ -13,35 +13,14 @@ class CreditPackageAdmin(admin.ModelAdmin):
     list_display = ["name", "amount", "is_active", "position"]
     list_editable = ["is_active", "position"]
 
-    @admin.display(description="Amount", ordering="amount_micros")
-    def amount(self, obj: CreditPackage) -> str:
-        return display_usd(obj.amount_micros)
+    amount = money_column("amount_micros", "Amount", sortable=True)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class PaymentEventInline(admin.TabularInline):
+class PaymentEventInline(ReadOnlyInline):
     model = PaymentEvent
     fields = ["event_type", "event_id", "received_at", "deliveries", "outcome", "note"]
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Purchase)
@@ -55,19 +34,11 @@ class PurchaseAdmin(ReadOnlyAdmin):
     inlines = [PaymentEventInline]
     actions = ["refund_test_purchases"]
 
-    @admin.display(description="Amount", ordering="amount_micros")
-    def amount(self, obj: Purchase) -> str:
-        return display_usd(obj.amount_micros)
-
-    @admin.display(description="Refunded", ordering="refunded_micros")
-    def refunded(self, obj: Purchase) -> str:
-        return display_usd(obj.refunded_micros) if obj.refunded_micros else "—"
-
-    @admin.display(description="Refund not taken back", ordering="refund_shortfall_micros")
-    def refund_shortfall(self, obj: Purchase) -> str:
-        # Refunded at the provider but already spent: money staff may want to recover.
-        return display_usd(obj.refund_shortfall_micros) if obj.refund_shortfall_micros else "—"
-
+    amount = money_column("amount_micros", "Amount", sortable=True)
+    refunded = money_column("refunded_micros", "Refunded", sortable=True, zero="—")
+    # Refunded at the provider but already spent: money staff may want to recover.
+    refund_shortfall = money_column("refund_shortfall_micros", "Refund not taken back",
+                                    sortable=True, zero="—")
 
     @admin.action(description="Refund in full (TEST MODE purchases only)")
     def refund_test_purchases(self, request, queryset) -> None:

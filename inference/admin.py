@@ -15,7 +15,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from credits import money
-from credits.admin.console import ReadOnlyAdmin, UserIdFilter, usd_exact
+from credits.admin.toolkit import ExportableHistoryAdmin, UserIdFilter, money_column, usd_exact
 from inference.models import AiModel, ModelPrice, UsageRecord
 
 # A new price may start a little before "now" (the form was opened a moment ago),
@@ -69,13 +69,10 @@ class PriceInline(admin.TabularInline):
         return False
 
     # Existing rows are shown read-only through these (same names as the form's fields).
-    @admin.display(description="Input USD per 1M tokens")
-    def input_usd(self, obj):
-        return usd_exact(obj.input_price_per_million_micros)
-
-    @admin.display(description="Output USD per 1M tokens")
-    def output_usd(self, obj):
-        return usd_exact(obj.output_price_per_million_micros)
+    input_usd = money_column("input_price_per_million_micros", "Input USD per 1M tokens",
+                             exact=True)
+    output_usd = money_column("output_price_per_million_micros", "Output USD per 1M tokens",
+                              exact=True)
 
 
 @admin.register(AiModel)
@@ -133,17 +130,14 @@ class ModelPriceAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.display(description="input / 1M", ordering="input_price_per_million_micros")
-    def input_price(self, obj):
-        return usd_exact(obj.input_price_per_million_micros)
-
-    @admin.display(description="output / 1M", ordering="output_price_per_million_micros")
-    def output_price(self, obj):
-        return usd_exact(obj.output_price_per_million_micros)
+    input_price = money_column("input_price_per_million_micros", "input / 1M", exact=True,
+                               sortable=True)
+    output_price = money_column("output_price_per_million_micros", "output / 1M", exact=True,
+                                sortable=True)
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyAdmin):
+class UsageRecordAdmin(ExportableHistoryAdmin):
     list_display = ["request_id", "started_at", "user", "model", "status", "prompt_tokens",
                     "completion_tokens", "cost", "streamed", "promotion_applied", "latency_ms"]
     list_filter = ["status", "model", UserIdFilter, ("started_at", admin.DateFieldListFilter),
@@ -156,16 +150,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                   "cost_usd", "streamed", "promotion_applied", "finish_reason", "error",
                   "latency_ms", "time_to_first_token_ms"]
 
-    @admin.display(description="cost", ordering="cost_micros")
-    def cost(self, obj):
-        return usd_exact(obj.cost_micros)
-
-    def cost_usd(self, obj):
-        return usd_exact(obj.cost_micros)
-
-    def input_price_usd(self, obj):
-        return usd_exact(obj.input_price_per_million_micros)
-
-    def output_price_usd(self, obj):
-        return usd_exact(obj.output_price_per_million_micros)
-
+    cost = money_column("cost_micros", exact=True, sortable=True)
+    cost_usd = money_column("cost_micros", exact=True)
+    input_price_usd = money_column("input_price_per_million_micros", exact=True)
+    output_price_usd = money_column("output_price_per_million_micros", exact=True)

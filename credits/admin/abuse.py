@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.template.response import TemplateResponse
 
-from credits import money
+from credits.admin.toolkit import HistoryAdmin, money_column, usd
 from credits.models import EmailDomainRule, PromotionClaim, PromotionReview, ReviewStatus, SignupRecord
 from credits.promotion import review as reviews
 
@@ -23,22 +23,8 @@ class EmailDomainRuleAdmin(admin.ModelAdmin):
     search_fields = ["domain", "note"]
 
 
-class _History(admin.ModelAdmin):
-    list_per_page = 50
-    show_full_result_count = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(SignupRecord)
-class SignupRecordAdmin(_History):
+class SignupRecordAdmin(HistoryAdmin):
     list_display = ["created_at", "email_normalized", "user", "ip", "network"]
     list_filter = [("created_at", admin.DateFieldListFilter)]
     search_fields = ["email_normalized", "ip", "network"]
@@ -46,15 +32,13 @@ class SignupRecordAdmin(_History):
 
 
 @admin.register(PromotionClaim)
-class PromotionClaimAdmin(_History):
+class PromotionClaimAdmin(HistoryAdmin):
     list_display = ["claimed_at", "email_normalized", "user", "amount", "network", "grant"]
     list_filter = [("claimed_at", admin.DateFieldListFilter)]
     search_fields = ["email_normalized", "network"]
     list_select_related = ["user", "grant"]
 
-    @admin.display(description="amount")
-    def amount(self, obj):
-        return money.display_usd(obj.amount_micros)
+    amount = money_column("amount_micros")
 
 
 class ClawBackForm(forms.Form):
@@ -62,7 +46,7 @@ class ClawBackForm(forms.Form):
 
 
 @admin.register(PromotionReview)
-class PromotionReviewAdmin(_History):
+class PromotionReviewAdmin(HistoryAdmin):
     list_display = ["created_at", "user", "grant", "granted", "left", "signals", "status",
                     "decided_by", "clawed_back"]
     list_filter = ["status", ("created_at", admin.DateFieldListFilter)]
@@ -84,17 +68,15 @@ class PromotionReviewAdmin(_History):
         return (request.user.has_perm("credits.change_promotionreview")
                 and request.user.has_perm("credits.void_grant"))
 
-    @admin.display(description="granted")
-    def granted(self, obj):
-        return money.display_usd(obj.grant.amount_micros)
+    granted = money_column("grant__amount_micros", "granted")
 
     @admin.display(description="left")
     def left(self, obj):
-        return "voided" if obj.grant.voided_at else money.display_usd(obj.grant.remaining_micros)
+        return "voided" if obj.grant.voided_at else usd(obj.grant.remaining_micros)
 
     @admin.display(description="clawed back")
     def clawed_back(self, obj):
-        return money.display_usd(obj.clawed_back_micros) if obj.status == ReviewStatus.CLAWED_BACK else ""
+        return usd(obj.clawed_back_micros) if obj.status == ReviewStatus.CLAWED_BACK else ""
 
     def _each_flagged(self, request, queryset, do) -> int:
         done = 0

@@ -11,7 +11,8 @@ from django.utils.html import format_html, format_html_join
 from accounts.admin import EmailUserChangeForm, EmailUserCreationForm
 from accounts.models import ApiKey, User
 from credits import money
-from credits.admin.console import USER_ACTIONS, MoneyActionsMixin, grant_action_links, usd
+from credits.admin.money_actions import USER_ACTIONS, MoneyActionsMixin, grant_action_links
+from credits.admin.toolkit import ReadOnlyAdmin, ReadOnlyInline, money_column, usd
 from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
 from credits.promotion.terms import eligible_now_q
 from credits.selectors import get_user_credits
@@ -51,22 +52,6 @@ class EligibleFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    max_num = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 class GrantInline(ReadOnlyInline):
     model = CreditGrant
     fk_name = "user"
@@ -80,17 +65,9 @@ class GrantInline(ReadOnlyInline):
     def grant_id(self, obj):
         return obj.pk
 
-    @admin.display(description="amount")
-    def amount(self, obj):
-        return usd(obj.amount_micros)
-
-    @admin.display(description="remaining")
-    def remaining(self, obj):
-        return usd(obj.remaining_micros)
-
-    @admin.display(description="held")
-    def held(self, obj):
-        return usd(obj.held_micros)
+    amount = money_column("amount_micros")
+    remaining = money_column("remaining_micros")
+    held = money_column("held_micros")
 
     @admin.display(description="actions")
     def staff_actions(self, obj):
@@ -106,13 +83,8 @@ class ActiveHoldInline(ReadOnlyInline):
     def get_queryset(self, request):
         return super().get_queryset(request).filter(status=HoldStatus.ACTIVE)
 
-    @admin.display(description="amount")
-    def amount(self, obj):
-        return usd(obj.amount_micros)
-
-    @admin.display(description="against pending promotion")
-    def pending_promotion(self, obj):
-        return usd(obj.pending_promotion_micros)
+    amount = money_column("amount_micros")
+    pending_promotion = money_column("pending_promotion_micros", "against pending promotion")
 
 
 class ApiKeyInline(ReadOnlyInline):
@@ -130,6 +102,7 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
     change_form_template = "admin/accounts/user/change_form.html"
     ordering = ["-date_joined"]
     list_display = ["email", "date_joined", "balance", "held", "promotion_claimed",
+    list_select_related = ["credit_account"]
                     "first_token_at", "is_staff"]
     list_filter = ["promotion_claimed", EligibleFilter, ("date_joined", admin.DateFieldListFilter),
                    HasBalanceFilter, ("promotion_assignment__variant", admin.RelatedFieldListFilter),
@@ -155,13 +128,8 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
                 "fields": ("email", "usable_password", "password1", "password2")}),
     )
 
-    @admin.display(description="balance", ordering="credit_account__balance_micros")
-    def balance(self, obj):
-        return usd(obj.credit_balance)
-
-    @admin.display(description="held", ordering="credit_account__held_micros")
-    def held(self, obj):
-        return usd(obj.credit_held) if obj.credit_held else ""
+    balance = money_column("credit_account__balance_micros", "balance", sortable=True)
+    held = money_column("credit_account__held_micros", "held", sortable=True, zero="")
 
     @admin.display(description="summary")
     def credit_summary(self, obj):
@@ -224,19 +192,13 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ReadOnlyAdmin):
+    """Keys are created by their owner, who alone sees the secret; usage records name the
+    key, so it is revoked (user page), never deleted."""
+
     list_display = ["masked", "name", "user", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("created_at", admin.DateFieldListFilter), ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "user__email", "name"]
     list_select_related = ["user"]
     fields = ["user", "name", "masked", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = fields
-
-    def has_add_permission(self, request) -> bool:
-        return False  # keys are created by their owner, who alone sees the secret
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False  # usage records name the key; revoke instead (user page)
