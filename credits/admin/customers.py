@@ -102,8 +102,8 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
     change_form_template = "admin/accounts/user/change_form.html"
     ordering = ["-date_joined"]
     list_display = ["email", "date_joined", "balance", "held", "promotion_claimed",
-    list_select_related = ["credit_account"]
                     "first_token_at", "is_staff"]
+    list_select_related = ["credit_account"]
     list_filter = ["promotion_claimed", EligibleFilter, ("date_joined", admin.DateFieldListFilter),
                    HasBalanceFilter, ("promotion_assignment__variant", admin.RelatedFieldListFilter),
                    "is_staff", "is_active", "groups"]
