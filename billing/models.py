@@ -137,9 +137,19 @@ class EventOutcome(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
+class PaymentEventQuerySet(models.QuerySet):
+    def delete(self):
+        raise PaymentEventKept("Payment events are the record of what providers sent; never deleted.")
+
+
+class PaymentEventKept(Exception):
+    """A payment event may not be deleted (on PostgreSQL a trigger refuses it too)."""
+
+
 class PaymentEvent(models.Model):
     """Every verified event a provider sent, as received. `processed_at` empty:
-    not processed yet (or processing failed and the provider will retry)."""
+    not processed yet (or processing failed and the provider will retry). What was
+    received never changes and no event is deleted (billing/migrations/0004)."""
 
     provider = models.CharField(max_length=16, choices=Provider.choices)
     event_id = models.CharField(max_length=255)
@@ -157,6 +167,8 @@ class PaymentEvent(models.Model):
     note = models.CharField(max_length=255, blank=True)
     last_error = models.TextField(blank=True)
 
+    objects = PaymentEventQuerySet.as_manager()
+
     class Meta:
         ordering = ["-received_at", "-id"]
         constraints = [
@@ -167,3 +179,6 @@ class PaymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.event_type} {self.event_id}"
+
+    def delete(self, *args, **kwargs):
+        raise PaymentEventKept("Payment events are the record of what providers sent; never deleted.")

@@ -212,6 +212,11 @@ SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")
 # --- Abuse controls of the sign-up credit (credits/promotion/) -------------------
 # Checks of a sign-up's email address, run by accounts.services.register_user.
 SIGNUP_CHECKS = ["credits.promotion.signup.check_signup_email"]
+# What `manage.py credits_verify` reconciles besides the balances (each returns mismatches).
+LEDGER_RECONCILERS = [
+    "inference.reconcile.charges_match_usage_records",
+    "billing.reconcile.purchases_match_grants",
+]
 # Proxies whose X-Forwarded-For we believe (IPs or CIDRs). Empty: REMOTE_ADDR is the client.
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 # Over these, the sign-up still works but the promotion is withheld (0 = no limit).

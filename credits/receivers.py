@@ -22,7 +22,8 @@ def apply_promotion_on_first_token(sender, *, user_id: int, **kwargs) -> None:
 def assign_promotion_on_sign_up(sender, *, instance, created: bool, raw: bool = False,
                                 **kwargs) -> None:
     if created and not raw:
-        CreditAccount.objects.get_or_create(user=instance)  # empty: the ledger fills it
+        # By id: naming the instance would cache this empty account on it, stale after a grant.
+        CreditAccount.objects.get_or_create(user_id=instance.pk)  # empty: the ledger fills it
         terms.assign_promotion(user=instance)
 
 
