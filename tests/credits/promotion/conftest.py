@@ -1,17 +1,23 @@
+import datetime as dt
+
 import pytest
-from django.core.cache import cache
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from config.celery import app as celery_app
+from accounts.models import User
+from credits.models import CreditGrant, GrantKind, Promotion
+from inference.services import record_first_token
+from tests.api_fixtures import _fresh_rate_limits  # noqa: F401
+from tests.books import USD
 
 REGISTER = "/api/auth/register"
 PASSWORD = "a-long-passphrase-42"
 
 
 @pytest.fixture(autouse=True)
-def _abuse_settings(settings, request):
+def _abuse_settings(settings):
     """Known limits for every test; the per-address 429 throttle off (its cache counter is
-    shared across tests) except where a test turns it back on."""
+    shared across tests, and _fresh_rate_limits empties it) except where a test turns it back on."""
     settings.REGISTER_RATE_LIMIT_PER_HOUR = 0
     settings.TRUSTED_PROXIES = []
     settings.SIGNUPS_PER_IP_PER_HOUR = 3
@@ -20,10 +26,6 @@ def _abuse_settings(settings, request):
     settings.PROMOTION_CAP_USD_PER_HOUR = "0"
     settings.PROMOTION_CAP_USD_PER_DAY = "0"
     settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = False
-    uses_db = "django_db" in request.keywords or {"db", "transactional_db"} & set(request.fixturenames)
-    if uses_db:
-        with request.getfixturevalue("django_db_blocker").unblock():
-            cache.clear()
 
 
 @pytest.fixture
@@ -41,10 +43,31 @@ def register():
 
 
 @pytest.fixture
-def eager_tasks():
-    """Enqueued tasks run inline, so a test sees what the worker would send."""
-    conf = celery_app.conf
-    saved = conf.task_always_eager, conf.task_eager_propagates
-    conf.task_always_eager = conf.task_eager_propagates = True
-    yield
-    conf.task_always_eager, conf.task_eager_propagates = saved
+def live(db):
+    """Only this $20 first-token promotion is live."""
+    Promotion.objects.update(is_active=False)
+    return Promotion.objects.create(name="Launch", active_from=timezone.now() - dt.timedelta(days=1),
+                                    amount_micros=20 * USD, window_seconds=180, expiry_days=30)
+
+
+def signed_up(register, email: str, ip: str = "10.0.0.1") -> User:
+    response = register(email, ip=ip)
+    assert response.status_code == 201, response.content
+    return User.objects.get(pk=response.json()["user"]["id"])
+
+
+def first_token(user: User) -> CreditGrant | None:
+    record_first_token(user_id=user.pk)
+    user.refresh_from_db()
+    return CreditGrant.objects.filter(user=user, kind=GrantKind.PROMOTIONAL).first()
+
+
+def promotion_json(user: User) -> dict:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client.get("/api/credits").json()["promotion"]
+
+
+def first_token_after(user: User, seconds: float) -> None:
+    record_first_token(user_id=user.pk, at=user.date_joined + dt.timedelta(seconds=seconds))
+    user.refresh_from_db()

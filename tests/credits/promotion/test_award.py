@@ -1,11 +1,11 @@
-"""Award side of the abuse controls: once per normalized email, promotions per network per
-day, spend caps that pause the promotion, review flags with confirm / claw back, and the
-optional email verification."""
+"""The first-token award (credits.promotion.award): $20 within 180 s of registering, exactly
+once; and the abuse controls at award time: once per normalized email, promotions per network
+per day, spend caps that pause the promotion."""
 
 import datetime as dt
 
 import pytest
-from django.core import mail
+from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -17,54 +17,23 @@ from credits.models import (
     EntryType,
     GrantKind,
     LedgerEntry,
-    Promotion,
     PromotionClaim,
-    PromotionReview,
-    ReviewStatus,
 )
+from credits.models.promotions import FIRST_TOKEN_PROMOTION_KEY
+from credits.promotion.award import apply_first_token_promotion
 from credits.promotion.messages import (
     OFFER_PAUSED,
-    VERIFY_TO_SPEND,
     WITHHELD_CLAIMED,
     WITHHELD_IP,
     WITHHELD_NETWORK_PROMOTIONS,
     WITHHELD_PAUSED,
 )
-from credits.promotion.review import claw_back
+from credits.promotion.status import check_promotion_eligibility
 from credits.promotion.terms import live_promotion
-from credits.promotion.verification import void_unverified_promotions
-from credits.selectors import get_user_credits
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 
-from .conftest import PASSWORD
-
-
-@pytest.fixture
-def live(db):
-    """Only this $20 first-token promotion is live."""
-    Promotion.objects.update(is_active=False)
-    return Promotion.objects.create(name="Launch", active_from=timezone.now() - dt.timedelta(days=1),
-                                    amount_micros=20 * USD, window_seconds=180, expiry_days=30)
-
-
-def signed_up(register, email: str, ip: str = "10.0.0.1") -> User:
-    response = register(email, ip=ip)
-    assert response.status_code == 201, response.content
-    return User.objects.get(pk=response.json()["user"]["id"])
-
-
-def first_token(user: User) -> CreditGrant | None:
-    record_first_token(user_id=user.pk)
-    user.refresh_from_db()
-    return CreditGrant.objects.filter(user=user, kind=GrantKind.PROMOTIONAL).first()
-
-
-def promotion_json(user: User) -> dict:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client.get("/api/credits").json()["promotion"]
-
+from .conftest import first_token, first_token_after, promotion_json, signed_up
 
 # --- once per normalized email -----------------------------------------------------------
 
@@ -168,189 +137,106 @@ def test_the_daily_cap_counts_the_last_24_hours(live, settings, make_user):
     assert "PROMOTION_CAP_USD_PER_DAY" in live.paused_reason
 
 
-# --- review: flagged, confirmed, clawed back ----------------------------------------------
+# --- the first-token rule ---------------------------------------------------------------
 
 
-@pytest.fixture
-def finance_admin(client, make_user):
-    staff = make_user("finance@tokenbank.test", is_staff=True, is_superuser=True)
-    client.force_login(staff)
-    return client
+def promotional_grants(user):
+    return CreditGrant.objects.filter(user=user, kind=GrantKind.PROMOTIONAL)
 
 
-def test_an_honest_sign_up_is_not_flagged(live, register):
-    assert first_token(signed_up(register, "honest@example.com")) is not None
-    assert not PromotionReview.objects.exists()
-
-
-def test_soft_signals_flag_the_grant_for_review(live, register):
-    signed_up(register, "neighbour@example.com", ip="198.51.100.8")
-    first_token(User.objects.get(email="neighbour@example.com"))
-    user = signed_up(register, "farmer+7@example.com", ip="198.51.100.8")
-    grant = first_token(user)
-    review = PromotionReview.objects.get(grant=grant)
-    assert review.status == ReviewStatus.FLAGGED
-    assert set(review.signals.split(",")) == {"network_repeat", "shared_ip", "plus_tag"}
-
-
-def _flagged(register, email="farmer+1@example.com"):
-    user = signed_up(register, email)
-    grant = first_token(user)
-    return user, grant, PromotionReview.objects.get(grant=grant)
-
-
-def test_clawback_voids_only_the_unused_promotional_credit(live, register, fund, finance_admin):
-    user, grant, review = _flagged(register)
-    purchased = fund(user, 10)
-    services.use_credits(user=user, amount_micros=3 * USD, reference="call-1")  # promo first
-    response = finance_admin.post("/admin/credits/promotionreview/", {
-        "action": "claw_back", "_selected_action": [review.pk], "apply": "1",
-        "reason": "farmed sign-ups"})
-    assert response.status_code == 302
-    review.refresh_from_db()
-    assert review.status == ReviewStatus.CLAWED_BACK and review.clawed_back_micros == 17 * USD
-    assert review.decided_by.email == "finance@tokenbank.test" and review.note == "farmed sign-ups"
-    void = LedgerEntry.objects.get(entry_type=EntryType.VOID)
-    assert (void.grant_id, void.amount_micros) == (grant.pk, -17 * USD)
-    assert "farmed sign-ups" in void.description
-    purchased.refresh_from_db()
-    assert purchased.remaining_micros == 10 * USD
-    assert get_user_credits(user=user).balance_micros == 10 * USD
+def test_first_token_at_exactly_180_seconds_earns_20_dollars(user):
+    first_token_after(user, 180)
+    grant = promotional_grants(user).get()
+    assert grant.amount_micros == 20 * USD
+    assert user.credit_balance == 20 * USD
+    assert (user.promotion_claimed, user.promotion_eligible) == (True, True)
+    assert grant.expires_at == grant.granted_at + dt.timedelta(days=30)
     assert_books_balance(user.pk)
 
 
-def test_the_clawback_page_asks_for_a_reason_first(live, register, finance_admin):
-    _user, _grant, review = _flagged(register)
-    page = finance_admin.post("/admin/credits/promotionreview/", {
-        "action": "claw_back", "_selected_action": [review.pk]})
-    assert page.status_code == 200 and b"Claw back" in page.content
-    review.refresh_from_db()
-    assert review.status == ReviewStatus.FLAGGED and not LedgerEntry.objects.filter(
-        entry_type=EntryType.VOID).exists()
+def test_first_token_after_the_window_earns_nothing(user):
+    first_token_after(user, 180.001)
+    assert not promotional_grants(user).exists()
+    assert user.credit_balance == 0
+    assert (user.promotion_claimed, user.promotion_eligible) == (False, False)
 
 
-def test_confirm_keeps_the_grant_and_a_decided_review_is_not_decided_again(
-        live, register, finance_admin, make_user):
-    user, grant, review = _flagged(register)
-    finance_admin.post("/admin/credits/promotionreview/", {
-        "action": "confirm", "_selected_action": [review.pk]})
-    review.refresh_from_db()
-    assert review.status == ReviewStatus.CONFIRMED
-    finance_admin.post("/admin/credits/promotionreview/", {
-        "action": "claw_back", "_selected_action": [review.pk], "apply": "1", "reason": "late"})
-    review.refresh_from_db()
-    grant.refresh_from_db()
-    assert review.status == ReviewStatus.CONFIRMED and grant.voided_at is None
-    assert get_user_credits(user=user).balance_micros == 20 * USD
-    with pytest.raises(Exception, match="already decided"):
-        claw_back(review=review, actor=make_user("x@tokenbank.test"), reason="again")
+def test_only_the_first_token_counts(user):
+    first_token_after(user, 5)
+    assert record_first_token(user_id=user.pk) is False
+    apply_first_token_promotion(user=user)
+    assert promotional_grants(user).count() == 1
+    assert User.objects.get(pk=user.pk).credit_balance == 20 * USD
 
 
-def test_the_review_list_renders_for_staff(live, register, finance_admin):
-    _flagged(register)
-    page = finance_admin.get("/admin/credits/promotionreview/")
-    assert page.status_code == 200 and b"farmer+1@example.com" in page.content
+@override_settings(PROMOTION_AMOUNT_USD="5", PROMOTION_WINDOW_SECONDS=10, PROMOTION_EXPIRY_DAYS=7)
+def test_the_promotion_follows_its_settings(user):
+    first_token_after(user, 10)
+    grant = promotional_grants(user).get()
+    assert grant.amount_micros == 5 * USD
+    assert grant.expires_at - grant.granted_at == dt.timedelta(days=7)
 
 
-# --- optional email verification ------------------------------------------------------------
+def test_eligibility_counts_down_from_registration(user):
+    eligible, remaining = check_promotion_eligibility(
+        user=user, now=user.date_joined + dt.timedelta(seconds=30))
+    assert (eligible, remaining) == (True, 150.0)
+    eligible, remaining = check_promotion_eligibility(
+        user=user, now=user.date_joined + dt.timedelta(seconds=181))
+    assert (eligible, remaining) == (False, 0.0)
 
 
-def _link(message) -> str:
-    return next(word for word in message.body.split() if "/accounts/verify-email/" in word)
+def test_no_promotion_without_a_first_token(user):
+    assert apply_first_token_promotion(user=user) is None
+    assert not promotional_grants(user).exists()
 
 
-def test_verification_off_the_credit_is_spendable_at_once(live, register, mailoutbox):
-    user = signed_up(register, "quick@example.com")
-    first_token(user)
-    credits = get_user_credits(user=user)
-    assert (credits.balance_micros, credits.available_micros) == (20 * USD, 20 * USD)
-    assert promotion_json(user)["withheld_reason"] is None
-    assert not [m for m in mailoutbox if "Verify" in m.subject]
-
-
-def test_verification_on_the_credit_waits_for_the_link(live, settings, register, mailoutbox, client,
-                                                       django_capture_on_commit_callbacks,
-                                                       eager_tasks):
-    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
-    with django_capture_on_commit_callbacks(execute=True):
-        user = signed_up(register, "careful@example.com")
-    [message] = [m for m in mailoutbox if "Verify" in m.subject]
-    assert message.to == ["careful@example.com"]
-    grant = first_token(user)
-    assert grant.awaiting_verification is True
-    credits = get_user_credits(user=user)
-    assert (credits.balance_micros, credits.available_micros) == (20 * USD, 0)
-    assert promotion_json(user)["withheld_reason"] == VERIFY_TO_SPEND
-    with pytest.raises(InsufficientCredits):
-        services.authorize(user=user, amount_micros=USD)
-    # Following the link unlocks it; the 24-hour sweep then leaves it alone.
-    page = client.get(_link(message).replace(settings.SITE_URL, ""))
-    assert page.status_code == 200 and b"verified" in page.content
-    assert get_user_credits(user=user).available_micros == 20 * USD
-    assert promotion_json(user)["withheld_reason"] is None
-    later = timezone.now() + dt.timedelta(hours=25)
-    assert void_unverified_promotions(now=later) == 0
-    services.use_credits(user=user, amount_micros=USD)
-    assert_books_balance(user.pk)
-
-
-def test_unverified_credit_is_voided_after_24_hours(live, settings, register):
-    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
-    user = signed_up(register, "ghost@example.com")
-    grant = first_token(user)
-    assert void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=23)) == 0
-    assert void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=25)) == 1
-    assert void_unverified_promotions(now=timezone.now() + dt.timedelta(hours=26)) == 0
-    grant.refresh_from_db()
-    assert grant.voided_at is not None
-    assert get_user_credits(user=user).balance_micros == 0
-    assert LedgerEntry.objects.get(entry_type=EntryType.VOID).amount_micros == -20 * USD
-    assert_books_balance(user.pk)
-
-
-def test_verification_on_the_call_that_earned_it_is_served_from_it(live, settings, register):
-    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
-    user = signed_up(register, "eager@example.com")
-    hold = services.authorize(user=user, amount_micros=2 * USD)  # against the pending promotion
-    assert hold.pending_promotion_micros == 2 * USD
-    first_token(user)
+def test_a_user_in_the_window_can_start_a_call_against_the_pending_promotion(user):
+    now = user.date_joined + dt.timedelta(seconds=60)
+    hold = services.authorize(user=user, amount_micros=USD, reference="req-42", now=now)
+    assert hold.pending_promotion_micros == USD
+    record_first_token(user_id=user.pk, at=now)
     hold.refresh_from_db()
-    assert hold.pending_promotion_micros == 0
-    services.capture(hold=hold, amount_micros=USD)
-    credits = get_user_credits(user=user)
-    assert (credits.balance_micros, credits.available_micros) == (19 * USD, 0)
+    assert hold.pending_promotion_micros == 0  # now backed by the promotional grant
+    backing = LedgerEntry.objects.get(hold=hold, entry_type=EntryType.HOLD)
+    assert (backing.held_change_micros, backing.reference) == (USD, "req-42")
+    services.capture(hold=hold, amount_micros=250_000, now=now)
+    user.refresh_from_db()
+    assert user.credit_balance == 20 * USD - 250_000
     assert_books_balance(user.pk)
 
 
-def test_a_forged_verification_link_is_refused(live, client, register):
-    user = signed_up(register, "x@example.com")
-    response = client.get("/accounts/verify-email/not-a-token/")
-    assert response.status_code == 400 and b"not valid" in response.content
+def test_pending_promotion_cannot_be_reserved_beyond_its_amount(user):
+    now = user.date_joined + dt.timedelta(seconds=1)
+    services.authorize(user=user, amount_micros=15 * USD, now=now)
+    with pytest.raises(InsufficientCredits):
+        services.authorize(user=user, amount_micros=6 * USD, now=now)
+    services.authorize(user=user, amount_micros=5 * USD, now=now)
+
+
+def test_a_late_first_token_on_a_pending_call_charges_nothing(user):
+    start = user.date_joined + dt.timedelta(seconds=170)
+    hold = services.authorize(user=user, amount_micros=USD, now=start)
+    record_first_token(user_id=user.pk, at=user.date_joined + dt.timedelta(seconds=181))
+    with pytest.raises(InsufficientCredits, match="promotion"):
+        services.capture(hold=hold, amount_micros=10, now=timezone.now())
+    services.release(hold=hold)
     user.refresh_from_db()
-    assert user.email_verified_at is None
+    assert user.credit_balance == 0 and not promotional_grants(user).exists()
+    assert_books_balance(user.pk)
 
 
-def test_the_onboarding_page_says_why_the_credit_is_withheld(live, settings, register, client):
-    settings.SIGNUPS_PER_IP_PER_HOUR = 1
-    signed_up(register, "one@example.com", ip="198.51.100.3")
-    client.post("/accounts/signup/", {"email": "two@example.com", "password": PASSWORD},
-                REMOTE_ADDR="198.51.100.3")
-    page = client.get("/accounts/onboarding/")
-    assert page.status_code == 200
-    html = page.content.decode()
-    assert "No free credit for this account" in html
-    assert WITHHELD_IP.split(",")[0] in html
-    assert mail.outbox == [] or all("Verify" not in m.subject for m in mail.outbox)
+def test_a_user_past_the_window_cannot_borrow_against_the_promotion(user):
+    with pytest.raises(InsufficientCredits):
+        services.authorize(user=user, amount_micros=1,
+                           now=user.date_joined + dt.timedelta(seconds=181))
 
 
-def test_a_402_while_the_credit_awaits_verification_says_to_verify(live, settings, register):
-    settings.PROMOTION_REQUIRE_EMAIL_VERIFICATION = True
-    response = register("later@example.com")
-    first_token(User.objects.get(email="later@example.com"))
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['api_key']}")
-    call = client.post("/v1/chat/completions", {"model": "demo-small", "max_tokens": 8,
-                                                "messages": [{"role": "user", "content": "hi"}]},
-                       format="json")
-    assert call.status_code == 402
-    assert VERIFY_TO_SPEND in call.json()["error"]["message"]
+def test_the_database_refuses_a_second_first_token_promotion(user):
+    first_token_after(user, 1)
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        CreditGrant.objects.create(
+            user=user, kind=GrantKind.PROMOTIONAL, amount_micros=USD, remaining_micros=0,
+            granted_at=timezone.now(), idempotency_key=FIRST_TOKEN_PROMOTION_KEY)

@@ -1,5 +1,5 @@
-"""The global spend cap and the sign-up velocity limit hold when requests race on
-PostgreSQL (real threads)."""
+"""The promotion under races on PostgreSQL (real threads): one award per user, the global spend
+cap and the sign-up velocity limit hold."""
 
 import datetime as dt
 
@@ -10,6 +10,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import register_user
 from credits.models import CreditGrant, GrantKind, Promotion, PromotionClaim
+from credits.promotion.award import apply_first_token_promotion
 from credits.promotion.messages import WITHHELD_IP
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
@@ -58,3 +59,26 @@ def test_simultaneous_sign_ups_from_one_address_do_not_pass_the_limit_together(s
     assert users.filter(promotion_eligible=True).count() == 2
     assert set(users.filter(promotion_eligible=False).values_list(
         "promotion_withheld_reason", flat=True)) == {WITHHELD_IP}
+
+
+def test_twenty_concurrent_first_tokens_award_one_promotion(make_user):
+    user = make_user()
+
+    results = run_concurrently(lambda i: record_first_token(user_id=user.pk), 20)
+
+    assert results.count(True) == 1 and results.count(False) == 19
+    assert CreditGrant.objects.filter(user=user, kind=GrantKind.PROMOTIONAL).count() == 1
+    user.refresh_from_db()
+    assert user.credit_balance == 20 * USD and user.promotion_claimed
+    assert_books_balance(user.pk)
+
+
+def test_concurrent_promotion_applications_grant_once(make_user):
+    user = make_user()
+    User.objects.filter(pk=user.pk).update(first_token_at=timezone.now())
+
+    results = run_concurrently(lambda i: apply_first_token_promotion(user=user.pk), 20)
+
+    grant_ids = {r.pk for r in results if isinstance(r, CreditGrant)}
+    assert len(grant_ids) == 1, results
+    assert User.objects.get(pk=user.pk).credit_balance == 20 * USD
