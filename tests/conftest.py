@@ -15,6 +15,9 @@ from credits.models import GrantKind
 from tests.books import USD
 from tests.browser import browser_page
 
+# The API-key fixtures and the rate-limit reset serve every test directory.
+pytest_plugins = ["tests.api_fixtures"]
+
 # live_server's listen backlog is socketserver's 5: a burst of simultaneous HTTP calls
 # (the concurrency tests) would be reset by the kernel before Django sees it.
 ThreadedWSGIServer.request_queue_size = 128

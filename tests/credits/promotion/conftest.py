@@ -7,7 +7,6 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from credits.models import CreditGrant, GrantKind, Promotion
 from inference.services import record_first_token
-from tests.api_fixtures import _fresh_rate_limits  # noqa: F401
 from tests.books import USD
 
 REGISTER = "/api/auth/register"
@@ -17,7 +16,7 @@ PASSWORD = "a-long-passphrase-42"
 @pytest.fixture(autouse=True)
 def _abuse_settings(settings):
     """Known limits for every test; the per-address 429 throttle off (its cache counter is
-    shared across tests, and _fresh_rate_limits empties it) except where a test turns it back on."""
+    shared across tests; tests.api_fixtures empties it) except where a test turns it back on."""
     settings.REGISTER_RATE_LIMIT_PER_HOUR = 0
     settings.TRUSTED_PROXIES = []
     settings.SIGNUPS_PER_IP_PER_HOUR = 3
