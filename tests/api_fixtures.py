@@ -1,4 +1,5 @@
-"""Fixtures for tests that call the API with a key; imported by the conftests that need them."""
+"""Fixtures for tests that call the API with a key, loaded for every test by tests/conftest.py
+(pytest_plugins)."""
 
 import pytest
 from django.core.cache import cache

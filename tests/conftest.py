@@ -1,14 +1,22 @@
+import importlib
 import os
 
 import pytest
+from django.apps import apps as global_apps
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.servers.basehttp import ThreadedWSGIServer
 from django.db import connection
 
 from accounts.models import User
+from config.celery import app as celery_app
 from credits import services
 from credits.models import GrantKind
 from tests.books import USD
+from tests.browser import browser_page
+
+# The API-key fixtures and the rate-limit reset serve every test directory.
+pytest_plugins = ["tests.api_fixtures"]
 
 
 def _flush_may_truncate_history() -> None:
@@ -32,6 +40,14 @@ _flush_may_truncate_history()
 # live_server's listen backlog is socketserver's 5: a burst of simultaneous HTTP calls
 # (the concurrency tests) would be reset by the kernel before Django sees it.
 ThreadedWSGIServer.request_queue_size = 128
+
+# The staff groups' permissions, built by these data migrations.
+_STAFF_GROUP_MIGRATIONS = [
+    ("credits.migrations.0005_default_promotion_and_staff_groups", "create_groups"),
+    ("credits.migrations.0006_variant_weight_zero_and_more_staff_permissions", "add_permissions"),
+    ("credits.migrations.0008_abuse_control_permissions", "add_permissions"),
+    ("billing.migrations.0003_staff_group_permissions", "add_permissions"),
+]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -105,3 +121,67 @@ def fund(db):
 
     return grant
 
+
+@pytest.fixture
+def eager_tasks():
+    """Enqueued tasks run inline, so a test sees what the worker would send."""
+    conf = celery_app.conf
+    saved = conf.task_always_eager, conf.task_eager_propagates
+    conf.task_always_eager = conf.task_eager_propagates = True
+    yield
+    conf.task_always_eager, conf.task_eager_propagates = saved
+
+
+# --- staff ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def staff_groups(db):
+    """The groups exactly as the migrations build them (a transactional test's flush
+    may have emptied the table, so build them again, idempotently)."""
+    for module, function in _STAFF_GROUP_MIGRATIONS:
+        getattr(importlib.import_module(module), function)(global_apps, None)
+    return {name: Group.objects.get(name=name) for name in ("Support", "Finance")}
+
+
+@pytest.fixture
+def make_staff(db, staff_groups):
+    def make(email: str, *groups: str, superuser: bool = False) -> User:
+        staff = User.objects.create_user(email, "correct-horse-battery", is_staff=True,
+                                         is_superuser=superuser)
+        for name in groups:
+            staff.groups.add(staff_groups[name])
+        return User.objects.get(pk=staff.pk)  # fresh permission cache
+
+    return make
+
+
+@pytest.fixture
+def support(make_staff) -> User:
+    return make_staff("support@tokenbank.test", "Support")
+
+
+@pytest.fixture
+def finance(make_staff) -> User:
+    return make_staff("finance@tokenbank.test", "Finance")
+
+
+@pytest.fixture
+def finance2(make_staff) -> User:
+    return make_staff("finance2@tokenbank.test", "Finance")
+
+
+@pytest.fixture
+def bare_staff(make_staff) -> User:
+    """Staff with no group: may log in to admin, may not move money."""
+    return make_staff("intern@tokenbank.test")
+
+
+# --- the browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def page(live_server, transactional_db, monkeypatch):
+    """A fresh headless Chromium page on the live server (tests.browser)."""
+    with browser_page(monkeypatch, base_url=live_server.url) as tab:
+        yield tab

@@ -1,18 +1,21 @@
+import datetime as dt
 import hashlib
 import hmac
-import importlib
 import json
 import time
 import uuid
 
 import pytest
-from django.apps import apps
+from django.utils import timezone
 
+from accounts import services as account_services
 from billing.models import Provider, Purchase
+from inference.models import AiModel, UsageRecord
+from tests.books import USD
+from tests.seeds import seed_credit_packages, seed_demo_models
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 WEBHOOK_URL = "/billing/webhooks/stripe/"
-USD = 1_000_000
 
 
 def stripe_signature(payload: str, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
@@ -25,14 +28,13 @@ def stripe_signature(payload: str, *, secret: str = WEBHOOK_SECRET, timestamp: i
 @pytest.fixture
 def packages(db):
     """The seeded packages, re-seeded if a transactional test flushed them."""
-    seeding = importlib.import_module("billing.migrations.0002_seed_credit_packages")
-    seeding.seed(apps, None)
+    seed_credit_packages()
 
 
 @pytest.fixture
 def demo_models(db):
     """The seeded demo models and prices, re-seeded if a transactional test flushed them."""
-    importlib.import_module("inference.migrations.0002_seed_demo_models").seed(apps, None)
+    seed_demo_models()
 
 
 @pytest.fixture
@@ -119,3 +121,42 @@ def refund_event(purchase: Purchase, *, refunded_cents: int, event_id: str | Non
 
 def payment_intent_id(purchase: Purchase) -> str:
     return f"pi_{purchase.pk.hex[:24]}"
+
+
+# --- a signed-in customer (the dashboard and onboarding pages) ---------------------------
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture
+def member(db):
+    """A customer who just registered (promotion window open) with their first key."""
+    user, _key, _secret = account_services.register_user(email="grace@example.com", password=PASSWORD)
+    return user
+
+
+@pytest.fixture
+def signed_in(client, member):
+    client.force_login(member)
+    return client
+
+
+def backdate_signup(user, seconds: int) -> None:
+    """Move date_joined into the past so the promotion window has run out."""
+    user.date_joined = timezone.now() - dt.timedelta(seconds=seconds)
+    user.save(update_fields=["date_joined"])
+
+
+def make_usage(user, *, model_id: str = "demo-small", cost_micros: int = 1200, days_ago: int = 0,
+               n: int = 0, prompt_tokens: int = 12, completion_tokens: int = 30) -> UsageRecord:
+    model = AiModel.objects.get(pk=model_id)
+    price = model.price_at()
+    started = timezone.now() - dt.timedelta(days=days_ago)
+    return UsageRecord.objects.create(
+        request_id=f"req-{user.pk}-{model_id}-{days_ago}-{n}", user=user, model=model,
+        endpoint="chat.completions", prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        input_price_per_million_micros=price.input_price_per_million_micros,
+        output_price_per_million_micros=price.output_price_per_million_micros,
+        cost_micros=cost_micros, status="SUCCEEDED", latency_ms=321, started_at=started,
+    )

@@ -6,13 +6,7 @@ import pytest
 
 from billing.models import Purchase, PurchaseStatus
 from credits.models import GrantKind
-from tests.browser import SHOTS, browser_page, needs_chromium
-
-
-@pytest.fixture
-def page(monkeypatch):
-    with browser_page(monkeypatch) as tab:
-        yield tab
+from tests.browser import SHOTS, needs_chromium
 
 
 @pytest.mark.browser

@@ -11,8 +11,7 @@ from billing.models import CreditPackage, EventOutcome, PaymentEvent, Purchase, 
 from billing.providers import StripeProvider, TestProvider, get_provider
 from billing.purchases import list_purchases
 from credits.models import CreditGrant, GrantKind
-from tests.billing.conftest import USD
-from tests.books import assert_books_balance
+from tests.books import USD, assert_books_balance
 
 pytestmark = pytest.mark.usefixtures("test_provider", "packages")
 

@@ -13,7 +13,6 @@ from billing.models import EventOutcome, PaymentEvent, Purchase, PurchaseStatus
 from credits import services as credit_services
 from credits.models import CreditGrant, EntryType, GrantKind, LedgerEntry
 from tests.billing.conftest import (
-    USD,
     deliver,
     event,
     refund_event,
@@ -21,7 +20,7 @@ from tests.billing.conftest import (
     stripe_purchase,
     stripe_signature,
 )
-from tests.books import assert_books_balance
+from tests.books import USD, assert_books_balance
 
 pytestmark = pytest.mark.usefixtures("stripe_keys")
 

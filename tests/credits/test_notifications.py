@@ -3,10 +3,8 @@ and the ledger and the API keep working when the broker is down."""
 
 import datetime as dt
 import logging
-from importlib import import_module
 
 import pytest
-from django.apps import apps as django_apps
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
@@ -19,19 +17,9 @@ from credits.models import CreditGrant, GrantKind, Notification, NotificationEve
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
+from tests.seeds import seed_demo_models
 
 Event = NotificationEvent
-seed_demo_models = import_module("inference.migrations.0002_seed_demo_models").seed
-
-
-@pytest.fixture
-def eager_tasks():
-    """Enqueued tasks run inline, so a test sees what the worker would send."""
-    conf = celery_app.conf
-    saved = conf.task_always_eager, conf.task_eager_propagates
-    conf.task_always_eager = conf.task_eager_propagates = True
-    yield
-    conf.task_always_eager, conf.task_eager_propagates = saved
 
 
 def point_broker_at(url: str) -> None:
@@ -271,7 +259,7 @@ def test_recent_notifications_lists_the_users_own_newest_first(make_user, fund, 
 @pytest.mark.django_db(transaction=True)
 def test_the_api_answers_and_bills_with_redis_down_and_the_notice_catches_up_later(
         make_user, broker_down, mailoutbox, caplog, settings):
-    seed_demo_models(django_apps, None)  # a transactional test starts from empty tables
+    seed_demo_models()  # a transactional test starts from empty tables
     user = make_user()  # just registered: the first token earns the promotion
     _key, secret = create_api_key(user=user, name="test")
     client = APIClient()

@@ -9,8 +9,7 @@ import pytest
 from django.utils import timezone
 
 from inference.models import AiModel, ModelPrice
-from tests.api_fixtures import _fresh_rate_limits, api, api_key, client_for  # noqa: F401
-from tests.inference.books import seed_demo_models
+from tests.seeds import seed_demo_models
 
 # --- a real OpenAI-compatible upstream on loopback ---------------------------------------
 

@@ -17,7 +17,7 @@ from inference.api import ChatCompletionsView
 from inference.backends import Prompt
 from inference.exceptions import PromotionNotGranted
 from inference.models import AiModel, ModelPrice, UsageRecord, UsageStatus
-from tests.inference.books import assert_books_balance
+from tests.books import assert_books_balance
 
 CHAT = "/v1/chat/completions"
 

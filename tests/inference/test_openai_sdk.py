@@ -7,7 +7,7 @@ from django.utils import timezone
 from accounts.services import create_api_key, register_user
 from credits.money import format_usd
 from inference.models import UsageRecord
-from tests.inference.books import assert_books_balance
+from tests.books import assert_books_balance
 
 MESSAGES = [{"role": "system", "content": "Be brief."},
             {"role": "user", "content": "What is a ledger?"}]

@@ -14,17 +14,11 @@ from accounts.models import User
 from credits.models import CreditGrant, GrantKind
 from credits.money import display_usd
 from inference.models import UsageRecord
-from tests.browser import SHOTS, browser_page, needs_chromium
+from tests.browser import SHOTS, needs_chromium
 
 PASSWORD = "correct-horse-battery"
 
-pytestmark = [pytest.mark.browser, needs_chromium]
-
-
-@pytest.fixture
-def page(live_server, seed_data, monkeypatch):
-    with browser_page(monkeypatch, base_url=live_server.url) as tab:
-        yield tab
+pytestmark = [pytest.mark.browser, needs_chromium, pytest.mark.usefixtures("seed_data")]
 
 
 def shot(page, name: str) -> None:

@@ -1,9 +1,11 @@
-"""The admin console over HTTP: money-action pages (form -> confirm -> applied), their
-permissions and form errors, read-only history, CSV export, the audit and four-eyes."""
+"""The admin console over HTTP (credits.admin.console): money-action pages (form -> confirm ->
+applied), their permissions and form errors, read-only history, CSV export, the audit,
+four-eyes, and the promotion admin."""
 
 import datetime as dt
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
@@ -15,6 +17,7 @@ from credits.models import (
     EntryType,
     GrantKind,
     LedgerEntry,
+    Promotion,
     StaffAction,
     StaffActionStatus,
 )
@@ -339,75 +342,7 @@ def test_ledger_filters_by_user_type_and_date(client, make_staff, make_user, fun
     assert [e.user_id for e in rows] == [a.pk]
 
 
-# --- the user page ---------------------------------------------------------------------------------
-
-
-def test_user_page_shows_the_credit_summary_inlines_and_permitted_buttons(
-        client, support, user, fund):
-    fund(user, 7)
-    create_api_key(user=user, name="ci")
-    client.force_login(support)
-    response = client.get(reverse("admin:accounts_user_change", args=[user.pk]))
-    assert response.status_code == 200
-    body = response.content.decode()
-    assert "Available now" in body and "$7.00" in body and "Purchased" in body
-    assert "API keys" in body and "ci" in body
-    labels = [b["label"] for b in response.context["money_buttons"]]
-    assert labels == ["Grant credit", "Refund", "Revoke API keys"]
-
-
-def test_user_search_by_api_key_prefix(client, support, make_user):
-    target, other = make_user(), make_user()
-    key, _secret = create_api_key(user=target, name="k")
-    client.force_login(support)
-    response = client.get(reverse("admin:accounts_user_changelist"), {"q": key.prefix})
-    assert [u.pk for u in response.context["cl"].result_list] == [target.pk]
-    assert other.pk != target.pk
-
-
-def test_user_filters_balance_and_claimed(client, support, make_user, fund):
-    rich, _poor = make_user(), make_user()
-    fund(rich, 1)
-    client.force_login(support)
-    response = client.get(reverse("admin:accounts_user_changelist"),
-                          {"balance": "yes", "promotion_claimed__exact": "0"})
-    assert [u.pk for u in response.context["cl"].result_list] == [rich.pk]
-
-
-def test_eligible_filter_uses_each_users_window(client, support, make_user):
-    fresh, old, claimed = make_user(), make_user(), make_user()
-    from accounts.models import User
-
-    User.objects.filter(pk=old.pk).update(date_joined=timezone.now() - dt.timedelta(hours=1))
-    User.objects.filter(pk=claimed.pk).update(first_token_at=timezone.now())
-    client.force_login(support)
-    url = reverse("admin:accounts_user_changelist")
-    eligible = {u.pk for u in client.get(url, {"eligible": "yes"}).context["cl"].result_list}
-    not_eligible = {u.pk for u in client.get(url, {"eligible": "no"}).context["cl"].result_list}
-    assert fresh.pk in eligible and {old.pk, claimed.pk} <= not_eligible
-    assert not eligible & {old.pk, claimed.pk}
-
-
-def test_user_can_be_added_and_edited_without_touching_credit(client, make_staff, user, fund):
-    fund(user, 4)
-    client.force_login(make_staff("root@tokenbank.test", superuser=True))
-    response = client.post(reverse("admin:accounts_user_add"), {
-        "email": "new@example.com", "usable_password": "true",
-        "password1": "a-long-pass-phrase-9", "password2": "a-long-pass-phrase-9"})
-    assert response.status_code == 302
-    change = reverse("admin:accounts_user_change", args=[user.pk])
-    form = client.get(change).context["adminform"].form
-    data = {k: v for k, v in form.initial.items() if v is not None and k in form.fields}
-    data.update({"email": user.email, "first_name": "Ada", "credit_balance": "999",
-                 "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"})
-    data.pop("groups", None)
-    data.pop("user_permissions", None)
-    data.update({f"{p}-TOTAL_FORMS": "0" for p in ("credit_grants", "credit_holds", "api_keys")})
-    data.update({f"{p}-INITIAL_FORMS": "0" for p in ("credit_grants", "credit_holds", "api_keys")})
-    response = client.post(change, data)
-    assert response.status_code == 302, response.context["adminform"].form.errors
-    user.refresh_from_db()
-    assert user.first_name == "Ada" and user.credit_balance == 4 * USD
+# --- all of a user's credit ---------------------------------------------------------------------------------
 
 
 def test_bulk_expire_promotional_credit_of_selected_users(as_staff, finance, make_user, fund):
@@ -446,3 +381,32 @@ def test_void_and_extend_all_credit_left_of_a_user(as_staff, finance, user, fund
     user.refresh_from_db()
     assert user.credit_balance == 0
     assert_books_balance(user.pk)
+
+
+def test_promotion_admin_creates_a_variant_and_kill_switch_action(client, finance):
+    client.force_login(finance)
+    response = client.post(reverse("admin:credits_promotion_add"), {
+        "name": "Winter", "kind": "FIRST_TOKEN", "is_active": "on",
+        "active_from_0": "2026-01-01", "active_from_1": "00:00:00",
+        "amount_usd": "12.50", "window_seconds": "120", "expiry_days": "14",
+        "variants-TOTAL_FORMS": "0", "variants-INITIAL_FORMS": "0",
+        "variants-MIN_NUM_FORMS": "0", "variants-MAX_NUM_FORMS": "1000",
+    })
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    winter = Promotion.objects.get(name="Winter")
+    assert winter.amount_micros == 12_500_000 and winter.variants.count() == 1
+    response = client.post(reverse("admin:credits_promotion_changelist"),
+                           {"action": "kill_switch", "_selected_action": [winter.pk]})
+    winter.refresh_from_db()
+    assert response.status_code == 302 and not winter.is_active
+    response = client.post(reverse("admin:credits_promotion_changelist"),
+                           {"action": "reactivate", "_selected_action": [winter.pk]})
+    winter.refresh_from_db()
+    assert response.status_code == 302 and winter.is_active
+    assert LogEntry.objects.filter(object_id=str(winter.pk),
+                                   change_message__startswith="Reactivated").exists()
+
+
+def test_support_cannot_edit_promotions(client, support):
+    client.force_login(support)
+    assert client.get(reverse("admin:credits_promotion_add")).status_code == 403

@@ -1,4 +1,4 @@
-"""Real threads against real PostgreSQL: no overspending, no double promotion, no lost update."""
+"""Real threads against real PostgreSQL: no overspending, no lost update."""
 
 import datetime as dt
 import random
@@ -7,12 +7,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from accounts.models import User
 from credits import services
 from credits.exceptions import CreditError, InsufficientCredits
-from credits.models import CreditGrant, GrantKind, LedgerEntry
-from credits.promotion.award import apply_first_token_promotion
-from inference.services import record_first_token
+from credits.models import GrantKind, LedgerEntry
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
 
@@ -32,29 +29,6 @@ def test_fifty_concurrent_one_dollar_debits_against_twenty_dollars_spend_exactly
     user.refresh_from_db()
     assert user.credit_balance == 0
     assert_books_balance(user.pk)
-
-
-def test_twenty_concurrent_first_tokens_award_one_promotion(make_user):
-    user = make_user()
-
-    results = run_concurrently(lambda i: record_first_token(user_id=user.pk), 20)
-
-    assert results.count(True) == 1 and results.count(False) == 19
-    assert CreditGrant.objects.filter(user=user, kind=GrantKind.PROMOTIONAL).count() == 1
-    user.refresh_from_db()
-    assert user.credit_balance == 20 * USD and user.promotion_claimed
-    assert_books_balance(user.pk)
-
-
-def test_concurrent_promotion_applications_grant_once(make_user):
-    user = make_user()
-    User.objects.filter(pk=user.pk).update(first_token_at=timezone.now())
-
-    results = run_concurrently(lambda i: apply_first_token_promotion(user=user.pk), 20)
-
-    grant_ids = {r.pk for r in results if isinstance(r, CreditGrant)}
-    assert len(grant_ids) == 1, results
-    assert User.objects.get(pk=user.pk).credit_balance == 20 * USD
 
 
 def test_holds_captures_and_expiry_racing_debits_never_go_negative(make_user):

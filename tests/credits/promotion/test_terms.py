@@ -1,13 +1,9 @@
-"""Promotions as data: sticky weighted assignment at sign-up, terms from the variant,
-the kill switch, the grant naming its variant, and the promotion admin."""
+"""Promotions as data (credits.promotion.terms): sticky weighted assignment at sign-up, terms
+from the variant, the kill switch, the grant naming its variant."""
 
 import datetime as dt
-import importlib
 
 import pytest
-from django.apps import apps as global_apps
-from django.contrib.admin.models import LogEntry
-from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
@@ -20,13 +16,12 @@ from credits.models import (
 )
 from credits.promotion.status import promotion_status
 from credits.promotion.terms import assign_promotion, deactivate_promotion
-from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
+from tests.seeds import seed_default_promotion
+
+from .conftest import first_token_after
 
 pytestmark = pytest.mark.django_db
-
-_default_promotion_migration = importlib.import_module(
-    "credits.migrations.0005_default_promotion_and_staff_groups")
 
 
 @pytest.fixture
@@ -40,11 +35,6 @@ def ab_test(db):
                                             amount_micros=5 * USD, window_seconds=60)
     default = PromotionVariant.objects.create(promotion=promotion, name="default", weight=4)
     return promotion, small, default
-
-
-def first_token_after(user, seconds):
-    record_first_token(user_id=user.pk, at=user.date_joined + dt.timedelta(seconds=seconds))
-    user.refresh_from_db()
 
 
 def test_a_new_user_is_assigned_a_variant_at_registration(ab_test, make_user):
@@ -125,7 +115,7 @@ def test_a_promotion_ending_does_not_take_the_window_from_those_already_assigned
 def test_the_default_promotion_from_the_migration_follows_the_settings(make_user, settings):
     default = Promotion.objects.filter(name="First-token promotion").first()
     if default is None:  # a transactional test emptied the table earlier in this run
-        _default_promotion_migration.create_default_promotion(global_apps, None)
+        seed_default_promotion()
         default = Promotion.objects.get(name="First-token promotion")
     Promotion.objects.exclude(pk=default.pk).update(is_active=False)
     assert default.amount_micros is None and default.variants.count() == 1
@@ -133,32 +123,3 @@ def test_the_default_promotion_from_the_migration_follows_the_settings(make_user
     user = make_user()
     first_token_after(user, 1)
     assert CreditGrant.objects.get(user=user).amount_micros == 7 * USD
-
-
-def test_promotion_admin_creates_a_variant_and_kill_switch_action(client, finance):
-    client.force_login(finance)
-    response = client.post(reverse("admin:credits_promotion_add"), {
-        "name": "Winter", "kind": "FIRST_TOKEN", "is_active": "on",
-        "active_from_0": "2026-01-01", "active_from_1": "00:00:00",
-        "amount_usd": "12.50", "window_seconds": "120", "expiry_days": "14",
-        "variants-TOTAL_FORMS": "0", "variants-INITIAL_FORMS": "0",
-        "variants-MIN_NUM_FORMS": "0", "variants-MAX_NUM_FORMS": "1000",
-    })
-    assert response.status_code == 302, response.context["adminform"].form.errors
-    winter = Promotion.objects.get(name="Winter")
-    assert winter.amount_micros == 12_500_000 and winter.variants.count() == 1
-    response = client.post(reverse("admin:credits_promotion_changelist"),
-                           {"action": "kill_switch", "_selected_action": [winter.pk]})
-    winter.refresh_from_db()
-    assert response.status_code == 302 and not winter.is_active
-    response = client.post(reverse("admin:credits_promotion_changelist"),
-                           {"action": "reactivate", "_selected_action": [winter.pk]})
-    winter.refresh_from_db()
-    assert response.status_code == 302 and winter.is_active
-    assert LogEntry.objects.filter(object_id=str(winter.pk),
-                                   change_message__startswith="Reactivated").exists()
-
-
-def test_support_cannot_edit_promotions(client, support):
-    client.force_login(support)
-    assert client.get(reverse("admin:credits_promotion_add")).status_code == 403

@@ -13,17 +13,11 @@ from accounts.models import User
 from credits.models import Promotion
 from inference.services import record_first_token
 from tests.books import USD
-from tests.browser import SHOTS, browser_page, needs_chromium
+from tests.browser import SHOTS, needs_chromium
 
 PASSWORD = "correct-horse-battery"
 
 pytestmark = [pytest.mark.browser, needs_chromium]
-
-
-@pytest.fixture
-def page(live_server, transactional_db, monkeypatch):
-    with browser_page(monkeypatch, base_url=live_server.url) as tab:
-        yield tab
 
 
 def test_dashboard_alert_resends_the_link(page, settings, mailoutbox, eager_tasks):

@@ -14,7 +14,7 @@ from accounts.services import create_api_key
 from credits import services
 from credits.models import GrantKind, LedgerEntry
 from inference.services import record_first_token
-from tests.web.conftest import backdate_signup, make_usage
+from tests.billing.conftest import backdate_signup, make_usage
 
 pytestmark = pytest.mark.django_db
 USD = 1_000_000

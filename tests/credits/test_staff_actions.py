@@ -21,6 +21,7 @@ from credits.models import (
 from credits.staff_actions import ActionNotAllowed, BulkActionFailed
 from inference.models import AiModel, UsageRecord, UsageStatus
 from tests.books import USD, assert_books_balance
+from tests.concurrency import run_concurrently
 
 
 def test_support_grant_within_limit_is_applied_with_actor_and_reason_on_the_entry(support, user):
@@ -249,3 +250,36 @@ def test_bulk_action_is_all_or_nothing(finance, make_user, fund):
                                   amount_micros=-5 * USD, reason="Clawback")
     assert len(done) == 2
     assert_books_balance(rich.pk, poor.pk)
+
+
+# --- four-eyes under concurrency: approvals racing on one request credit it exactly once ---
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_approvals_and_a_rejection_apply_a_request_once(make_staff, make_user):
+    requester = make_staff("finance-a@tokenbank.test", "Finance")
+    approvers = [make_staff(f"finance-{i}@tokenbank.test", "Finance") for i in range(4)]
+    user = make_user()
+    action = staff_actions.grant_credit(staff=requester, user=user, amount_micros=300 * USD,
+                                        reason="Enterprise credit")
+    assert action.status == StaffActionStatus.PENDING
+
+    def decide(i):
+        if i == 4:
+            return staff_actions.reject(action=action.pk, staff=approvers[0], note="No")
+        return staff_actions.approve(action=action.pk, staff=approvers[i])
+
+    results = run_concurrently(decide, 5)
+    decided = [r for r in results if isinstance(r, StaffAction)]
+    refused = [r for r in results if isinstance(r, ActionNotAllowed)]
+    assert (len(decided), len(refused)) == (1, 4), results
+    action.refresh_from_db()
+    user.refresh_from_db()
+    credited = LedgerEntry.objects.filter(user=user).count()
+    if action.status == StaffActionStatus.APPLIED:
+        assert user.credit_balance == 300 * USD and credited == 1
+    else:
+        assert action.status == StaffActionStatus.REJECTED
+        assert user.credit_balance == 0 and credited == 0
+    assert_books_balance(user.pk)

@@ -1,5 +1,5 @@
-"""The global spend cap and the sign-up velocity limit hold when requests race on
-PostgreSQL (real threads)."""
+"""The promotion under races on PostgreSQL (real threads): one award per user, the global spend
+cap and the sign-up velocity limit hold."""
 
 import datetime as dt
 
@@ -10,11 +10,12 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.services import register_user
 from credits.models import CreditGrant, EntryType, GrantKind, LedgerEntry, Promotion, PromotionClaim
+from credits.promotion.award import apply_first_token_promotion
 from credits.promotion.messages import WITHHELD_IP
 from inference.services import record_first_token
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
-from tests.inference.books import seed_demo_models
+from tests.seeds import seed_demo_models
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -95,3 +96,26 @@ def test_racing_first_calls_are_never_paid_from_credit_awaiting_verification(
     assert (grant.remaining_micros, grant.held_micros) == (20 * USD, 0)
     assert not LedgerEntry.objects.filter(grant=grant, entry_type=EntryType.CAPTURE).exists()
     assert_books_balance(user.pk)
+
+
+def test_twenty_concurrent_first_tokens_award_one_promotion(make_user):
+    user = make_user()
+
+    results = run_concurrently(lambda i: record_first_token(user_id=user.pk), 20)
+
+    assert results.count(True) == 1 and results.count(False) == 19
+    assert CreditGrant.objects.filter(user=user, kind=GrantKind.PROMOTIONAL).count() == 1
+    user.refresh_from_db()
+    assert user.credit_balance == 20 * USD and user.promotion_claimed
+    assert_books_balance(user.pk)
+
+
+def test_concurrent_promotion_applications_grant_once(make_user):
+    user = make_user()
+    User.objects.filter(pk=user.pk).update(first_token_at=timezone.now())
+
+    results = run_concurrently(lambda i: apply_first_token_promotion(user=user.pk), 20)
+
+    grant_ids = {r.pk for r in results if isinstance(r, CreditGrant)}
+    assert len(grant_ids) == 1, results
+    assert User.objects.get(pk=user.pk).credit_balance == 20 * USD

@@ -1,5 +1,5 @@
-"""`manage.py credits_verify` reconciles more than balances: each call's charge against its
-usage record, each captured API call against having one, each purchase against its grant."""
+"""credits_verify: the cached totals against the ledger (credits.services.reconcile), then the
+other books (settings.LEDGER_RECONCILERS): calls against usage records, purchases against grants."""
 
 import uuid
 
@@ -9,11 +9,24 @@ from django.utils import timezone
 
 from billing.models import Provider, Purchase, PurchaseStatus
 from credits import services
-from credits.models import GrantKind
+from credits.models import CreditAccount, GrantKind
 from inference.models import AiModel, UsageRecord, UsageStatus
 from tests.books import USD
 
 pytestmark = [pytest.mark.django_db]
+
+
+def test_credits_verify_reports_a_tampered_balance(user, fund, capsys):
+    fund(user, 3)
+    call_command("credits_verify")
+    assert "verified" in capsys.readouterr().out
+    CreditAccount.objects.filter(user=user).update(balance_micros=2 * USD)
+    with pytest.raises(Exception, match="mismatch"):
+        call_command("credits_verify")
+    assert "balance vs sum of entries" in capsys.readouterr().err
+
+
+# --- the other books (settings.LEDGER_RECONCILERS) ---------------------------------
 
 
 def charged_call(user, *, cost: int, recorded_cost: int | None = None, record: bool = True) -> str:

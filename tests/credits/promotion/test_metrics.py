@@ -1,4 +1,5 @@
-"""The promotion metrics against a hand-built cohort with known answers."""
+"""The promotion metrics (credits.promotion.metrics) against a hand-built cohort with known
+answers, and the admin page that shows them."""
 
 import datetime as dt
 

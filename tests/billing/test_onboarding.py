@@ -10,7 +10,7 @@ from accounts.models import ApiKey, User
 from billing.onboarding import ONBOARDING_SECRET_KEY
 from credits.models import CreditGrant, GrantKind
 from inference.services import record_first_token
-from tests.web.conftest import PASSWORD, backdate_signup
+from tests.billing.conftest import PASSWORD, backdate_signup
 
 pytestmark = pytest.mark.django_db
 
