@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 
 from billing import services
 from billing.models import CreditPackage, PaymentEvent, Purchase
+from billing.purchases import refund_progress
 from credits.money import display_usd
 
 
@@ -63,10 +64,17 @@ class PurchaseAdmin(ReadOnlyAdmin):
     def refunded(self, obj: Purchase) -> str:
         return display_usd(obj.refunded_micros) if obj.refunded_micros else "—"
 
-    @admin.display(description="Refund not taken back", ordering="refund_shortfall_micros")
+    @admin.display(description="Refund not taken back")
     def refund_shortfall(self, obj: Purchase) -> str:
-        # Refunded at the provider but already spent: money staff may want to recover.
-        return display_usd(obj.refund_shortfall_micros) if obj.refund_shortfall_micros else "—"
+        # Refunded at the provider but already spent: money staff may want to recover; and
+        # what calls in flight still hold (taken back when they finish).
+        progress = refund_progress(purchase=obj)
+        parts = []
+        if progress.shortfall_micros:
+            parts.append(display_usd(progress.shortfall_micros))
+        if progress.pending_micros:
+            parts.append(f"{display_usd(progress.pending_micros)} pending")
+        return "; ".join(parts) or "—"
 
 
     @admin.action(description="Refund in full (TEST MODE purchases only)")
