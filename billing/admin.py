@@ -5,7 +5,9 @@ from django.contrib import admin, messages
 
 from billing import services
 from billing.models import CreditPackage, PaymentEvent, Purchase
+from billing.purchases import refund_progress
 from credits.admin.toolkit import ReadOnlyAdmin, ReadOnlyInline, money_column
+from credits.money import display_usd
 
 
 @admin.register(CreditPackage)
@@ -36,9 +38,18 @@ class PurchaseAdmin(ReadOnlyAdmin):
 
     amount = money_column("amount_micros", "Amount", sortable=True)
     refunded = money_column("refunded_micros", "Refunded", sortable=True, zero="—")
-    # Refunded at the provider but already spent: money staff may want to recover.
-    refund_shortfall = money_column("refund_shortfall_micros", "Refund not taken back",
-                                    sortable=True, zero="—")
+    @admin.display(description="Refund not taken back")
+    def refund_shortfall(self, obj: Purchase) -> str:
+        # Refunded at the provider but already spent: money staff may want to recover; and
+        # what calls in flight still hold (taken back when they finish).
+        progress = refund_progress(purchase=obj)
+        parts = []
+        if progress.shortfall_micros:
+            parts.append(display_usd(progress.shortfall_micros))
+        if progress.pending_micros:
+            parts.append(f"{display_usd(progress.pending_micros)} pending")
+        return "; ".join(parts) or "—"
+
 
     @admin.action(description="Refund in full (TEST MODE purchases only)")
     def refund_test_purchases(self, request, queryset) -> None:

@@ -83,8 +83,11 @@ class Purchase(models.Model):
         "credits.CreditGrant", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     refunded_micros = models.BigIntegerField(default=0)
+    # Refunds since take-backs are recorded (credits.TakeBack, source "purchase:<id>") keep
+    # their taken / pending / shortfall there (billing.purchases.refund_progress); this
+    # column holds only the shortfall of refunds applied before, and is no longer written.
     refund_shortfall_micros = models.BigIntegerField(
-        default=0, help_text="Refunded by the provider but already spent: not taken back."
+        default=0, help_text="Shortfall of refunds applied before take-backs were recorded."
     )
     created_at = models.DateTimeField(auto_now_add=True)
     fulfilled_at = models.DateTimeField(null=True, blank=True)
@@ -128,6 +131,11 @@ class Purchase(models.Model):
     def receipt_reference(self) -> str:
         return self.provider_payment_id or self.provider_session_id
 
+    @property
+    def take_back_reference(self) -> str:
+        """The source reference of the credit take-backs (refunds, disputes) of this purchase."""
+        return f"purchase:{self.pk}"
+
 
 class EventOutcome(models.TextChoices):
     PROCESSED = "processed", "Processed"
@@ -135,6 +143,8 @@ class EventOutcome(models.TextChoices):
     # A refund for a payment not fulfilled yet: applied when the completion arrives.
     DEFERRED = "deferred", "Deferred"
     REJECTED = "rejected", "Rejected"
+    # Verified but about a payment we cannot match (a dispute of an unknown charge): staff look.
+    REVIEW = "review", "Needs review"
 
 
 class PaymentEventQuerySet(models.QuerySet):

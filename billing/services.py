@@ -32,7 +32,7 @@ from billing.models import (
 )
 from billing.providers import Checkout, ProviderError, TestProvider, get_provider, in_test_mode
 from credits import services as credit_services
-from credits.exceptions import UnknownUser
+from credits.exceptions import GrantNotActive, UnknownUser
 from credits.models import GrantKind
 from credits.money import display_usd, usd_to_micros
 
@@ -41,6 +41,13 @@ logger = logging.getLogger(__name__)
 PAID_EVENTS = {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
 FAILED_EVENTS = {"checkout.session.expired", "checkout.session.async_payment_failed"}
 REFUND_EVENT = "charge.refunded"
+DISPUTE_CREATED_EVENT = "charge.dispute.created"
+DISPUTE_CLOSED_EVENT = "charge.dispute.closed"
+# Events about a payment: found again by its PaymentIntent.
+PAYMENT_EVENTS = {REFUND_EVENT, DISPUTE_CREATED_EVENT, DISPUTE_CLOSED_EVENT}
+# A closed dispute that leaves the money with us: "won", or an inquiry closed without a
+# chargeback ("warning_closed"; its funds were never withdrawn).
+DISPUTE_KEPT_STATUSES = {"won", "warning_closed"}
 
 
 class PurchaseRefused(Exception):
@@ -208,7 +215,7 @@ def receive_event(*, provider: str, event: dict[str, Any]) -> PaymentEvent:
 def _record_event(*, provider: str, event: dict[str, Any]) -> PaymentEvent:
     event_id, event_type = str(event["id"]), str(event["type"])
     obj = _event_object(event, required=False)
-    reference = obj.get("payment_intent") if event_type == REFUND_EVENT else obj.get("id")
+    reference = obj.get("payment_intent") if event_type in PAYMENT_EVENTS else obj.get("id")
     try:
         with transaction.atomic():
             return PaymentEvent.objects.create(
@@ -245,6 +252,10 @@ def _dispatch(
         return _on_session_failed(provider, event_type, _event_object(event))
     if event_type == REFUND_EVENT:
         return _on_charge_refunded(provider, _event_object(event))
+    if event_type == DISPUTE_CREATED_EVENT:
+        return _on_dispute_created(provider, _event_object(event))
+    if event_type == DISPUTE_CLOSED_EVENT:
+        return _on_dispute_closed(provider, _event_object(event))
     return EventOutcome.IGNORED, "Not an event TokenBank acts on.", None
 
 
@@ -392,17 +403,25 @@ def _mark_failed(purchase: Purchase, *, note: str) -> None:
 # --- refunds ----------------------------------------------------------------------
 
 
-def _on_charge_refunded(provider: str, charge: dict[str, Any]) -> tuple[str, str, Purchase | None]:
-    refunded_micros = _cents(charge, "amount_refunded") * MICROS_PER_CENT
-    payment_id = str(charge.get("payment_intent") or "")
+def _purchase_for_payment(provider: str, obj: dict[str, Any]) -> Purchase | None:
+    """The purchase a charge or dispute is about, locked: by its PaymentIntent, else by our
+    reference in its metadata."""
+    payment_id = str(obj.get("payment_intent") or "")
     purchases = Purchase.objects.select_for_update().filter(provider=provider)
     purchase = purchases.filter(provider_payment_id=payment_id).first() if payment_id else None
     if purchase is None:
         try:
-            purchase_id = uuid.UUID(str((charge.get("metadata") or {}).get("purchase_id")))
+            purchase_id = uuid.UUID(str((obj.get("metadata") or {}).get("purchase_id")))
         except ValueError:
             purchase_id = None
         purchase = purchases.filter(pk=purchase_id).first() if purchase_id else None
+    return purchase
+
+
+def _on_charge_refunded(provider: str, charge: dict[str, Any]) -> tuple[str, str, Purchase | None]:
+    refunded_micros = _cents(charge, "amount_refunded") * MICROS_PER_CENT
+    payment_id = str(charge.get("payment_intent") or "")
+    purchase = _purchase_for_payment(provider, charge)
     if purchase is None or purchase.status in (PurchaseStatus.PENDING, PurchaseStatus.FAILED):
         # Refund before completion: kept, and applied when the payment is credited.
         return EventOutcome.DEFERRED, "Refund for a payment not credited yet.", purchase
@@ -420,8 +439,10 @@ def apply_refund(
 
     `refunded_total_micros` is the payment's cumulative refunded amount (as
     Stripe reports it), so replays and out-of-date events take nothing more.
-    Never takes the balance below zero: what was already spent or held is
-    recorded in `refund_shortfall_micros` for staff. Idempotent.
+    Never takes the balance below zero: credit calls in flight hold is taken back
+    when they finish (pending), what was already spent is the shortfall; the
+    take-back (credits.TakeBack, see `billing.purchases.refund_progress`) records
+    both for staff. Idempotent.
     """
     purchase_id = purchase.pk if isinstance(purchase, Purchase) else purchase
     with transaction.atomic():
@@ -430,7 +451,7 @@ def apply_refund(
         delta = total - locked.refunded_micros
         if delta <= 0:
             return EventOutcome.IGNORED, "Refund already taken into account.", locked
-        shortfall = 0
+        result = None
         if locked.grant_id is not None:
             result = credit_services.take_back_credit(
                 grant=locked.grant_id,
@@ -438,18 +459,31 @@ def apply_refund(
                 reason=f"Refund of {display_usd(delta)} of a {locked.amount_display} purchase"
                 + (f" ({reference})" if reference else ""),
                 idempotency_key=f"refund:{locked.pk}:{total}",
+                source_reference=locked.take_back_reference,
             )
-            shortfall = result.shortfall_micros
         locked.refunded_micros = total
-        locked.refund_shortfall_micros += shortfall
-        locked.save(update_fields=["refunded_micros", "refund_shortfall_micros"])
+        locked.save(update_fields=["refunded_micros"])
     note = f"Refunded {display_usd(delta)}"
-    if locked.grant_id is None:
+    if result is None:
         note += "; nothing had been credited"
-    if shortfall:
-        note += f"; {display_usd(shortfall)} was already spent and could not be taken back"
-        logger.warning("Refund shortfall of %s micros on purchase %s", shortfall, locked.pk)
+    else:
+        note += _take_back_note(result)
+        if result.shortfall_micros:
+            logger.warning("Refund shortfall of %s micros on purchase %s",
+                           result.shortfall_micros, locked.pk)
     return EventOutcome.PROCESSED, note + ".", locked
+
+
+def _take_back_note(result: credit_services.TakeBackResult) -> str:
+    note = ""
+    if result.pending_micros:
+        note += (f"; {display_usd(result.taken_micros)} taken back now, "
+                 f"{display_usd(result.pending_micros)} held by calls in flight is taken back "
+                 "when they finish")
+    if result.shortfall_micros:
+        note += (f"; {display_usd(result.shortfall_micros)} was already spent and could not "
+                 "be taken back")
+    return note
 
 
 def _apply_deferred_refunds(purchase: Purchase) -> None:
@@ -475,3 +509,70 @@ def _apply_deferred_refunds(purchase: Purchase) -> None:
         purchase=purchase,
         note=f"Applied once the payment was credited: {note}"[:255],
     )
+
+
+# --- disputes -------------------------------------------------------------------------
+
+
+def _dispute_key(dispute_id: str) -> str:
+    return f"dispute:{dispute_id}"
+
+
+def _on_dispute_created(provider: str, dispute: dict[str, Any]) -> tuple[str, str, Purchase | None]:
+    """A chargeback: the disputed amount is taken back like a refund while it is open."""
+    dispute_id = str(dispute.get("id") or "")
+    if not dispute_id:
+        raise MalformedEvent("The dispute has no id.")
+    amount = _cents(dispute, "amount") * MICROS_PER_CENT
+    purchase = _purchase_for_payment(provider, dispute)
+    if purchase is None or purchase.grant_id is None:
+        return (EventOutcome.REVIEW,
+                f"Dispute {dispute_id} of {display_usd(amount)} for a payment that credited "
+                "nothing we know: staff review.", purchase)
+    if amount == 0:
+        return EventOutcome.IGNORED, f"Dispute {dispute_id} is of $0.00.", purchase
+    result = credit_services.take_back_credit(
+        grant=purchase.grant_id,
+        amount_micros=amount,
+        reason=f"Dispute {dispute_id} of {display_usd(amount)} of a "
+        f"{purchase.amount_display} purchase",
+        idempotency_key=_dispute_key(dispute_id),
+        source_reference=purchase.take_back_reference,
+    )
+    if result.shortfall_micros:
+        logger.warning("Dispute shortfall of %s micros on purchase %s",
+                       result.shortfall_micros, purchase.pk)
+    return (EventOutcome.PROCESSED,
+            f"Dispute {dispute_id}: {display_usd(amount)} taken back" + _take_back_note(result)
+            + ".", purchase)
+
+
+def _on_dispute_closed(provider: str, dispute: dict[str, Any]) -> tuple[str, str, Purchase | None]:
+    """Won (or an inquiry closed): the credit the dispute took back is given back (a new
+    grant; what is still pending is withdrawn). Lost: the take-back stands."""
+    dispute_id = str(dispute.get("id") or "")
+    if not dispute_id:
+        raise MalformedEvent("The dispute has no id.")
+    status = str(dispute.get("status") or "")
+    purchase = _purchase_for_payment(provider, dispute)
+    if purchase is None or purchase.user_id is None:
+        return (EventOutcome.REVIEW,
+                f"Dispute {dispute_id} closed ({status}) for a payment we cannot match: "
+                "staff review.", purchase)
+    if status not in DISPUTE_KEPT_STATUSES:
+        return (EventOutcome.PROCESSED,
+                f"Dispute {dispute_id} closed ({status}): the credit stays taken back.", purchase)
+    try:
+        reversal = credit_services.reverse_take_back(
+            user=purchase.user_id,
+            idempotency_key=_dispute_key(dispute_id),
+            reason=f"Dispute {dispute_id} closed in our favour ({status}): credit given back",
+        )
+    except GrantNotActive:
+        return (EventOutcome.IGNORED,
+                f"Dispute {dispute_id} closed ({status}); nothing had been taken back.", purchase)
+    given = reversal.grant.amount_micros if reversal.grant is not None else 0
+    note = f"Dispute {dispute_id} closed ({status}): {display_usd(given)} given back"
+    if reversal.cancelled_micros:
+        note += f"; {display_usd(reversal.cancelled_micros)} no longer owed by calls in flight"
+    return EventOutcome.PROCESSED, note + ".", purchase

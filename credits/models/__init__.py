@@ -18,6 +18,7 @@ from credits.models.ledger import (
     ImmutableEntryError,
     LedgerEntry,
     LedgerEntryQuerySet,
+    TakeBack,
 )
 from credits.models.notifications import Notification, NotificationEvent
 from credits.models.promotions import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
@@ -29,5 +30,5 @@ __all__ = [
     "HoldStatus", "ImmutableEntryError", "LedgerEntry", "LedgerEntryQuerySet", "Notification",
     "NotificationEvent", "Promotion", "PromotionAssignment", "PromotionClaim", "PromotionKind",
     "PromotionReview", "PromotionVariant", "ReviewStatus", "SignupRecord", "StaffAction",
-    "StaffActionKind", "StaffActionStatus",
+    "StaffActionKind", "StaffActionStatus", "TakeBack",
 ]

@@ -49,7 +49,11 @@ class GrantKind(models.TextChoices):
 
 class CreditGrant(models.Model):
     """A lot of credit. `remaining_micros` and `held_micros` move only through
-    credits.services, each move mirrored by a LedgerEntry on this grant."""
+    credits.services, each move mirrored by a LedgerEntry on this grant.
+
+    `pending_take_back_micros` is the part of the held credit owed to take-backs (refunds)
+    that met it: taken back (REFUND) as the holds release it, never freed. It is the sum of
+    the grant's open TakeBack rows' pending part (checked by credits_verify)."""
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="credit_grants"
@@ -58,6 +62,7 @@ class CreditGrant(models.Model):
     amount_micros = models.BigIntegerField()
     remaining_micros = models.BigIntegerField()
     held_micros = models.BigIntegerField(default=0)
+    pending_take_back_micros = models.BigIntegerField(default=0)
     granted_at = models.DateTimeField()
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
     voided_at = models.DateTimeField(null=True, blank=True)
@@ -94,6 +99,12 @@ class CreditGrant(models.Model):
             models.CheckConstraint(
                 condition=Q(held_micros__gte=0) & Q(held_micros__lte=F("remaining_micros")),
                 name="grant_held_within_remaining",
+            ),
+            # Owed credit is held credit: it can never be free (spendable) in between.
+            models.CheckConstraint(
+                condition=Q(pending_take_back_micros__gte=0)
+                & Q(pending_take_back_micros__lte=F("held_micros")),
+                name="grant_pending_take_back_within_held",
             ),
         ]
         indexes = [
@@ -154,6 +165,11 @@ class LedgerEntry(models.Model):
     )
     hold = models.ForeignKey(
         "CreditHold", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    # The take-back (refund) a REFUND entry pays towards; empty on entries before take-backs
+    # were recorded.
+    take_back = models.ForeignKey(
+        "TakeBack", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
     )
     # Signed change to the balance, and to the held amount (holds move only the latter).
     amount_micros = models.BigIntegerField()
@@ -254,3 +270,66 @@ class CreditHold(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status == HoldStatus.ACTIVE
+
+
+class TakeBack(models.Model):
+    """One request to take credit back from a grant (a payment refund, a dispute, a clawback),
+    and how far it got: `taken` (REFUND entries linked to it), `pending` (met credit held by
+    calls in flight: taken as their holds release it) and `shortfall` (already spent: never
+    taken). The numbers only move from pending to taken or shortfall, through credits.services,
+    under the account's lock; `completed_at` is set when nothing is pending any more.
+    `cancelled` is pending the requester withdrew (a dispute won before its holds settled).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="take_backs"
+    )
+    grant = models.ForeignKey(CreditGrant, on_delete=models.PROTECT, related_name="take_backs")
+    requested_micros = models.BigIntegerField()
+    taken_micros = models.BigIntegerField(default=0)
+    pending_micros = models.BigIntegerField(default=0)
+    shortfall_micros = models.BigIntegerField(default=0)
+    cancelled_micros = models.BigIntegerField(default=0)
+    reason = models.CharField(max_length=255)
+    # Who asked, e.g. "purchase:<id>" for a payment refund (billing reads its take-backs so).
+    source_reference = models.CharField(max_length=200, blank=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="+",
+    )
+    idempotency_key = models.CharField(max_length=200)
+    created_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"], name="take_back_idempotency_key_unique_per_user"
+            ),
+            models.CheckConstraint(condition=Q(requested_micros__gt=0),
+                                   name="take_back_requested_positive"),
+            models.CheckConstraint(
+                condition=Q(taken_micros__gte=0) & Q(pending_micros__gte=0)
+                & Q(shortfall_micros__gte=0) & Q(cancelled_micros__gte=0)
+                & Q(requested_micros=F("taken_micros") + F("pending_micros")
+                    + F("shortfall_micros") + F("cancelled_micros")),
+                name="take_back_parts_add_up",
+            ),
+            models.CheckConstraint(
+                condition=(Q(pending_micros=0) & Q(completed_at__isnull=False))
+                | (Q(pending_micros__gt=0) & Q(completed_at__isnull=True)),
+                name="take_back_complete_when_nothing_pending",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["grant", "completed_at"], name="take_back_open_idx"),
+        ]
+
+    def __str__(self) -> str:
+        state = "complete" if self.is_complete else "pending"
+        return f"Take-back #{self.pk} of grant #{self.grant_id} ({state})"
+
+    @property
+    def is_complete(self) -> bool:
+        return self.pending_micros == 0

@@ -5,20 +5,19 @@ grants it touches in id order (`locks`), writes the entries and the cached total
 together (`writer`), and raises a `credits.exceptions` error with nothing written when
 it refuses. Amounts are integers of micro-dollars; see `credits.money` for the rounding.
 
-By concern: `grants` (add, spend, void, re-date, take back, expire), `holds` (authorize,
-capture, release, the stale-hold sweep), `reconcile` (verify_balances), `pricing`.
+By concern: `grants` (add, spend, void, re-date, expire), `takebacks` (refunds, including
+credit held by calls in flight), `holds` (authorize, capture, release, the stale-hold
+sweep), `reconcile` (verify_balances), `pricing`.
 The public names are re-exported here: callers import `credits.services.<name>`.
 """
 
 from credits.services.grants import (
     DebitResult,
-    TakeBackResult,
     add_credit,
     adjust_credit,
     change_grant_expiry,
     expire_credits,
     grant_locked,
-    take_back_credit,
     use_credits,
     void_grant,
 )
@@ -32,11 +31,18 @@ from credits.services.holds import (
 )
 from credits.services.pricing import calculate_inference_cost
 from credits.services.reconcile import Mismatch, verify_balances
+from credits.services.takebacks import (
+    TakeBackResult,
+    TakeBackReversal,
+    reverse_take_back,
+    take_back_credit,
+)
 from credits.services.writer import burn_down_order
 
 __all__ = [
-    "DebitResult", "Mismatch", "Settlement", "TakeBackResult", "add_credit", "adjust_credit",
-    "authorize", "back_pending_holds", "burn_down_order", "calculate_inference_cost", "capture",
-    "change_grant_expiry", "expire_credits", "grant_locked", "release", "release_stale_holds",
-    "take_back_credit", "use_credits", "verify_balances", "void_grant",
+    "DebitResult", "Mismatch", "Settlement", "TakeBackResult", "TakeBackReversal", "add_credit",
+    "adjust_credit", "authorize", "back_pending_holds", "burn_down_order",
+    "calculate_inference_cost", "capture", "change_grant_expiry", "expire_credits",
+    "grant_locked", "release", "release_stale_holds", "reverse_take_back", "take_back_credit",
+    "use_credits", "verify_balances", "void_grant",
 ]

@@ -1,5 +1,5 @@
 """Grants and debits: credit added as lots, spent soonest-expiring first, voided,
-re-dated, taken back and expired. Each service is one transaction that locks the
+re-dated and expired (taken back: `takebacks`). Each service is one transaction that locks the
 user's credit account, then the grants it touches (`locks`), writes entries and the cached
 totals together (`writer`), and raises a `credits.exceptions` error with nothing
 written when it refuses. Amounts are integers of micro-dollars (`credits.money`).
@@ -263,52 +263,6 @@ def change_grant_expiry(
         writer.sweep_expired([locked_grant])
         writer.flush()
         return locked_grant
-
-
-@dataclass(frozen=True)
-class TakeBackResult:
-    taken_micros: int
-    shortfall_micros: int  # already spent or held: could not be taken back
-
-
-def take_back_credit(
-    *,
-    grant: CreditGrant | int,
-    amount_micros: int,
-    reason: str,
-    idempotency_key: str,
-    actor: User | None = None,
-    now: dt.datetime | None = None,
-) -> TakeBackResult:
-    """Take credit back from one grant (a payment refund, a clawback) with a REFUND entry.
-
-    Takes at most the grant's unheld remainder: never below zero, never from any
-    other grant. Returns what was taken and what could not be. Idempotent on
-    `idempotency_key` (a replay returns the original result).
-    """
-    require_amount(amount_micros)
-    reason = require_text(reason, name="reason")
-    now = now_or(now)
-    operation_key = f"take-back:{idempotency_key}"
-    with transaction.atomic():
-        locked, locked_grant = lock_grant(grant)
-        grant_id = locked_grant.pk
-        previous = list(LedgerEntry.objects.filter(user_id=locked.user_id, operation_key=operation_key))
-        if previous:
-            taken = -sum(e.amount_micros for e in previous)
-            # A replay asks for the same amount from the same grant; it cannot ask for less
-            # than was taken the first time.
-            if previous[0].grant_id != grant_id or taken > amount_micros:
-                raise IdempotencyConflict(
-                    f"Idempotency key {idempotency_key!r} was used for another take-back."
-                )
-            return TakeBackResult(taken_micros=taken, shortfall_micros=amount_micros - taken)
-        taken = min(amount_micros, locked_grant.free_micros)
-        writer = LedgerWriter(locked, operation_key=operation_key, now=now, actor=actor,
-                              reference=f"take-back:{grant_id}")
-        writer.write(EntryType.REFUND, grant=locked_grant, amount=-taken, description=reason)
-        writer.flush()
-        return TakeBackResult(taken_micros=taken, shortfall_micros=amount_micros - taken)
 
 
 def expire_credits(*, now: dt.datetime | None = None, batch_size: int = 200) -> int:

@@ -26,6 +26,7 @@ from credits.services.locks import (
     lock_open_grants,
     lock_pending_holds,
 )
+from credits.services.takebacks import take_back_released
 from credits.services.validation import now_or, require_amount
 from credits.services.writer import LedgerWriter, burn_down_order, usable_grants
 
@@ -177,7 +178,11 @@ def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now
         else:
             writer.write(EntryType.RELEASE, grant=grant, held_change=-reserved, hold=hold,
                          description=description)
-        writer.close_released(grant, reserved - take, hold)
+        released = reserved - take
+        # Refunds owed on this grant take what it releases first, in this transaction, so
+        # the refunded credit is never free in between.
+        released -= take_back_released(writer, grant, released_micros=released, hold=hold)
+        writer.close_released(grant, released, hold)
     hold.status = HoldStatus.CAPTURED if charge is not None else HoldStatus.RELEASED
     hold.captured_micros = charge or 0
     hold.settled_at = now

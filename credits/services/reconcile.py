@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.db.models import Sum
 
-from credits.models import CreditAccount, CreditGrant, CreditHold, HoldStatus, LedgerEntry
+from credits.models import CreditAccount, CreditGrant, CreditHold, HoldStatus, LedgerEntry, TakeBack
 
 
 @dataclass(frozen=True)
@@ -26,16 +26,19 @@ def verify_balances(*, user_ids: Iterable[int] | None = None) -> list[Mismatch]:
 
     balance == sum of entries == sum of grants' remaining; held == sum of held
     changes == sum of grants' held == sum of active holds' reserved part; and
-    each grant's remaining/held == its own entries.
+    each grant's remaining/held == its own entries; each grant's owed take-back == its open
+    take-backs' pending part; each take-back's taken part == its REFUND entries.
     """
     accounts = CreditAccount.objects.all()
     grants = CreditGrant.objects.all()
     entries = LedgerEntry.objects.all()
     holds = CreditHold.objects.filter(status=HoldStatus.ACTIVE)
+    take_backs = TakeBack.objects.all()
     if user_ids is not None:
         ids = list(user_ids)
         accounts, grants = accounts.filter(user_id__in=ids), grants.filter(user_id__in=ids)
         entries, holds = entries.filter(user_id__in=ids), holds.filter(user_id__in=ids)
+        take_backs = take_backs.filter(user_id__in=ids)
 
     def per_user(qs, **sums) -> dict[int, dict[str, int]]:
         rows = qs.order_by().values("user_id").annotate(**{k: Sum(v) for k, v in sums.items()})
@@ -68,9 +71,16 @@ def verify_balances(*, user_ids: Iterable[int] | None = None) -> list[Mismatch]:
         for r in entries.filter(grant__isnull=False).order_by().values("grant_id").annotate(
             balance=Sum("amount_micros"), held=Sum("held_change_micros"))
     }
-    for grant_id, user_id, remaining, held in grants.values_list(
-        "pk", "user_id", "remaining_micros", "held_micros"
+    owed = {
+        r["grant_id"]: r["pending"]
+        for r in take_backs.order_by().values("grant_id").annotate(pending=Sum("pending_micros"))
+    }
+    for grant_id, user_id, remaining, held, pending in grants.values_list(
+        "pk", "user_id", "remaining_micros", "held_micros", "pending_take_back_micros"
     ):
+        if (owed.get(grant_id) or 0) != pending:
+            problems.append(Mismatch(user_id, f"grant #{grant_id} owed take-back vs its take-backs",
+                                     owed.get(grant_id) or 0, pending))
         row = by_grant.get(grant_id, {})
         if (row.get("balance") or 0) != remaining:
             problems.append(Mismatch(user_id, f"grant #{grant_id} remaining vs its entries",
@@ -78,6 +88,16 @@ def verify_balances(*, user_ids: Iterable[int] | None = None) -> list[Mismatch]:
         if (row.get("held") or 0) != held:
             problems.append(Mismatch(user_id, f"grant #{grant_id} held vs its entries",
                                      row.get("held") or 0, held))
+    refunded = {
+        r["take_back_id"]: -r["amount"]
+        for r in entries.filter(take_back__isnull=False).order_by().values("take_back_id")
+        .annotate(amount=Sum("amount_micros"))
+    }
+    problems += [
+        Mismatch(user_id, f"take-back #{pk} taken vs its entries", refunded.get(pk, 0), taken)
+        for pk, user_id, taken in take_backs.values_list("pk", "user_id", "taken_micros")
+        if refunded.get(pk, 0) != taken
+    ]
     problems += [
         Mismatch(e.user_id, f"entry #{e.pk} has no grant", 0, e.amount_micros)
         for e in entries.filter(grant__isnull=True)

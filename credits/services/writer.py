@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from django.db import connection
 
 from credits import money, notices
-from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, LedgerEntry
+from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, LedgerEntry, TakeBack
 
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
@@ -53,7 +53,8 @@ class LedgerWriter:
         ))
 
     def write(self, entry_type: str, *, grant: CreditGrant, amount: int = 0, held_change: int = 0,
-              hold: CreditHold | None = None, description: str = "", key_suffix: str = "") -> None:
+              hold: CreditHold | None = None, description: str = "", key_suffix: str = "",
+              take_back: TakeBack | None = None) -> None:
         grant.remaining_micros += amount
         grant.held_micros += held_change
         self.account.balance_micros += amount
@@ -67,6 +68,7 @@ class LedgerWriter:
                 entry_type=entry_type,
                 grant=grant,
                 hold=hold,
+                take_back=take_back,
                 amount_micros=amount,
                 held_change_micros=held_change,
                 balance_after_micros=self.account.balance_micros,
@@ -107,8 +109,8 @@ class LedgerWriter:
         statements = list(self.statements)
         statements += [
             (f"UPDATE {CreditGrant._meta.db_table} SET remaining_micros = %s, held_micros = %s, "
-             "voided_at = %s WHERE id = %s",
-             [g.remaining_micros, g.held_micros,
+             "pending_take_back_micros = %s, voided_at = %s WHERE id = %s",
+             [g.remaining_micros, g.held_micros, g.pending_take_back_micros,
               connection.ops.adapt_datetimefield_value(g.voided_at), g.pk])
             for g in self.touched_grants.values()
         ]

@@ -10,6 +10,7 @@ from django.test import Client
 
 from billing import services
 from billing.models import EventOutcome, PaymentEvent, Purchase, PurchaseStatus
+from billing.purchases import RefundProgress, refund_progress
 from credits import services as credit_services
 from credits.models import CreditGrant, EntryType, GrantKind, LedgerEntry
 from tests.billing.conftest import (
@@ -213,7 +214,8 @@ def test_full_refund_takes_the_credit_back(client, user):
     assert response.status_code == 200
     assert balance(user) == 0
     purchase.refresh_from_db()
-    assert (purchase.refunded_micros, purchase.refund_shortfall_micros) == (10 * USD, 0)
+    assert purchase.refunded_micros == 10 * USD
+    assert refund_progress(purchase=purchase) == RefundProgress(10 * USD, 0, 0)
     assert purchase.refund_state == "Refunded"
     refund = LedgerEntry.objects.get(user=user, entry_type=EntryType.REFUND)
     assert refund.amount_micros == -10 * USD
@@ -253,7 +255,7 @@ def test_refund_of_credit_already_spent_never_goes_below_zero_and_records_the_sh
     assert balance(user) == 0
     purchase.refresh_from_db()
     assert purchase.refunded_micros == 10 * USD
-    assert purchase.refund_shortfall_micros == 8 * USD
+    assert refund_progress(purchase=purchase).shortfall_micros == 8 * USD
     assert "could not be taken back" in PaymentEvent.objects.get(event_type="charge.refunded").note
     assert_books_balance(user.pk)
 
@@ -269,7 +271,7 @@ def test_refund_never_touches_other_credit(client, user, fund):
 
     assert balance(user) == 50 * USD
     purchase.refresh_from_db()
-    assert purchase.refund_shortfall_micros == 10 * USD
+    assert refund_progress(purchase=purchase).shortfall_micros == 10 * USD
     assert_books_balance(user.pk)
 
 

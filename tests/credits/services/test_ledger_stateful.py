@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from accounts.models import User
 from credits import services
 from credits.exceptions import InsufficientCredits
-from credits.models import CreditGrant, GrantKind
+from credits.models import CreditGrant, GrantKind, TakeBack
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
@@ -18,7 +18,8 @@ amounts = st.integers(min_value=1, max_value=5_000_000)
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    """The model knows each grant's remaining/held and each hold's reservation per grant."""
+    """The model knows each grant's remaining/held/owed, each hold's reservation per grant,
+    and each take-back's taken/pending/shortfall."""
 
     @initialize()
     def new_user(self):
@@ -29,6 +30,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.grants: dict[int, dict] = {}
         self.holds: dict = {}
+        self.take_backs: dict[str, dict] = {}
 
     # --- the reference model -----------------------------------------------------
     def usable(self, grant) -> bool:
@@ -53,8 +55,8 @@ class LedgerMachine(RuleBasedStateMachine):
         expires_at = None if lifetime is None else self.now + dt.timedelta(seconds=lifetime)
         grant = services.add_credit(user=self.user, amount_micros=amount, kind=kind,
                                     expires_at=expires_at, now=self.now)
-        self.grants[grant.pk] = {"remaining": amount, "held": 0, "expires_at": expires_at,
-                                 "granted_at": self.now, "voided": False}
+        self.grants[grant.pk] = {"remaining": amount, "held": 0, "pending": 0,
+                                 "expires_at": expires_at, "granted_at": self.now, "voided": False}
 
     @rule(amount=amounts)
     def debit(self, amount):
@@ -102,6 +104,27 @@ class LedgerMachine(RuleBasedStateMachine):
         grant["voided"] = True
         grant["remaining"] = grant["held"]
 
+    @precondition(lambda self: self.grants)
+    @rule(data=st.data(), amount=amounts)
+    def take_back(self, data, amount):
+        """A refund, often while calls in flight hold the grant's credit."""
+        grant_id = data.draw(st.sampled_from(sorted(self.grants)))
+        grant = self.grants[grant_id]
+        key = f"refund-{len(self.take_backs)}"
+        result = services.take_back_credit(grant=grant_id, amount_micros=amount, reason="refund",
+                                           idempotency_key=key, now=self.now)
+        taken = min(amount, grant["remaining"] - grant["held"])
+        owed = min(amount - taken, grant["held"] - grant["pending"])
+        assert (result.taken_micros, result.pending_micros, result.shortfall_micros) == (
+            taken, owed, amount - taken - owed)
+        grant["remaining"] -= taken
+        grant["pending"] += owed
+        self.take_backs[key] = {"grant": grant_id, "taken": taken, "pending": owed,
+                                "shortfall": amount - taken - owed}
+        replay = services.take_back_credit(grant=grant_id, amount_micros=amount, reason="refund",
+                                           idempotency_key=key, now=self.now)
+        assert replay == result
+
     @rule()
     def expire(self):
         services.expire_credits(now=self.now)
@@ -148,8 +171,24 @@ class LedgerMachine(RuleBasedStateMachine):
             charge -= take
             grant["held"] -= reserved
             grant["remaining"] -= take
+            released = reserved - take
+            owed = [t for t in self.take_backs.values() if t["grant"] == grant_id and t["pending"]]
+            for take_back in owed:  # oldest first: what the call released is taken back
+                part = min(take_back["pending"], released)
+                take_back["pending"] -= part
+                take_back["taken"] += part
+                grant["pending"] -= part
+                grant["remaining"] -= part
+                released -= part
+            spent = grant["pending"] - grant["held"]  # owed beyond what is still held: spent
+            for take_back in owed:
+                part = min(take_back["pending"], max(spent, 0))
+                take_back["pending"] -= part
+                take_back["shortfall"] += part
+                grant["pending"] -= part
+                spent -= part
             if not self.usable(grant):
-                grant["remaining"] -= reserved - take
+                grant["remaining"] -= released
 
     # --- invariants ---------------------------------------------------------------
     @invariant()
@@ -157,9 +196,13 @@ class LedgerMachine(RuleBasedStateMachine):
         if not hasattr(self, "user"):
             return
         self.user.refresh_from_db()
-        rows = {g.pk: (g.remaining_micros, g.held_micros)
+        rows = {g.pk: (g.remaining_micros, g.held_micros, g.pending_take_back_micros)
                 for g in CreditGrant.objects.filter(user=self.user)}
-        assert rows == {k: (g["remaining"], g["held"]) for k, g in self.grants.items()}
+        assert rows == {k: (g["remaining"], g["held"], g["pending"]) for k, g in self.grants.items()}
+        take_backs = {t.idempotency_key: {"grant": t.grant_id, "taken": t.taken_micros,
+                                          "pending": t.pending_micros, "shortfall": t.shortfall_micros}
+                      for t in TakeBack.objects.filter(user=self.user)}
+        assert take_backs == self.take_backs
         assert self.user.credit_balance == sum(g["remaining"] for g in self.grants.values())
         assert 0 <= self.user.credit_held <= self.user.credit_balance
         assert services.verify_balances(user_ids=[self.user.pk]) == []
