@@ -1,0 +1,493 @@
+"""The metered gateway against its upstream: many long streams at once.
+
+Starts, on loopback only:
+  - a local async OpenAI-compatible upstream that streams `--tokens` tokens `--delay-ms`
+    apart (usage in the last chunk), in its own process;
+  - TokenBank with the production web command from the Procfile (and, for comparison in
+    the same run, the previous server: gunicorn gthread 2x8 over WSGI), on a throwaway
+    PostgreSQL database, metered, with a model routed to that upstream through the
+    OpenAI-compatible backend.
+For each concurrency level it drives streams for `--seconds` and prints, side by side:
+completed streams/s, time to first token p50/p99, total p50/p99, the server's CPU seconds
+per stream (from /proc), and the peak number of PostgreSQL connections (pg_stat_activity).
+Then the short non-streaming call: requests/s at 16 clients, and the metered overhead at
+1 client against the same server command with billing off. After each TokenBank run the
+ledger must reconcile (`credits_verify`) and every stream must have been charged what its
+final chunk said.
+
+    .venv/bin/python bench/gateway.py [--levels 16,64,256] [--seconds 10] [--tokens 32]
+                                      [--delay-ms 20]
+
+Needs PostgreSQL (DATABASE_URL's server; the database `tokenbank_gateway` is dropped and
+recreated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = ROOT / ".venv" / "bin"
+USD = 1_000_000
+MODEL = "bench-upstream"
+PREVIOUS_WEB = ("gunicorn config.wsgi --bind 127.0.0.1:{port} --worker-class gthread "
+                "--workers 2 --threads 8 --timeout 300")
+
+
+# --- the upstream (run with --serve-upstream in its own process) -----------------------
+
+
+def upstream_app(tokens: int, delay_s: float):
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body or b"{}")
+        count = min(tokens, int(request.get("max_tokens") or tokens))
+        chat = scope["path"].endswith("/chat/completions")
+        usage = {"prompt_tokens": 12, "completion_tokens": count, "total_tokens": 12 + count}
+
+        def choice(text=None, finish=None):
+            if chat:
+                delta = {"content": text} if text is not None else {}
+                return {"index": 0, "delta": delta, "finish_reason": finish}
+            return {"index": 0, "text": text or "", "finish_reason": finish}
+
+        if not request.get("stream"):
+            await asyncio.sleep(delay_s * count)
+            text = " ".join(f"tok{i}" for i in range(count))
+            message = ({"role": "assistant", "content": text} if chat else None)
+            payload = {"id": "up-1", "object": "chat.completion", "model": request.get("model"),
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    **({"message": message} if chat else {"text": text})}],
+                       "usage": usage}
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        base = {"id": "up-1", "object": "chat.completion.chunk", "model": request.get("model")}
+
+        async def event(data) -> None:
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": f"data: {json.dumps(data)}\n\n".encode()})
+
+        for i in range(count):
+            await asyncio.sleep(delay_s)
+            await event({**base, "choices": [choice(f"tok{i} ")]})
+        await event({**base, "choices": [choice(None, "stop")]})
+        await event({**base, "choices": [], "usage": usage})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    return app
+
+
+def serve_upstream(port: int, tokens: int, delay_ms: float) -> None:
+    import uvicorn
+
+    uvicorn.run(upstream_app(tokens, delay_ms / 1000), host="127.0.0.1", port=port,
+                log_level="warning", backlog=2048, timeout_keep_alive=30)
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def procfile_web(port: int) -> str:
+    line = next(line for line in (ROOT / "Procfile").read_text().splitlines()
+                if line.startswith("web:"))
+    return (line.removeprefix("web:").strip().replace("${PORT:-8000}", str(port))
+            .replace("0.0.0.0", "127.0.0.1"))
+
+
+def server_env(args, *, billing: bool, upstream_port: int) -> dict:
+    env = {**os.environ, "DATABASE_URL": args.database_url, "DEBUG": "false",
+           "SECRET_KEY": "bench-only-secret-key-not-for-production-use-0123456789",
+           "ALLOWED_HOSTS": "127.0.0.1,localhost", "LOG_LEVEL": "WARNING",
+           "API_RATE_LIMIT_PER_MINUTE": "0",
+           "UPSTREAM_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+           "INFERENCE_BILLING_ENABLED": "true" if billing else "false"}
+    if args.redis_url:
+        env["REDIS_URL"] = args.redis_url
+    else:
+        env.pop("REDIS_URL", None)
+    return env
+
+
+def start(command: str, env: dict, probe_url: str) -> subprocess.Popen:
+    argv = shlex.split(command)
+    argv[0] = str(BIN / argv[0]) if (BIN / argv[0]).exists() else argv[0]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{command!r} exited with {proc.returncode}")
+        try:
+            httpx.get(probe_url, timeout=2)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    stop(proc)
+    raise SystemExit(f"{command!r} did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    with_group = True
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        with_group = False
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        if with_group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def cpu_seconds(root_pid: int) -> float:
+    """utime + stime of a process and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = (Path("/proc") / entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        stats[pid] = (int(fields[11]) + int(fields[12])) / tick
+    total, pending = 0.0, [root_pid]
+    while pending:
+        pid = pending.pop()
+        total += stats.get(pid, 0.0)
+        pending += children.get(pid, [])
+    return total
+
+
+class ConnectionWatch:
+    """Polls pg_stat_activity for the bench database's connections; keeps the peak."""
+
+    def __init__(self, database_url: str):
+        self.url, self.name = database_url, urlparse(database_url).path.lstrip("/")
+        self.peak, self._stop = 0, threading.Event()
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+    def _poll(self) -> None:
+        import psycopg
+
+        admin = urlunparse(urlparse(self.url)._replace(path="/postgres"))
+        with psycopg.connect(admin, autocommit=True) as conn:
+            while not self._stop.is_set():
+                (count,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                        [self.name]).fetchone()
+                self.peak = max(self.peak, count)
+                time.sleep(0.05)
+
+
+# --- the load ---------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+async def drive_streams(url: str, secrets: list[str], *, concurrency: int, seconds: float,
+                        tokens: int) -> dict:
+    ttft, totals, told, errors = [], [], {}, {}
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+
+        async def client(worker: int) -> None:
+            n = 0
+            while time.monotonic() < deadline:
+                n += 1
+                secret = secrets[worker % len(secrets)]
+                body = {"model": MODEL, "stream": True, "max_tokens": tokens,
+                        "stream_options": {"include_usage": True},
+                        "messages": [{"role": "user", "content": f"stream {worker}-{n}"}]}
+                headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+                started = time.perf_counter()
+                first = None
+                try:
+                    async with http.stream("POST", url, json=body, headers=headers) as response:
+                        if response.status_code != 200:
+                            await response.aread()
+                            errors[response.status_code] = errors.get(response.status_code, 0) + 1
+                            continue
+                        request_id = response.headers.get("X-Request-Id")
+                        charged = None
+                        async for line in response.aiter_lines():
+                            if not line.startswith("data: ") or line == "data: [DONE]":
+                                continue
+                            data = json.loads(line[6:])
+                            if first is None and any(
+                                    (c.get("delta") or {}).get("content") or c.get("text")
+                                    for c in data.get("choices", [])):
+                                first = time.perf_counter()
+                            if "credits" in data:
+                                charged = data["credits"]["charged"]
+                            if "error" in data:
+                                errors["stream error"] = errors.get("stream error", 0) + 1
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
+                end = time.perf_counter()
+                if first is not None:
+                    ttft.append((first - started) * 1000)
+                totals.append((end - started) * 1000)
+                if request_id and charged is not None:
+                    told[request_id] = charged
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"completed": len(totals), "per_s": len(totals) / elapsed, "ttft": ttft,
+            "totals": totals, "told": told, "errors": errors}
+
+
+async def drive_calls(url: str, secrets: list[str], *, concurrency: int, total: int) -> dict:
+    latencies, errors = [], 0
+    counter = iter(range(total))
+    async with httpx.AsyncClient(timeout=60) as http:
+
+        async def client(worker: int) -> None:
+            nonlocal errors
+            for n in counter:
+                secret = secrets[(n + worker) % len(secrets)]
+                started = time.perf_counter()
+                response = await http.post(url, json={
+                    "model": "demo-small", "max_tokens": 16,
+                    "messages": [{"role": "user", "content": f"short {n}"}]},
+                    headers={"Authorization": f"Bearer {secret}"})
+                latencies.append((time.perf_counter() - started) * 1000)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"rps": total / elapsed, "p50": statistics.median(latencies),
+            "mean": statistics.fmean(latencies), "errors": errors}
+
+
+# --- set-up and reconciliation ---------------------------------------------------------------
+
+
+def prepare(args, env: dict) -> list[str]:
+    import psycopg
+
+    parsed = urlparse(args.database_url)
+    admin = urlunparse(parsed._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{parsed.path.lstrip("/")}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{parsed.path.lstrip("/")}"')
+    for command in (["migrate", "--noinput", "-v0"], ["createcachetable"]):
+        subprocess.run([str(BIN / "python"), "manage.py", *command], cwd=ROOT, env=env,
+                       check=True)
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "SECRET_KEY", "DEBUG")})
+    os.environ["DB_POOL_MAX_SIZE"] = "2"  # this process only reads and checks
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from django.utils import timezone
+
+    from accounts.models import User
+    from accounts.services import create_api_key
+    from credits.models import GrantKind
+    from credits.services import add_credit
+    from inference.models import AiModel, ModelPrice
+
+    model = AiModel.objects.create(id=MODEL, display_name="Bench upstream",
+                                   backend="openai_compatible", upstream_model="bench",
+                                   context_length=8192, max_output_tokens=4096)
+    ModelPrice.objects.create(model=model, input_price_per_million_micros=500_000,
+                              output_price_per_million_micros=1_500_000,
+                              effective_from=timezone.now() - dt.timedelta(days=1))
+    secrets = []
+    for index in range(args.users):
+        user = User.objects.create_user(f"gw{index}@example.com", "bench-password-123",
+                                        first_token_at=timezone.now(), promotion_eligible=False)
+        add_credit(user=user, amount_micros=10_000 * USD, kind=GrantKind.PURCHASED)
+        secrets.append(create_api_key(user=user, name="bench")[1])
+    return secrets
+
+
+def reconcile(told: dict[str, str]) -> str:
+    from credits.money import usd_to_micros
+    from credits.services import verify_balances
+    from inference.models import UsageRecord
+    from inference.reconcile import charges_match_usage_records
+
+    problems = [str(p) for p in verify_balances()] + charges_match_usage_records()
+    recorded = dict(UsageRecord.objects.filter(request_id__in=list(told))
+                    .values_list("request_id", "cost_micros"))
+    wrong = sum(recorded.get(rid) != usd_to_micros(value) for rid, value in told.items())
+    if problems or wrong:
+        return f"{len(problems)} ledger mismatch(es), {wrong} stream(s) charged other than told"
+    return "clean"
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def main() -> int:
+    default_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tokenbank")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="16,64,256")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--delay-ms", type=float, default=20)
+    parser.add_argument("--users", type=int, default=64)
+    parser.add_argument("--short-calls", type=int, default=400)
+    parser.add_argument("--skip-previous", action="store_true",
+                        help="do not also measure the previous server (gunicorn gthread 2x8)")
+    parser.add_argument("--database-url", default=urlunparse(
+        urlparse(default_url)._replace(path="/tokenbank_gateway")))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
+    parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream, args.tokens, args.delay_ms)
+        return 0
+    if not args.database_url.startswith("postgres"):
+        raise SystemExit("bench/gateway.py needs PostgreSQL (DATABASE_URL=postgres://...)")
+
+    upstream_port = free_port()
+    upstream = subprocess.Popen(
+        [str(BIN / "python"), __file__, "--serve-upstream", str(upstream_port),
+         "--tokens", str(args.tokens), "--delay-ms", str(args.delay_ms)],
+        cwd=ROOT, start_new_session=True)
+    env = server_env(args, billing=True, upstream_port=upstream_port)
+    secrets = prepare(args, env)
+    levels = [int(level) for level in args.levels.split(",")]
+    servers = {"TokenBank (Procfile)": procfile_web}
+    if not args.skip_previous:
+        servers["TokenBank (previous: gthread 2x8)"] = PREVIOUS_WEB.format
+    rows, notes = [], []
+    try:
+        time.sleep(1)
+        upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+        for level in levels:
+            result = asyncio.run(drive_streams(upstream_url, [""], concurrency=level,
+                                               seconds=args.seconds, tokens=args.tokens))
+            rows.append(("upstream direct", level, result, None, None))
+        for name, command in servers.items():
+            port = free_port()
+            proc = start(command(port=port), env, f"http://127.0.0.1:{port}/v1/models")
+            try:
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                asyncio.run(drive_streams(url, secrets, concurrency=8, seconds=2,
+                                          tokens=args.tokens))  # warm up
+                for level in levels:
+                    with ConnectionWatch(args.database_url) as watch:
+                        cpu_before = cpu_seconds(proc.pid)
+                        result = asyncio.run(drive_streams(url, secrets, concurrency=level,
+                                                           seconds=args.seconds, tokens=args.tokens))
+                        cpu = cpu_seconds(proc.pid) - cpu_before
+                    time.sleep(0.5)
+                    rows.append((name, level, result, cpu / max(1, result["completed"]) * 1000,
+                                 watch.peak))
+                    notes.append(f"{name} at {level}: ledger {reconcile(result['told'])}")
+            finally:
+                stop(proc)
+        short = {}
+        for billing in (True, False):
+            port = free_port()
+            proc = start(procfile_web(port), server_env(args, billing=billing,
+                                                        upstream_port=upstream_port),
+                         f"http://127.0.0.1:{port}/v1/models")
+            try:
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                asyncio.run(drive_calls(url, secrets, concurrency=8, total=100))  # warm up
+                short[billing] = (asyncio.run(drive_calls(url, secrets, concurrency=16,
+                                                          total=args.short_calls)),
+                                  asyncio.run(drive_calls(url, secrets, concurrency=1,
+                                                          total=args.short_calls // 2)))
+            finally:
+                stop(proc)
+    finally:
+        stop(upstream)
+
+    print(f"\nStreams of {args.tokens} tokens {args.delay_ms:g} ms apart from a local upstream; "
+          f"{args.seconds:g} s per level; PostgreSQL; {os.cpu_count()} CPUs shared by the "
+          f"clients, the upstream, the database and the server.")
+    print(f"Procfile web: {procfile_web(8000)}; pool per process: "
+          f"DB_POOL_MAX_SIZE={os.environ.get('DB_POOL_MAX_SIZE', '8 (default)')}")
+    header = (f"{'server':<34}{'streams':>8}{'done/s':>9}{'ttft p50':>10}{'ttft p99':>10}"
+              f"{'total p50':>11}{'total p99':>11}{'cpu ms':>8}{'pg conns':>9}{'errors':>8}")
+    print(header)
+    direct = {level: r for name, level, r, _, _ in rows if name == "upstream direct"}
+    for name, level, r, cpu, peak in rows:
+        print(f"{name:<34}{level:>8}{r['per_s']:>9.1f}{percentile(r['ttft'], .5):>10.0f}"
+              f"{percentile(r['ttft'], .99):>10.0f}{percentile(r['totals'], .5):>11.0f}"
+              f"{percentile(r['totals'], .99):>11.0f}{'' if cpu is None else f'{cpu:.1f}':>8}"
+              f"{'' if peak is None else peak:>9}{sum(r['errors'].values()):>8}")
+    print()
+    for name, level, r, _, _ in rows:
+        if name != "upstream direct":
+            ratio = r["per_s"] / direct[level]["per_s"]
+            delta = percentile(r["ttft"], .5) - percentile(direct[level]["ttft"], .5)
+            print(f"{name} at {level}: {100 * ratio:.0f}% of upstream-direct streams/s, "
+                  f"ttft p50 +{delta:.0f} ms")
+    for note in notes:
+        print(note)
+    metered, unmetered = short[True], short[False]
+    print(f"\nshort non-streaming calls (demo model, Procfile server): {metered[0]['rps']:.0f} "
+          f"req/s at 16 clients metered ({unmetered[0]['rps']:.0f} unmetered); at 1 client "
+          f"p50 {metered[1]['p50']:.2f} ms metered vs {unmetered[1]['p50']:.2f} ms: overhead "
+          f"{metered[1]['p50'] - unmetered[1]['p50']:+.2f} ms p50, "
+          f"{metered[1]['mean'] - unmetered[1]['mean']:+.2f} ms mean")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
