@@ -84,6 +84,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django requires 0
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+# Threads per process that run the async gateway's ledger steps (hold, first token,
+# settlement); each borrows a pooled connection for one step only.
+LEDGER_THREADS = env.int("LEDGER_THREADS", default=max(DB_POOL_MAX_SIZE, 4))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"

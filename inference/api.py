@@ -11,9 +11,11 @@ import json
 import logging
 import time
 
+from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.response import Response
 
 from accounts.rest import JsonAPIView
@@ -69,6 +71,10 @@ class ModelListView(JsonAPIView):
 
 
 class _MeteredView(JsonAPIView):
+    """The metered endpoints, as async views: validation and the OpenAPI schema are DRF's;
+    the upstream is awaited; the short ledger steps (checks, hold, first token, settlement,
+    the idempotency record) run through `self.run` (inference.services.ledger_runner)."""
+
     throttle_classes = [ApiKeyRateThrottle]
     serializer_class: type = ChatCompletionRequestSerializer
     endpoint = ""
@@ -81,7 +87,26 @@ class _MeteredView(JsonAPIView):
     def render(self, call: services.MeteredCall, data, created: int) -> dict:
         raise NotImplementedError
 
-    def post(self, request):
+    async def dispatch(self, request, *args, **kwargs):
+        """DRF's dispatch, awaited. Authentication, permissions and throttles (database
+        and cache reads) are one ledger step; exceptions become the API's error envelope."""
+        self.args, self.kwargs = args, kwargs
+        self.asgi = isinstance(request, ASGIRequest)
+        self.run = services.ledger_runner(asgi=self.asgi)
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            await self.run(self.initial, request, *args, **kwargs)
+            if request.method.lower() != "post":
+                raise MethodNotAllowed(request.method)
+            response = await self.post(request, *args, **kwargs)
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
+
+    async def post(self, request):
         serializer = self.serializer_class(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -90,38 +115,39 @@ class _MeteredView(JsonAPIView):
         record = None
         idempotency_key = request.headers.get("Idempotency-Key")
         if idempotency_key is not None and not stream:
-            record, replay = idempotency.claim_idempotency_key(
-                user=request.user, key=idempotency_key, endpoint=self.endpoint, body=request.data,
-                request_id=request_id)
+            record, replay = await self.run(
+                idempotency.claim_idempotency_key, user=request.user, key=idempotency_key,
+                endpoint=self.endpoint, body=request.data, request_id=request_id)
             if replay is not None:
                 return Response(replay.body, status=replay.status_code,
                                 headers={**replay.headers, "Idempotent-Replayed": "true"})
         created = int(time.time())
         try:
-            call = services.start_call(
-                user=request.user, api_key=_api_key(request), model_id=data["model"],
-                prompt=self.build_prompt(data), max_tokens=data.get("max_tokens"),
-                endpoint=self.endpoint, streamed=stream, options=data, request_id=request_id,
+            call = await self.run(
+                services.start_call, user=request.user, api_key=_api_key(request),
+                model_id=data["model"], prompt=self.build_prompt(data),
+                max_tokens=data.get("max_tokens"), endpoint=self.endpoint, streamed=stream,
+                options=data, request_id=request_id,
             )
             if stream:
-                return self.stream_response(call, data, created)
-            for _ in call.tokens():
+                return await self.stream_response(call, data, created)
+            async for _ in call.atokens(self.run):
                 pass
         except Exception:
             if record is not None:
                 # A non-streaming call that fails is released uncharged: the key may be retried.
-                idempotency.forget_idempotency_key(record=record)
+                await self.run(idempotency.forget_idempotency_key, record=record)
             raise
         # The call is settled (charged): from here on a failure keeps the key, or a retry pays again.
         try:
-            body, headers = self.answer(call, data, created)
+            body, headers = await self.run(self.answer, call, data, created)
         except Exception:
             if record is not None:
-                idempotency.refuse_replays(record=record, status_code=500)
+                await self.run(idempotency.refuse_replays, record=record, status_code=500)
             raise
         if record is not None:
-            idempotency.store_idempotent_response(record=record, status_code=200, body=body,
-                                                  headers=headers)
+            await self.run(idempotency.store_idempotent_response, record=record, status_code=200,
+                           body=body, headers=headers)
         return Response(body, headers=headers)
 
     def answer(self, call, data, created) -> tuple[dict, dict]:
@@ -142,22 +168,25 @@ class _MeteredView(JsonAPIView):
                 "total_tokens": prompt_tokens + completion_tokens,
                 "cost": format_usd(call.cost_micros)}
 
-    def stream_response(self, call, data, created) -> StreamingHttpResponse:
-        tokens = call.tokens()
+    async def stream_response(self, call, data, created) -> StreamingHttpResponse:
+        tokens = call.atokens(self.run)
         try:
-            first = next(tokens)  # errors before the first token are still HTTP statuses
-        except StopIteration:
+            first = await anext(tokens)  # errors before the first token are still HTTP statuses
+        except StopAsyncIteration:
             first = None
         events = self._guarded(self.stream_events(call, data, created, first, tokens))
-        response = StreamingHttpResponse(_ClosingStream(events, tokens),
-                                         content_type="text/event-stream")
+        if not self.asgi:
+            # A WSGI server (the in-process test client) cannot stream an async iterator:
+            # the events are produced here, in this request's event loop, and sent at once.
+            events = [event async for event in events]
+        response = StreamingHttpResponse(events, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         response["X-Request-Id"] = call.request_id
         if call.billed:
             # Headers leave before generation: nothing is charged yet (the worst case is
             # held). The final charge is in the last chunk's `usage.cost` / `credits.charged`.
-            response["X-Credits-Balance"] = format_usd(call.balance_micros())
+            response["X-Credits-Balance"] = format_usd(await self.run(call.balance_micros))
             response["X-Credits-Charged"] = format_usd(0)
             response["X-Credits-Held"] = format_usd(call.held_micros)
         if call.promotion_applied:
@@ -170,7 +199,7 @@ class _MeteredView(JsonAPIView):
     def stream_choice(self, text: str | None, finish_reason: str | None = None) -> dict:
         raise NotImplementedError  # a view that streams says how a choice looks
 
-    def stream_events(self, call, data, created, first, tokens):
+    async def stream_events(self, call, data, created, first, tokens):
         """The SSE chunks of a stream: opening, one per token, the finish, usage, [DONE]."""
         base = {"id": call.request_id, "object": self.chunk_object, "created": created,
                 "model": call.model.id}
@@ -182,46 +211,31 @@ class _MeteredView(JsonAPIView):
             yield chunk(choice)
         if first is not None:
             yield chunk(self.stream_choice(first))
-            for piece in tokens:
+            async for piece in tokens:
                 yield chunk(self.stream_choice(piece))
         yield chunk(self.stream_choice(None, call.finish_reason or "stop"))
         if (data.get("stream_options") or {}).get("include_usage"):
-            yield _sse(self.final_usage_chunk(call, base))
+            balance = await self.run(call.balance_micros) if call.billed else None
+            yield _sse(self.final_usage_chunk(call, base, balance))
         yield DONE
 
-    def _guarded(self, events):
+    async def _guarded(self, events):
         try:
-            yield from events
+            async for event in events:
+                yield event
         except InferenceError as exc:
             yield _sse(error_body(exc.message, type=exc.type, code=exc.code, param=exc.param))
         except Exception as exc:
             response = exception_handler(exc, {})
             yield _sse(response.data)
 
-    def final_usage_chunk(self, call, base: dict) -> dict:
+    def final_usage_chunk(self, call, base: dict, balance_micros: int | None) -> dict:
         chunk = {**base, "choices": [], "usage": self.usage(call)}
         if call.billed:
-            chunk["credits"] = {"balance": format_usd(call.balance_micros()),
+            chunk["credits"] = {"balance": format_usd(balance_micros),
                                 "charged": format_usd(call.cost_micros),
                                 "promotion_applied": call.promotion_applied}
         return chunk
-
-
-class _ClosingStream:
-    """The SSE body; closing it (client gone) closes the metered token generator too,
-    which settles the call for the tokens produced."""
-
-    def __init__(self, events, tokens):
-        self.events, self.tokens = events, tokens
-
-    def __iter__(self):
-        return self.events
-
-    def close(self) -> None:
-        try:
-            self.events.close()
-        finally:
-            self.tokens.close()
 
 
 def _sse(payload) -> bytes:
@@ -241,8 +255,8 @@ class ChatCompletionsView(_MeteredView):
 
     @extend_schema(request=ChatCompletionRequestSerializer, responses=OpenApiTypes.OBJECT,
                    parameters=[IDEMPOTENCY_HEADER])
-    def post(self, request):
-        return super().post(request)
+    async def post(self, request):
+        return await super().post(request)
 
     def build_prompt(self, data) -> Prompt:
         messages = [{"role": m["role"], "content": m.get("content") or ""}
@@ -277,8 +291,8 @@ class CompletionsView(_MeteredView):
 
     @extend_schema(request=CompletionRequestSerializer, responses=OpenApiTypes.OBJECT,
                    parameters=[IDEMPOTENCY_HEADER])
-    def post(self, request):
-        return super().post(request)
+    async def post(self, request):
+        return await super().post(request)
 
     def build_prompt(self, data) -> Prompt:
         return Prompt(kind="completion", text=data["prompt"])
@@ -305,8 +319,8 @@ class InferenceView(_MeteredView):
 
     @extend_schema(request=InferenceRequestSerializer, responses=OpenApiTypes.OBJECT,
                    parameters=[IDEMPOTENCY_HEADER])
-    def post(self, request):
-        return super().post(request)
+    async def post(self, request):
+        return await super().post(request)
 
     def build_prompt(self, data) -> Prompt:
         return Prompt(kind="completion", text=data["prompt"])

@@ -1,5 +1,7 @@
 """Backends behind one small interface: `generate()` returns a TokenStream that yields
-text pieces and, once exhausted, tells the finish reason and (when known) the usage.
+text pieces and, once exhausted, tells the finish reason and (when known) the usage;
+`agenerate()` returns the same for `async for` (the ASGI gateway: a stream waits on the
+upstream without holding a thread).
 
 Token-counting rule (the demo tokenizer, also the fallback when an upstream does not
 report usage): a token is a run of word characters (`\\w+`) or one single character
@@ -13,6 +15,7 @@ Backends are configured in settings.INFERENCE_BACKENDS, keyed by the name an AiM
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -20,7 +23,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -74,8 +78,14 @@ class TokenStream:
     def __iter__(self) -> Iterator[str]:
         raise NotImplementedError
 
+    def __aiter__(self) -> AsyncIterator[str]:
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 # --- demo --------------------------------------------------------------------------
@@ -118,7 +128,8 @@ class DemoTokenStream(TokenStream):
                 yield " " + rng.choice(_VOCAB)
             produced += 1
 
-    def __iter__(self) -> Iterator[str]:
+    def _limited(self) -> Iterator[str]:
+        """The pieces up to max_tokens; afterwards finish_reason and usage are set."""
         count = 0
         self.finish_reason = "stop"
         for piece in self._pieces():
@@ -127,11 +138,21 @@ class DemoTokenStream(TokenStream):
             if count >= self.max_tokens:
                 self.finish_reason = "length"
                 break
-            if self.delay_seconds:
-                time.sleep(self.delay_seconds)
             count += 1
             yield piece
         self.usage = Usage(prompt_tokens=count_tokens(self.prompt.flat_text), completion_tokens=count)
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._limited():
+            if self.delay_seconds:
+                time.sleep(self.delay_seconds)
+            yield piece
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        for piece in self._limited():
+            if self.delay_seconds:
+                await asyncio.sleep(self.delay_seconds)  # the token delay waits, never blocks
+            yield piece
 
     def close(self) -> None:
         self._closed = True
@@ -151,6 +172,8 @@ class DemoBackend:
         delay_ms = self.config.get("TOKEN_DELAY_MS", settings.DEMO_BACKEND_TOKEN_DELAY_MS)
         return DemoTokenStream(prompt, max_tokens, float(delay_ms) / 1000.0)
 
+    agenerate = generate  # DemoTokenStream iterates both ways
+
 
 # --- OpenAI-compatible upstream ----------------------------------------------------
 
@@ -168,50 +191,61 @@ class UpstreamTokenStream(TokenStream):
         self.usage = None
         self._context = None
 
+    def _events(self, line: str) -> list[str] | None:
+        """The text pieces of one SSE line; None at the end of the stream. Sets
+        finish_reason and usage as they arrive; raises UpstreamError for an error event."""
+        if not line.startswith("data:"):
+            return []
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self._finished = True
+            return None
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError("The upstream model server sent malformed data.") from None
+        if chunk.get("error"):
+            raise UpstreamError(
+                f"The upstream model server failed: {_upstream_message(chunk['error'])}"
+            )
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+            self.usage = Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        pieces = []
+        for choice in chunk.get("choices") or []:
+            if self.kind == "chat":
+                piece = (choice.get("delta") or {}).get("content") or ""
+            else:
+                piece = choice.get("text") or ""
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+                self._finished = True
+            if piece:
+                pieces.append(piece)
+        return pieces
+
+    def _refused(self, response) -> UpstreamError:
+        return UpstreamError(f"The upstream model server answered {response.status_code}: "
+                             f"{_upstream_message(response.text)}")
+
     def __iter__(self) -> Iterator[str]:
+        self._finished = False
         try:
             self._context = self.client.stream("POST", self.url, json=self.payload,
                                                headers=self.headers)
             response = self._context.__enter__()
             if response.status_code >= 400:
                 response.read()
-                raise UpstreamError(
-                    f"The upstream model server answered {response.status_code}: "
-                    f"{_upstream_message(response.text)}"
-                )
-            finished = False
+                raise self._refused(response)
             for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    finished = True
+                pieces = self._events(line)
+                if pieces is None:
                     break
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    raise UpstreamError("The upstream model server sent malformed data.") from None
-                if chunk.get("error"):
-                    raise UpstreamError(
-                        f"The upstream model server failed: {_upstream_message(chunk['error'])}"
-                    )
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                    self.usage = Usage(
-                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0),
-                    )
-                for choice in chunk.get("choices") or []:
-                    if self.kind == "chat":
-                        piece = (choice.get("delta") or {}).get("content") or ""
-                    else:
-                        piece = choice.get("text") or ""
-                    if choice.get("finish_reason"):
-                        self.finish_reason = choice["finish_reason"]
-                        finished = True
-                    if piece:
-                        yield piece
-            if not finished:
+                yield from pieces
+            if not self._finished:
                 raise UpstreamError("The upstream model server closed the stream early.")
         except httpx.TimeoutException:
             raise UpstreamTimeout("The upstream model server timed out.") from None
@@ -225,6 +259,43 @@ class UpstreamTokenStream(TokenStream):
         if context is not None:
             with contextlib.suppress(httpx.HTTPError):
                 context.__exit__(None, None, None)
+
+
+class AsyncUpstreamTokenStream(UpstreamTokenStream):
+    """The same stream read with httpx.AsyncClient: waiting for a token holds no thread."""
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        self._finished = False
+        try:
+            self._context = self.client.stream("POST", self.url, json=self.payload,
+                                               headers=self.headers)
+            response = await self._context.__aenter__()
+            if response.status_code >= 400:
+                await response.aread()
+                raise self._refused(response)
+            async for line in response.aiter_lines():
+                pieces = self._events(line)
+                if pieces is None:
+                    break
+                for piece in pieces:
+                    yield piece
+            if not self._finished:
+                raise UpstreamError("The upstream model server closed the stream early.")
+        except httpx.TimeoutException:
+            raise UpstreamTimeout("The upstream model server timed out.") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"Could not reach the upstream model server ({exc}).") from None
+        finally:
+            await self.aclose()
+
+    def close(self) -> None:  # a sync close cannot end an async response: aclose() does
+        pass
+
+    async def aclose(self) -> None:
+        context, self._context = self._context, None
+        if context is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                await context.__aexit__(None, None, None)
 
 
 def _upstream_message(payload) -> str:
@@ -248,16 +319,39 @@ class OpenAICompatibleBackend:
         self.base_url = config.get("BASE_URL", "").rstrip("/")
         self.api_key = config.get("API_KEY", "")
         timeout = float(config.get("TIMEOUT_SECONDS", 60))
+        self.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
         self.client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            timeout=self.timeout,
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
+        # An AsyncClient belongs to one event loop: one per loop (a worker process has one).
+        self._async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _async_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_clients[loop] = httpx.AsyncClient(
+                timeout=self.timeout,
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            )
+        return client
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         return count_tokens(prompt.flat_text)
 
     def generate(self, *, model_name: str, prompt: Prompt, max_tokens: int,
                  options: dict | None = None) -> TokenStream:
+        return UpstreamTokenStream(self.client, *self._request(model_name, prompt, max_tokens,
+                                                               options))
+
+    def agenerate(self, *, model_name: str, prompt: Prompt, max_tokens: int,
+                  options: dict | None = None) -> TokenStream:
+        return AsyncUpstreamTokenStream(self._async_client(), *self._request(
+            model_name, prompt, max_tokens, options))
+
+    def _request(self, model_name: str, prompt: Prompt, max_tokens: int,
+                 options: dict | None) -> tuple[str, dict, dict, str]:
         if not self.base_url:
             raise UpstreamError("This model's upstream server is not configured.")
         payload: dict = {
@@ -278,7 +372,7 @@ class OpenAICompatibleBackend:
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        return UpstreamTokenStream(self.client, url, payload, headers, prompt.kind)
+        return url, payload, headers, prompt.kind
 
 
 ENGINES = {"demo": DemoBackend, "openai_compatible": OpenAICompatibleBackend}

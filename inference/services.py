@@ -3,16 +3,20 @@ in inference.idempotency)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
@@ -55,6 +59,17 @@ def record_first_token(*, user_id: int, at: dt.datetime | None = None) -> bool:
 
 
 # --- metering a call -------------------------------------------------------------------
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """The usage status and error of a call that ended with `exc`."""
+    if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+        return UsageStatus.CLIENT_DISCONNECTED, ""
+    if isinstance(exc, PromotionNotGranted):
+        return UsageStatus.PROMOTION_NOT_GRANTED, str(exc)
+    if isinstance(exc, UpstreamError):
+        return UsageStatus.UPSTREAM_ERROR, str(exc)
+    return UsageStatus.FAILED, f"{type(exc).__name__}: {exc}"
 
 
 def new_request_id(prefix: str = "gen") -> str:
@@ -175,39 +190,63 @@ class MeteredCall:
                 "seconds_remaining": status.seconds_remaining}
 
     def tokens(self) -> Iterator[str]:
+        """The text pieces, read synchronously from the backend; settles in `finally`."""
         stream = None
         status, error = UsageStatus.FAILED, ""
         try:
-            stream = self.backend.generate(model_name=self.model.upstream_name, prompt=self.prompt,
-                                           max_tokens=self.max_tokens, options=self.options)
-            produced = 0
+            stream = self.backend.generate(**self._generation())
             for piece in stream:
                 if not piece:
                     continue
                 if self.first_token_ms is None:
                     self._on_first_token()
-                produced += 1
                 self.pieces.append(piece)
                 yield piece
-            self.finish_reason = stream.finish_reason or "stop"
-            self.usage = stream.usage
+            self._finish(stream)
             status = UsageStatus.SUCCEEDED
-        except GeneratorExit:
-            status = UsageStatus.CLIENT_DISCONNECTED
-            raise
-        except PromotionNotGranted as exc:
-            status, error = UsageStatus.PROMOTION_NOT_GRANTED, str(exc)
-            raise
-        except UpstreamError as exc:
-            status, error = UsageStatus.UPSTREAM_ERROR, str(exc)
-            raise
-        except Exception as exc:
-            status, error = UsageStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:
+            status, error = _failure(exc)
             raise
         finally:
             if stream is not None:
                 stream.close()
             self._settle(status=status, error=error)
+
+    async def atokens(self, run: LedgerRunner) -> AsyncIterator[str]:
+        """`tokens()` for async code: waiting for the upstream holds no thread and no database
+        connection; each ledger step (first token, settlement) goes through `run`. A client
+        that goes away cancels the task (or closes this generator): the call settles for what
+        was delivered, in `finally`, shielded from a second cancellation."""
+        stream = pieces = None
+        status, error = UsageStatus.FAILED, ""
+        try:
+            stream = self.backend.agenerate(**self._generation())
+            pieces = aiter(stream)
+            async for piece in pieces:
+                if not piece:
+                    continue
+                if self.first_token_ms is None:
+                    await run(self._on_first_token)
+                self.pieces.append(piece)
+                yield piece
+            self._finish(stream)
+            status = UsageStatus.SUCCEEDED
+        except BaseException as exc:  # CancelledError and GeneratorExit are the client leaving
+            status, error = _failure(exc)
+            raise
+        finally:
+            if pieces is not None:
+                with contextlib.suppress(Exception):
+                    await pieces.aclose()  # stops the upstream read now
+            await asyncio.shield(run(self._settle, status=status, error=error))
+
+    def _generation(self) -> dict:
+        return {"model_name": self.model.upstream_name, "prompt": self.prompt,
+                "max_tokens": self.max_tokens, "options": self.options}
+
+    def _finish(self, stream) -> None:
+        self.finish_reason = stream.finish_reason or "stop"
+        self.usage = stream.usage
 
     def _on_first_token(self) -> None:
         self.first_token_ms = int((time.monotonic() - self.started_monotonic) * 1000)
@@ -414,3 +453,44 @@ def _withheld_suffix(user: User) -> str:
         return ""  # nothing to say, no query
     reason = promotion_status(user).withheld_reason
     return f" {reason}" if reason else ""
+
+
+# --- ledger steps from async code ---------------------------------------------------------
+
+# `await run(fn, *args)`: a synchronous, short database step of a call (hold, first token,
+# settlement) run from the async gateway.
+LedgerRunner = Callable[..., Awaitable]
+_ledger_pool: ThreadPoolExecutor | None = None
+
+
+def _returning_connection(fn):
+    @functools.wraps(fn)
+    def step(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            # Pooled: the connection goes back to the pool, so none is held while the call
+            # waits for tokens, and a process never uses more than its pool.
+            close_old_connections()
+    return step
+
+
+def ledger_runner(*, asgi: bool) -> LedgerRunner:
+    """How an async view runs ledger steps. Under ASGI: on a bounded pool of LEDGER_THREADS
+    threads (thread_sensitive=False), each step returning its connection. Under WSGI (the
+    in-process test client, a WSGI server): in the request's own thread, as Django runs
+    sync code from async views there (thread_sensitive), so its transaction is the one."""
+    global _ledger_pool
+    if not asgi:
+        async def in_request_thread(fn, *args, **kwargs):
+            return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
+        return in_request_thread
+    if _ledger_pool is None:
+        _ledger_pool = ThreadPoolExecutor(max_workers=settings.LEDGER_THREADS,
+                                          thread_name_prefix="ledger")
+    pool = _ledger_pool
+
+    async def on_ledger_pool(fn, *args, **kwargs):
+        return await sync_to_async(_returning_connection(fn), thread_sensitive=False,
+                                   executor=pool)(*args, **kwargs)
+    return on_ledger_pool

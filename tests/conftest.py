@@ -1,11 +1,13 @@
 import importlib
 import os
+import socket
+import threading
+import time
 
 import pytest
 from django.apps import apps as global_apps
 from django.contrib.auth.models import Group
 from django.core.management import call_command
-from django.core.servers.basehttp import ThreadedWSGIServer
 from django.db import connection
 
 from accounts.models import User
@@ -37,9 +39,47 @@ def _flush_may_truncate_history() -> None:
 
 _flush_may_truncate_history()
 
-# live_server's listen backlog is socketserver's 5: a burst of simultaneous HTTP calls
-# (the concurrency tests) would be reset by the kernel before Django sees it.
-ThreadedWSGIServer.request_queue_size = 128
+class AsgiLiveServer:
+    """The site served by uvicorn (ASGI, as the Procfile serves it) in a thread of the test
+    process, on the test database; static files through Django's finders. Replaces
+    pytest-django's WSGI live server, so HTTP tests exercise the async gateway."""
+
+    def __init__(self, host: str = "localhost"):
+        import uvicorn
+        from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+        from django.core.asgi import get_asgi_application
+        from django.test.utils import modify_settings
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self._live_server_modified_settings = modify_settings(ALLOWED_HOSTS={"append": host})
+        config = uvicorn.Config(ASGIStaticFilesHandler(get_asgi_application()), host="127.0.0.1",
+                                port=port, log_level="warning", lifespan="off", backlog=1024)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="asgi-live-server",
+                                       daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the ASGI live server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@pytest.fixture(scope="session")
+def live_server(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        server = AsgiLiveServer()
+        yield server
+        server.stop()
 
 # The staff groups' permissions, built by these data migrations.
 _STAFF_GROUP_MIGRATIONS = [
