@@ -43,6 +43,7 @@ from credits.models import (
     StaffAction,
     StaffActionKind,
     StaffActionStatus,
+    SweepFailure,
 )
 from credits.promotion import metrics
 from credits.promotion import terms as promotions
@@ -534,7 +535,7 @@ class CreditGrantAdmin(MoneyActionsMixin, ReadOnlyAdmin):
 @admin.register(CreditHold)
 class CreditHoldAdmin(ReadOnlyAdmin):
     list_display = ["id", "user", "status", "amount", "pending_promotion", "captured",
-                    "reference", "created_at", "settled_at"]
+                    "delivered", "reference", "created_at", "journal_at", "settled_at", "swept"]
     list_filter = ["status", UserIdFilter, ("created_at", admin.DateFieldListFilter)]
     search_fields = ["user__email", "reference"]
     list_select_related = ["user"]
@@ -554,6 +555,10 @@ class CreditHoldAdmin(ReadOnlyAdmin):
     def captured(self, obj):
         return usd(obj.captured_micros)
 
+    @admin.display(description="delivered (journal)")
+    def delivered(self, obj):
+        return f"{usd(obj.delivered_micros)} ({obj.delivered_tokens} tokens)" if obj.journal_at else ""
+
     def amount_usd(self, obj):
         return usd_exact(obj.amount_micros)
 
@@ -562,6 +567,19 @@ class CreditHoldAdmin(ReadOnlyAdmin):
 
     def captured_usd(self, obj):
         return usd_exact(obj.captured_micros)
+
+
+@admin.register(SweepFailure)
+class SweepFailureAdmin(ReadOnlyAdmin):
+    """Units (a user, a hold) a periodic sweep keeps failing on: it goes on with the others;
+    a row goes away by itself once a run succeeds on its unit."""
+
+    list_display = ["sweep", "unit", "consecutive_failures", "first_failed_at", "last_failed_at",
+                    "reported_at", "last_error"]
+    list_filter = ["sweep"]
+    search_fields = ["unit", "last_error"]
+    csv_fields = ["sweep", "unit", "consecutive_failures", "first_failed_at", "last_failed_at",
+                  "reported_at", "last_error"]
 
 
 @admin.register(StaffAction)
