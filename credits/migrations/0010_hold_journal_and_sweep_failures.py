@@ -69,5 +69,9 @@ class Migration(migrations.Migration):
             model_name='sweepfailure',
             constraint=models.UniqueConstraint(fields=('sweep', 'unit'), name='sweep_failure_one_per_unit'),
         ),
+        migrations.AddIndex(
+            model_name='credithold',
+            index=models.Index(condition=models.Q(('swept', True)), fields=['settled_at'], name='hold_swept_idx'),
+        ),
         migrations.RunPython(staff_see_sweep_failures, migrations.RunPython.noop),
     ]

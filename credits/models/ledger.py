@@ -259,7 +259,11 @@ class CreditHold(models.Model):
             models.CheckConstraint(condition=Q(delivered_micros__gte=0),
                                    name="hold_delivered_not_negative"),
         ]
-        indexes = [models.Index(fields=["status", "created_at"], name="hold_status_created_idx")]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="hold_status_created_idx"),
+            # The sweep's callers look up recently swept holds every minute (a few rows).
+            models.Index(fields=["settled_at"], condition=Q(swept=True), name="hold_swept_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"Hold {self.pk} ({self.status})"
