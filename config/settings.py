@@ -200,8 +200,14 @@ NOTIFICATION_CATCH_UP_HOURS = env.int("NOTIFICATION_CATCH_UP_HOURS", default=48)
 PROMOTION_AMOUNT_USD = env("PROMOTION_AMOUNT_USD", default="20")
 PROMOTION_WINDOW_SECONDS = env.int("PROMOTION_WINDOW_SECONDS", default=180)
 PROMOTION_EXPIRY_DAYS = env.int("PROMOTION_EXPIRY_DAYS", default=30)
-# Holds older than this belong to calls that died without settling.
+# A hold whose call journaled nothing for this long (credits.services.record_progress;
+# a live call writes every second) belongs to a call that died: the sweep settles it.
 STALE_HOLD_SECONDS = env.int("STALE_HOLD_SECONDS", default=15 * 60)
+# A stream ends (a final SSE error event, charged for what it delivered) after this long,
+# well inside STALE_HOLD_SECONDS, so no call outlives the sweep.
+STREAM_MAX_SECONDS = env.int("STREAM_MAX_SECONDS", default=10 * 60)
+# A sweep unit (a user, a hold) failing this many runs in a row is reported to staff once.
+SWEEP_FAILURE_REPORT_AFTER = env.int("SWEEP_FAILURE_REPORT_AFTER", default=3)
 # How long an Idempotency-Key's stored response is kept (then the key may be reused).
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # Staff money actions (admin): above the threshold a second staff member must approve;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
@@ -72,3 +72,22 @@ def call_charge(*, request_id: str) -> CallCharge | None:
     if not rows:
         return None
     return CallCharge(user_id=rows[0][0], charged_micros=-sum(amount for _, amount in rows))
+
+
+def call_heard_at(*, request_id: str) -> dt.datetime | None:
+    """When the call `request_id` last showed signs of life: its active hold's last journal
+    write, or the hold's creation if it never wrote one. None when it holds nothing (never
+    held, or settled)."""
+    row = (CreditHold.objects.filter(reference=request_id, status=HoldStatus.ACTIVE)
+           .values_list("journal_at", "created_at").first())
+    if row is None:
+        return None
+    return row[0] or row[1]
+
+
+def swept_holds(*, hold_ids=(), since: dt.datetime) -> list[CreditHold]:
+    """Holds the stale-hold sweep settled: those of `hold_ids`, and any settled since `since`
+    (so a run that was interrupted before its calls were recorded is caught up)."""
+    return list(CreditHold.objects.filter(swept=True)
+                .filter(Q(pk__in=list(hold_ids)) | Q(settled_at__gte=since))
+                .order_by("settled_at"))

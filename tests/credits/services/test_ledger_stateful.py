@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from accounts.models import User
 from credits import services
 from credits.exceptions import InsufficientCredits
-from credits.models import CreditGrant, GrantKind, TakeBack
+from credits.models import CreditGrant, CreditHold, GrantKind, HoldStatus, TakeBack
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
@@ -18,8 +18,9 @@ amounts = st.integers(min_value=1, max_value=5_000_000)
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    """The model knows each grant's remaining/held/owed, each hold's reservation per grant,
-    and each take-back's taken/pending/shortfall."""
+    """The model knows each grant's remaining/held/owed, each hold's reservation per grant
+    and its journal (when it last wrote, what it says was delivered), and each take-back's
+    taken/pending/shortfall."""
 
     @initialize()
     def new_user(self):
@@ -31,6 +32,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.grants: dict[int, dict] = {}
         self.holds: dict = {}
         self.take_backs: dict[str, dict] = {}
+        self.journals: dict = {}  # hold id -> {"heard": moment, "delivered", "tokens", "amount"}
 
     # --- the reference model -----------------------------------------------------
     def usable(self, grant) -> bool:
@@ -77,12 +79,14 @@ class LedgerMachine(RuleBasedStateMachine):
         hold = services.authorize(user=self.user, amount_micros=amount, now=self.now)
         self.sweep()
         self.holds[hold.pk] = self.take_in_burn_order(amount, field="held")
+        self.journals[hold.pk] = {"heard": self.now, "delivered": 0, "tokens": 0, "amount": amount}
 
     @precondition(lambda self: self.holds)
     @rule(data=st.data(), fraction=st.floats(0, 1))
     def capture(self, data, fraction):
         hold_id = data.draw(st.sampled_from(sorted(self.holds, key=str)))
         allocations = self.holds.pop(hold_id)
+        self.journals.pop(hold_id)
         reserved = sum(allocations.values())
         charge = int(reserved * fraction)  # only the test picks amounts with a float
         services.capture(hold=hold_id, amount_micros=charge, now=self.now)
@@ -93,7 +97,38 @@ class LedgerMachine(RuleBasedStateMachine):
     def release(self, data):
         hold_id = data.draw(st.sampled_from(sorted(self.holds, key=str)))
         services.release(hold=hold_id, now=self.now)
+        self.journals.pop(hold_id)
         self.settle(self.holds.pop(hold_id), 0)
+
+    @precondition(lambda self: self.holds)
+    @rule(data=st.data(), worth=st.floats(0, 1.5), tokens=st.integers(1, 40))
+    def call_journals_progress(self, data, worth, tokens):
+        """A call in flight reports how far it got (what it says may exceed its hold)."""
+        hold_id = data.draw(st.sampled_from(sorted(self.holds, key=str)))
+        journal = self.journals[hold_id]
+        delivered = int(journal["amount"] * worth)
+        journal["tokens"] += tokens
+        assert services.record_progress(hold=hold_id, delivered_micros=delivered,
+                                        tokens=journal["tokens"], now=self.now)
+        journal.update(heard=self.now, delivered=delivered)
+
+    @rule(age=st.integers(0, 120))
+    def stale_hold_sweep(self, age):
+        """Only holds whose journal (or creation) is older than `age` are settled, each
+        captured for what its journal says, never more than the hold."""
+        cutoff = self.now - dt.timedelta(seconds=age)
+        silent = {h: j for h, j in self.journals.items() if j["heard"] < cutoff}
+        result = services.release_stale_holds(older_than_seconds=age, now=self.now)
+        assert result.failed == ()
+        expected = {h: min(j["delivered"], j["amount"]) for h, j in silent.items()}
+        # (Earlier examples' users left holds behind; the sweep settles theirs too.)
+        mine = {s.hold_id: s.captured_micros for s in result.settled if s.user_id == self.user.pk}
+        assert mine == expected
+        for hold_id, charge in expected.items():
+            self.journals.pop(hold_id)
+            self.settle(self.holds.pop(hold_id), charge)
+        live = CreditHold.objects.filter(pk__in=list(self.holds), status=HoldStatus.ACTIVE)
+        assert live.count() == len(self.holds)
 
     @precondition(lambda self: any(not g["voided"] for g in self.grants.values()))
     @rule(data=st.data())
