@@ -5,11 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import User
-from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
+from credits.models import (
+    CreditAccount,
+    CreditGrant,
+    CreditHold,
+    EntryType,
+    GrantKind,
+    HoldStatus,
+    LedgerEntry,
+)
 from credits.promotion.status import PromotionStatus, promotion_status
 
 
@@ -72,3 +80,12 @@ def call_charge(*, request_id: str) -> CallCharge | None:
     if not rows:
         return None
     return CallCharge(user_id=rows[0][0], charged_micros=-sum(amount for _, amount in rows))
+
+
+def call_refunded_micros(*, request_id: str, user_id: int) -> int:
+    """Credit already given back for the call `request_id`: the REFUND grants naming it
+    (their source reference; their entries carry it too). Voided ones count: they were given."""
+    total = CreditGrant.objects.filter(
+        user_id=user_id, kind=GrantKind.REFUND, source_reference=request_id,
+    ).aggregate(total=Sum("amount_micros"))["total"]
+    return total or 0

@@ -21,7 +21,12 @@ from credits.models.ledger import (
 )
 from credits.models.notifications import Notification, NotificationEvent
 from credits.models.promotions import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
-from credits.models.staff import StaffAction, StaffActionKind, StaffActionStatus
+from credits.models.staff import (
+    StaffAction,
+    StaffActionDecision,
+    StaffActionKind,
+    StaffActionStatus,
+)
 
 __all__ = [
     "CreditAccount", "CreditGrant", "CreditHold", "DomainRuleAction", "EmailDomainRule", "EntryType",
@@ -29,5 +34,6 @@ __all__ = [
     "HoldStatus", "ImmutableEntryError", "LedgerEntry", "LedgerEntryQuerySet", "Notification",
     "NotificationEvent", "Promotion", "PromotionAssignment", "PromotionClaim", "PromotionKind",
     "PromotionReview", "PromotionVariant", "ReviewStatus", "SignupRecord", "StaffAction",
+    "StaffActionDecision",
     "StaffActionKind", "StaffActionStatus",
 ]
