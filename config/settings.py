@@ -213,7 +213,9 @@ IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # Staff money actions (admin): above the threshold a second staff member must approve;
 # the Support group may grant and refund up to its limit.
 ADMIN_APPROVAL_THRESHOLD_USD = env("ADMIN_APPROVAL_THRESHOLD_USD", default="100")
-SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")
+SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")  # per action
+# What one Support member may grant, refund and adjust in all per day (TIME_ZONE days).
+SUPPORT_DAILY_LIMIT_USD = env("SUPPORT_DAILY_LIMIT_USD", default="50")
 
 # --- Abuse controls of the sign-up credit (credits/promotion/) -------------------
 # Checks of a sign-up's email address, run by accounts.services.register_user.

@@ -5,11 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import User
-from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
+from credits.models import (
+    CreditAccount,
+    CreditGrant,
+    CreditHold,
+    EntryType,
+    GrantKind,
+    HoldStatus,
+    LedgerEntry,
+)
 from credits.promotion.status import PromotionStatus, promotion_status
 
 
@@ -91,3 +99,12 @@ def swept_holds(*, hold_ids=(), since: dt.datetime) -> list[CreditHold]:
     return list(CreditHold.objects.filter(swept=True)
                 .filter(Q(pk__in=list(hold_ids)) | Q(settled_at__gte=since))
                 .order_by("settled_at"))
+
+
+def call_refunded_micros(*, request_id: str, user_id: int) -> int:
+    """Credit already given back for the call `request_id`: the REFUND grants naming it
+    (their source reference; their entries carry it too). Voided ones count: they were given."""
+    total = CreditGrant.objects.filter(
+        user_id=user_id, kind=GrantKind.REFUND, source_reference=request_id,
+    ).aggregate(total=Sum("amount_micros"))["total"]
+    return total or 0

@@ -42,7 +42,7 @@ def add_credit(
     source_reference: str = "",
     now: dt.datetime | None = None,
 ) -> CreditGrant:
-    """Grant credit as a new lot, with a GRANT entry.
+    """Grant credit as a new lot, with a GRANT entry (a REFUND entry for a REFUND grant).
 
     Promotional credit expires PROMOTION_EXPIRY_DAYS after the grant unless
     `expires_at` says otherwise; other kinds never expire by default.
@@ -92,7 +92,9 @@ def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, descr
     )
     writer = LedgerWriter(account, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
                           reference=source_reference)
-    writer.write(EntryType.GRANT, grant=grant, amount=amount_micros,
+    # Credit given back is a REFUND entry, so statements list it under refunds, not grants.
+    entry_type = EntryType.REFUND if kind == GrantKind.REFUND else EntryType.GRANT
+    writer.write(entry_type, grant=grant, amount=amount_micros,
                  description=description or f"{grant.get_kind_display()} credit")
     writer.flush()
     return grant

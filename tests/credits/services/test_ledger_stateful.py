@@ -3,16 +3,27 @@
 import datetime as dt
 
 import pytest
+from django.test import override_settings
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from accounts.models import User
-from credits import services
+from credits import services, staff_actions
 from credits.exceptions import InsufficientCredits
-from credits.models import CreditGrant, CreditHold, GrantKind, HoldStatus, TakeBack
+from credits.models import (
+    CreditGrant,
+    CreditHold,
+    GrantKind,
+    HoldStatus,
+    StaffAction,
+    StaffActionStatus,
+    TakeBack,
+)
+from credits.staff_actions import ActionNotAllowed
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+APPROVAL_THRESHOLD_MICROS = 2_500_000
 NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 amounts = st.integers(min_value=1, max_value=5_000_000)
 
@@ -33,6 +44,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self.holds: dict = {}
         self.take_backs: dict[str, dict] = {}
         self.journals: dict = {}  # hold id -> {"heard": moment, "delivered", "tokens", "amount"}
+        # Two staff members who may do anything (superusers): four-eyes still applies.
+        n = User.objects.count()
+        self.staff = [User.objects.create_user(f"staff-{n}-{i}@example.com", "pw", is_staff=True,
+                                               is_superuser=True) for i in range(2)]
+        self.pending: dict[int, int] = {}  # staff action id -> amount, awaiting approval
+        self.decided: set[int] = set()
 
     # --- the reference model -----------------------------------------------------
     def usable(self, grant) -> bool:
@@ -159,6 +176,45 @@ class LedgerMachine(RuleBasedStateMachine):
         replay = services.take_back_credit(grant=grant_id, amount_micros=amount, reason="refund",
                                            idempotency_key=key, now=self.now)
         assert replay == result
+    # --- staff actions (APPROVAL_THRESHOLD below: above it a second person must approve) ---
+    @rule(amount=amounts, by=st.integers(0, 1))
+    def staff_grant(self, amount, by):
+        action = staff_actions.grant_credit(staff=self.staff[by], user=self.user,
+                                            amount_micros=amount, reason="stateful", now=self.now)
+        if action.status == StaffActionStatus.PENDING:
+            assert amount > APPROVAL_THRESHOLD_MICROS
+            self.pending[action.pk] = amount
+        else:
+            assert amount <= APPROVAL_THRESHOLD_MICROS
+            self.staff_granted(action, amount)
+
+    @precondition(lambda self: self.pending)
+    @rule(data=st.data(), approve=st.booleans())
+    def staff_decide(self, data, approve):
+        action_id = data.draw(st.sampled_from(sorted(self.pending)))
+        requester = StaffAction.objects.get(pk=action_id).requested_by
+        other = next(s for s in self.staff if s != requester)
+        with pytest.raises(ActionNotAllowed):
+            staff_actions.approve(action=action_id, staff=requester, now=self.now)
+        amount = self.pending.pop(action_id)
+        self.decided.add(action_id)
+        if approve:
+            action = staff_actions.approve(action=action_id, staff=other, now=self.now)
+            self.staff_granted(action, amount)
+        else:
+            staff_actions.reject(action=action_id, staff=other, note="no", now=self.now)
+
+    @precondition(lambda self: self.decided)
+    @rule(data=st.data())
+    def staff_decide_again(self, data):
+        action_id = data.draw(st.sampled_from(sorted(self.decided)))
+        for staff in self.staff:
+            with pytest.raises(ActionNotAllowed, match="already"):
+                staff_actions.approve(action=action_id, staff=staff, now=self.now)
+
+    def staff_granted(self, action, amount):
+        self.grants[action.grant.pk] = {"remaining": amount, "held": 0, "expires_at": None,
+                                        "granted_at": self.now, "voided": False, "pending": 0}
 
     @rule()
     def expire(self):
@@ -241,6 +297,8 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.user.credit_balance == sum(g["remaining"] for g in self.grants.values())
         assert 0 <= self.user.credit_held <= self.user.credit_balance
         assert services.verify_balances(user_ids=[self.user.pk]) == []
+        actions = StaffAction.objects.filter(user=self.user).select_related("decision")
+        assert {a.pk for a in actions if a.status == StaffActionStatus.PENDING} == set(self.pending)
 
 
 @pytest.mark.django_db
@@ -249,4 +307,5 @@ def test_random_ledger_histories_keep_every_invariant():
         max_examples=40, stateful_step_count=25, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
-    LedgerMachine.TestCase().runTest()
+    with override_settings(ADMIN_APPROVAL_THRESHOLD_USD="2.5"):
+        LedgerMachine.TestCase().runTest()
