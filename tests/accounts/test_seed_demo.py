@@ -10,7 +10,7 @@ from accounts.models import User
 @pytest.mark.django_db
 def test_seed_demo_refuses_the_demo_superuser_with_debug_off(settings):
     settings.DEBUG = False
-    with pytest.raises(CommandError, match="Refusing to create the demo superuser.*--force"):
+    with pytest.raises(CommandError, match=r"Refusing to create the demo superuser.*--force"):
         call_command("seed_demo")
     assert not User.objects.filter(email=DEMO_EMAIL).exists()
 
