@@ -22,9 +22,9 @@ from credits.models import (
     StaffActionStatus,
 )
 from credits.staff_actions import ActionNotAllowed
-from tests.credits.admin.test_console import errors_of, messages_of, submit, user_action_url
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
+from tests.credits.admin.test_console import errors_of, messages_of, submit, user_action_url
 
 
 def review_url(action_name, action):
