@@ -1,7 +1,7 @@
-"""Requests-per-minute per API key, counted in Django's cache (Redis when REDIS_URL is
-set, the database otherwise) so every process shares the count.
+"""Requests-per-minute per API key and sign-ups per hour per address, counted in Django's
+cache (Redis when REDIS_URL is set, the database otherwise) so every process shares the count.
 
-Fixed one-minute windows. Fails open: if the cache cannot be reached the request goes
+Fixed windows (a minute, an hour). Fails open: if the cache cannot be reached the request goes
 through and a warning is logged (at most once a minute per process), because the API
 must keep answering when Redis is down. On the database cache the count is not atomic
 under races, so a burst may pass a few requests over the limit.
@@ -14,6 +14,7 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
+from rest_framework.exceptions import Throttled
 from rest_framework.throttling import BaseThrottle
 
 from accounts.network import client_ip
@@ -63,22 +64,45 @@ class ApiKeyRateThrottle(BaseThrottle):
         return float(getattr(self, "_retry_after", 60))
 
 
+class RateLimited(Throttled):
+    """A 429 that names what was limited; the API's error envelope says it
+    ("Rate limit reached for sign-ups from this address. ...")."""
+
+    def __init__(self, wait: float | None = None, *, limited: str):
+        super().__init__(wait)
+        self.limited = limited
+
+
+REGISTRATION_LIMITED = "sign-ups from this address"
+
+
+def registration_allowed(request) -> tuple[bool, int]:
+    """Count one sign-up attempt from the request's client address (accounts.network.client_ip,
+    so a forged X-Forwarded-For does not dodge it). Returns (allowed, seconds until the window
+    resets). REGISTER_RATE_LIMIT_PER_HOUR attempts an hour; 0 = off.
+
+    The API's /api/auth/register and the web sign-up form share this one counter: an address
+    over the limit gets a 429 from either door."""
+    limit = int(settings.REGISTER_RATE_LIMIT_PER_HOUR)
+    if limit <= 0:
+        return True, 0
+    return hit(f"register:{client_ip(request) or 'unknown'}", limit=limit, window_seconds=3600)
+
+
+def registration_limited_message(wait_seconds: int) -> str:
+    """What the sign-up page says over the limit: what was limited and when to come back."""
+    minutes = max(1, -(-int(wait_seconds) // 60))
+    return (f"Too many sign-ups from your address in the last hour. "
+            f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.")
+
+
 class RegistrationRateThrottle(BaseThrottle):
-    """REGISTER_RATE_LIMIT_PER_HOUR sign-ups per client address; 0 = off.
+    """The API door of registration_allowed (REGISTER_RATE_LIMIT_PER_HOUR per address)."""
 
-    The address is accounts.network.client_ip (X-Forwarded-For believed only from
-    TRUSTED_PROXIES), so a client cannot dodge the limit with a forged header."""
-
-    def get_ident(self, request) -> str:
-        return client_ip(request) or "unknown"
+    limited = REGISTRATION_LIMITED
 
     def allow_request(self, request, view) -> bool:
-        limit = int(settings.REGISTER_RATE_LIMIT_PER_HOUR)
-        if limit <= 0:
-            return True
-        allowed, self._retry_after = hit(
-            f"register:{self.get_ident(request)}", limit=limit, window_seconds=3600
-        )
+        allowed, self._retry_after = registration_allowed(request)
         return allowed
 
     def wait(self) -> float:

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 from accounts.forms import SignupForm
 from accounts.models import ApiKey
 from accounts.network import client_ip
+from accounts.throttles import registration_allowed, registration_limited_message
 from billing import selectors
 from billing.labels import minutes_seconds
 from credits import money
@@ -52,6 +53,15 @@ def signup(request):
     if request.user.is_authenticated:
         return redirect("onboarding:onboarding")
     form = SignupForm(request.POST or None)
+    if request.method == "POST":
+        # The same per-address counter as /api/auth/register: one limit for both doors.
+        allowed, retry_after = registration_allowed(request)
+        if not allowed:
+            form.add_error(None, registration_limited_message(retry_after))
+            response = render(request, "registration/signup.html",
+                              {"form": form, **_offer_context()}, status=429)
+            response["Retry-After"] = str(retry_after)
+            return response
     if request.method == "POST" and form.is_valid():
         registered = form.save(client_ip=client_ip(request))
         if registered is not None:

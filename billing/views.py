@@ -1,6 +1,5 @@
 """The billing dashboard and the ledger's CSV export (thin doors over the selectors)."""
 
-import csv
 from urllib.parse import urlencode
 
 from django.contrib.auth.decorators import login_required
@@ -15,6 +14,7 @@ from accounts.views import NEW_KEY_SECRET_KEY
 from billing import selectors
 from billing.charts import PHONE_CHAR_WIDTH, PHONE_HEIGHT, PHONE_WIDTH, spend_chart
 from credits import money
+from credits.exports import csv_writer
 from credits.notifications import recent_notifications
 from credits.promotion.verification import pending_verification
 from credits.selectors import get_user_credits
@@ -77,7 +77,7 @@ def history_csv(request):
     row by row; `type` is the raw entry type, `type_label` what the dashboard calls it."""
     entry_type = selectors.history_filter(request.GET.get("type", "")).value
     entries = selectors.history_entries(user=request.user, entry_type=entry_type, every_entry=True)
-    writer = csv.writer(_Echo())
+    writer = csv_writer(_Echo())  # formula-looking cells are quoted (credits.exports)
 
     def rows():
         yield writer.writerow(CSV_HEADER)

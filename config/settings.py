@@ -1,9 +1,11 @@
 """Settings read from the environment (django-environ); defaults serve a fresh dev machine."""
 
+import datetime as dt
 from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -16,6 +18,19 @@ DEBUG = env.bool("DEBUG", default=True)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# --- HTTPS ------------------------------------------------------------------------------------
+# Behind a TLS-terminating proxy set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https (only
+# if the proxy overwrites that header). The redirect and the secure cookies follow DEBUG: off for
+# ./scripts/run on http://127.0.0.1:8000, on in production unless turned off. HSTS is opt-in
+# (browsers remember it: start small, then a year with subdomains and preload).
+SECURE_PROXY_SSL_HEADER = env.tuple("SECURE_PROXY_SSL_HEADER", default=None) or None
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -25,6 +40,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
+    "csp",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from our static files, no CDN
@@ -36,6 +53,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -43,6 +61,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out login attempt into accounts.lockout's page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -60,6 +80,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "billing.context_processors.web",
+                "csp.context_processors.nonce",  # {{ CSP_NONCE }} for a <script> or <style>
             ],
         },
     },
@@ -90,6 +111,11 @@ LEDGER_THREADS = env.int("LEDGER_THREADS", default=max(DB_POOL_MAX_SIZE, 4))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
+# Axes first: it refuses a locked-out login before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -99,6 +125,45 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "billing:dashboard"
 LOGOUT_REDIRECT_URL = "landing"
+
+# --- Content-Security-Policy (django-csp) ---------------------------------------------------
+# Scripts and styles from our own origin only; an inline <script> or <style> needs the request's
+# nonce (nonce="{{ CSP_NONCE }}") and style="" attributes are refused, so pages use classes.
+# Stripe Checkout is where the buy form's redirect goes. CSP_REPORT_ONLY=true reports, blocks nothing.
+_CSP = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF, "https://checkout.stripe.com"],
+    },
+}
+if env.bool("CSP_REPORT_ONLY", default=False):
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = _CSP
+else:
+    CONTENT_SECURITY_POLICY = _CSP
+
+# --- Login brute force (django-axes; accounts/lockout.py) ------------------------------------
+# After LOGIN_FAILURE_LIMIT wrong passwords for one account from one address, that pair is
+# locked out of the web and admin logins until LOGIN_LOCKOUT_MINUTES after its last failure.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = dt.timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # a successful login clears the pair's failures
+AXES_USERNAME_FORM_FIELD = "username"  # AuthenticationForm's field (the email here)
+AXES_USERNAME_CALLABLE = "accounts.lockout.login_username"
+AXES_CLIENT_IP_CALLABLE = "accounts.network.client_ip"
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False  # no banner on every manage.py command; lockouts are still logged
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -215,14 +280,22 @@ NOTIFICATION_CATCH_UP_HOURS = env.int("NOTIFICATION_CATCH_UP_HOURS", default=48)
 PROMOTION_AMOUNT_USD = env("PROMOTION_AMOUNT_USD", default="20")
 PROMOTION_WINDOW_SECONDS = env.int("PROMOTION_WINDOW_SECONDS", default=180)
 PROMOTION_EXPIRY_DAYS = env.int("PROMOTION_EXPIRY_DAYS", default=30)
-# Holds older than this belong to calls that died without settling.
+# A hold whose call journaled nothing for this long (credits.services.record_progress;
+# a live call writes every second) belongs to a call that died: the sweep settles it.
 STALE_HOLD_SECONDS = env.int("STALE_HOLD_SECONDS", default=15 * 60)
+# A stream ends (a final SSE error event, charged for what it delivered) after this long,
+# well inside STALE_HOLD_SECONDS, so no call outlives the sweep.
+STREAM_MAX_SECONDS = env.int("STREAM_MAX_SECONDS", default=10 * 60)
+# A sweep unit (a user, a hold) failing this many runs in a row is reported to staff once.
+SWEEP_FAILURE_REPORT_AFTER = env.int("SWEEP_FAILURE_REPORT_AFTER", default=3)
 # How long an Idempotency-Key's stored response is kept (then the key may be reused).
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # Staff money actions (admin): above the threshold a second staff member must approve;
 # the Support group may grant and refund up to its limit.
 ADMIN_APPROVAL_THRESHOLD_USD = env("ADMIN_APPROVAL_THRESHOLD_USD", default="100")
-SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")
+SUPPORT_GRANT_LIMIT_USD = env("SUPPORT_GRANT_LIMIT_USD", default="50")  # per action
+# What one Support member may grant, refund and adjust in all per day (TIME_ZONE days).
+SUPPORT_DAILY_LIMIT_USD = env("SUPPORT_DAILY_LIMIT_USD", default="50")
 
 # --- Abuse controls of the sign-up credit (credits/promotion/) -------------------
 # Checks of a sign-up's email address, run by accounts.services.register_user.

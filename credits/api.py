@@ -15,7 +15,7 @@ from accounts import services as account_services
 from accounts.network import client_ip
 from accounts.rest import JsonAPIView
 from accounts.serializers import RegisterSerializer
-from accounts.throttles import RegistrationRateThrottle
+from accounts.throttles import REGISTRATION_LIMITED, RateLimited, RegistrationRateThrottle
 from credits.money import format_usd
 from credits.promotion.status import promotion_status
 from credits.selectors import get_user_credits
@@ -28,6 +28,9 @@ class RegisterView(JsonAPIView):
     authentication_classes = []  # no session, so no CSRF: the body is the credential
     permission_classes = [AllowAny]
     throttle_classes = [RegistrationRateThrottle]
+
+    def throttled(self, request, wait):
+        raise RateLimited(wait, limited=REGISTRATION_LIMITED)
 
     @extend_schema(request=RegisterSerializer, responses={201: OpenApiTypes.OBJECT})
     def post(self, request):

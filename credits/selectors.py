@@ -5,11 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import User
-from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
+from credits.models import (
+    CreditAccount,
+    CreditGrant,
+    CreditHold,
+    EntryType,
+    GrantKind,
+    HoldStatus,
+    LedgerEntry,
+)
 from credits.promotion.status import PromotionStatus, promotion_status
 
 
@@ -72,3 +80,31 @@ def call_charge(*, request_id: str) -> CallCharge | None:
     if not rows:
         return None
     return CallCharge(user_id=rows[0][0], charged_micros=-sum(amount for _, amount in rows))
+
+
+def call_heard_at(*, request_id: str) -> dt.datetime | None:
+    """When the call `request_id` last showed signs of life: its active hold's last journal
+    write, or the hold's creation if it never wrote one. None when it holds nothing (never
+    held, or settled)."""
+    row = (CreditHold.objects.filter(reference=request_id, status=HoldStatus.ACTIVE)
+           .values_list("journal_at", "created_at").first())
+    if row is None:
+        return None
+    return row[0] or row[1]
+
+
+def swept_holds(*, hold_ids=(), since: dt.datetime) -> list[CreditHold]:
+    """Holds the stale-hold sweep settled: those of `hold_ids`, and any settled since `since`
+    (so a run that was interrupted before its calls were recorded is caught up)."""
+    return list(CreditHold.objects.filter(swept=True)
+                .filter(Q(pk__in=list(hold_ids)) | Q(settled_at__gte=since))
+                .order_by("settled_at"))
+
+
+def call_refunded_micros(*, request_id: str, user_id: int) -> int:
+    """Credit already given back for the call `request_id`: the REFUND grants naming it
+    (their source reference; their entries carry it too). Voided ones count: they were given."""
+    total = CreditGrant.objects.filter(
+        user_id=user_id, kind=GrantKind.REFUND, source_reference=request_id,
+    ).aggregate(total=Sum("amount_micros"))["total"]
+    return total or 0

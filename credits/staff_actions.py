@@ -1,14 +1,29 @@
 """Staff money actions (the admin's door into the ledger), with audit and four-eyes.
 
-Every action is recorded as a `StaffAction` row (who, why, when, on whom, what
-came of it) in the same transaction as the ledger entries it causes, which go
-through credits.services and carry the same actor and reason. Grants, refunds
-and adjustments above ADMIN_APPROVAL_THRESHOLD_USD are created PENDING: they
-are checked now (a dry run, rolled back) and take effect only when a second,
-different staff member holding the same permission approves them. Applying
-uses the idempotency key `staff-action:<id>`, so an action can credit once only.
+Every action is recorded as a `StaffAction` row (who, why, when, on whom) in the same
+transaction as the ledger entries it causes, which go through credits.services and carry
+the same actor and reason. The audit is append-only: what became of a request is a
+`StaffActionDecision` row of its own, written with the ledger entries.
 
-Refusals raise a credits.exceptions error (ActionNotAllowed for permissions and
+A second, different staff member holding the same permission must approve (the request is
+checked now by a dry run, rolled back, and applied only on approval):
+- grants, refunds and adjustments above ADMIN_APPROVAL_THRESHOLD_USD;
+- any money action on the requester's own account, whatever the amount.
+The staff member whose account an action credits never approves it.
+
+Support (without `exceed_support_limit`) may move at most SUPPORT_GRANT_LIMIT_USD per action
+and SUPPORT_DAILY_LIMIT_USD per day in all (single and bulk actions, pending ones included,
+rejected ones not). A staff member's submissions are serialized (`_lock_staff`), so two
+requests at once cannot pass the daily limit together.
+
+A refund naming a call gives back at most what the ledger charged for that call less what
+was already refunded for it (checked under the user's account lock).
+
+Idempotency: applying uses the key `staff-action:<id>`, so an action credits once only; a
+submission may carry an idempotency key (the confirmation page's one-time token) and a
+second submission with the same key returns the first one's actions instead of acting again.
+
+Refusals raise a credits.exceptions error (ActionNotAllowed for permissions, limits and
 approval rules) with nothing written.
 """
 
@@ -16,26 +31,29 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
 from accounts.services import revoke_api_key
 from credits import money, services
-from credits.exceptions import CreditError, GrantNotActive, InvalidAmount
+from credits.exceptions import CreditError, GrantNotActive, IdempotencyConflict, InvalidAmount
 from credits.models import (
     CreditGrant,
     EntryType,
     GrantKind,
     LedgerEntry,
     StaffAction,
+    StaffActionDecision,
     StaffActionKind,
     StaffActionStatus,
 )
-from credits.selectors import call_charge
+from credits.selectors import call_charge, call_refunded_micros
+from credits.services.locks import lock_account
 
 
 class ActionNotAllowed(CreditError):
@@ -74,6 +92,10 @@ def support_limit_micros() -> int:
     return money.usd_to_micros(str(settings.SUPPORT_GRANT_LIMIT_USD))
 
 
+def support_daily_limit_micros() -> int:
+    return money.usd_to_micros(str(settings.SUPPORT_DAILY_LIMIT_USD))
+
+
 def can_perform(staff: User, kind: str, amount_micros: int | None = None) -> bool:
     try:
         _check_allowed(staff, kind, amount_micros)
@@ -104,12 +126,53 @@ def _check_allowed(staff: User, kind: str, amount_micros: int | None) -> None:
         )
 
 
-def _needs_approval(kind: str, amount_micros: int | None) -> bool:
-    return (
-        kind in LIMITED_KINDS
-        and amount_micros is not None
-        and abs(amount_micros) > approval_threshold_micros()
-    )
+def moved_today_micros(*, staff: User, now: dt.datetime) -> int:
+    """What `staff` granted, refunded and adjusted (either way) on `now`'s day (TIME_ZONE),
+    requests awaiting approval included, rejected ones not."""
+    start = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    amounts = (StaffAction.objects
+               .filter(requested_by=staff, kind__in=LIMITED_KINDS,
+                       requested_at__gte=start, requested_at__lt=start + dt.timedelta(days=1))
+               .exclude(decision__outcome=StaffActionStatus.REJECTED)
+               .values_list("amount_micros", flat=True))
+    return sum(abs(a) for a in amounts if a is not None)
+
+
+def _check_daily_limit(staff: User, adding_micros: int, now: dt.datetime) -> None:
+    """Call under `_lock_staff`, so the total read is still the total when the row is written."""
+    if staff.has_perm(UNLIMITED_PERMISSION):
+        return
+    limit = support_daily_limit_micros()
+    done = moved_today_micros(staff=staff, now=now)
+    if done + adding_micros > limit:
+        raise ActionNotAllowed(
+            f"This would bring what you granted, refunded or adjusted today to "
+            f"{money.display_usd(done + adding_micros)} ({money.display_usd(done)} done), above "
+            f"your daily limit of {money.display_usd(limit)}; ask Finance."
+        )
+
+
+def _lock_staff(staff: User) -> None:
+    """Serialize one staff member's submissions until the transaction ends: their running
+    total for the day and their one-time tokens are read and written under it. A PostgreSQL
+    advisory lock keyed by the staff member's id; nothing else takes it and it is taken
+    before any ledger lock, so it cannot deadlock with them. (SQLite serializes writes.)"""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_STAFF_LOCK_SPACE, staff.pk])
+
+
+_STAFF_LOCK_SPACE = 0x57AF  # the advisory locks' first key: "staff submissions"
+
+
+def _approval_reason(action: StaffAction, staff: User) -> str:
+    """Why `action` needs a second approver ('' when it may apply at once)."""
+    if action.user_id == staff.pk and action.kind != StaffActionKind.REVOKE_KEYS:
+        return "on the requester's own account"
+    if (action.kind in LIMITED_KINDS and action.amount_micros is not None
+            and abs(action.amount_micros) > approval_threshold_micros()):
+        return f"above {money.display_usd(approval_threshold_micros())}"
+    return ""
 
 
 # --- the actions -------------------------------------------------------------------
@@ -117,30 +180,32 @@ def _needs_approval(kind: str, amount_micros: int | None) -> bool:
 
 def grant_credit(*, staff: User, user: User, amount_micros: int, reason: str,
                  kind: str = GrantKind.ADJUSTMENT, expires_at: dt.datetime | None = None,
-                 now: dt.datetime | None = None) -> StaffAction:
+                 now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
     """Grant credit of `kind` (expiry optional: default per kind)."""
     _require_positive(amount_micros)
     if kind not in GrantKind.values or kind == GrantKind.REFUND:
         raise InvalidAmount(f"Staff cannot grant credit of kind {kind!r}; refunds are separate.")
     return _submit(StaffAction(kind=StaffActionKind.GRANT, user=user, amount_micros=amount_micros,
                                grant_kind=kind, expires_at=expires_at, reason=reason),
-                   staff=staff, now=now)
+                   staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def adjust_balance(*, staff: User, user: User, amount_micros: int, reason: str,
-                   now: dt.datetime | None = None) -> StaffAction:
+                   now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
     """Add (positive) or take away (negative, never below zero) credit."""
     if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or not amount_micros:
         raise InvalidAmount("An adjustment is a non-zero amount.")
     return _submit(StaffAction(kind=StaffActionKind.ADJUST, user=user,
                                amount_micros=amount_micros, reason=reason),
-                   staff=staff, now=now)
+                   staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def refund_credit(*, staff: User, user: User, amount_micros: int, reason: str,
-                  usage_reference: str = "", now: dt.datetime | None = None) -> StaffAction:
-    """Give credit back as a REFUND grant, optionally naming the call (its request id),
-    which must be one this user was charged for in the ledger."""
+                  usage_reference: str = "", now: dt.datetime | None = None,
+                  idempotency_key: str = "") -> StaffAction:
+    """Give credit back as a REFUND grant (a REFUND entry), optionally naming the call (its
+    request id), which must be one this user was charged for in the ledger; then at most
+    that call's charge less what was already refunded for it is given back (InvalidAmount)."""
     _require_positive(amount_micros)
     usage_reference = (usage_reference or "").strip()
     if usage_reference:
@@ -150,125 +215,180 @@ def refund_credit(*, staff: User, user: User, amount_micros: int, reason: str,
     return _submit(StaffAction(kind=StaffActionKind.REFUND, user=user,
                                amount_micros=amount_micros, grant_kind=GrantKind.REFUND,
                                usage_reference=usage_reference, reason=reason),
-                   staff=staff, now=now)
+                   staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def void_rest_of_grant(*, staff: User, grant: CreditGrant, reason: str,
-                       now: dt.datetime | None = None) -> StaffAction:
+                       now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
     """Void what is left of one grant (credit held by a call is voided when it settles).
     Raises GrantNotActive for a voided grant; audited, permission-checked like every action."""
     if grant.voided_at is not None:
         raise GrantNotActive(f"Grant #{grant.pk} was already voided.")
-    return _submit(StaffAction(kind=StaffActionKind.VOID, user_id=grant.user_id, grant=grant,
-                               reason=reason), staff=staff, now=now)
+    return _submit(StaffAction(kind=StaffActionKind.VOID, user_id=grant.user_id,
+                               target_grant=grant, reason=reason),
+                   staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def change_expiry(*, staff: User, grant: CreditGrant, expires_at: dt.datetime | None,
-                  reason: str, now: dt.datetime | None = None) -> StaffAction:
+                  reason: str, now: dt.datetime | None = None,
+                  idempotency_key: str = "") -> StaffAction:
     """Move a grant's expiry (None: never). A past expiry is refused: use expire_now."""
     if expires_at is not None and expires_at <= (now or timezone.now()):
         raise InvalidAmount("The new expiry must be in the future (or use 'expire now').")
     return _submit(StaffAction(kind=StaffActionKind.CHANGE_EXPIRY, user_id=grant.user_id,
-                               grant=grant, expires_at=expires_at, reason=reason),
-                   staff=staff, now=now)
+                               target_grant=grant, expires_at=expires_at, reason=reason),
+                   staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def expire_now(*, staff: User, grant: CreditGrant, reason: str,
-               now: dt.datetime | None = None) -> StaffAction:
+               now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
     """Expire a grant's unheld remainder at once (an EXPIRY entry); audited."""
     return _submit(StaffAction(kind=StaffActionKind.EXPIRE_NOW, user_id=grant.user_id,
-                               grant=grant, reason=reason), staff=staff, now=now)
+                               target_grant=grant, reason=reason),
+                   staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def revoke_api_keys(*, staff: User, user: User, reason: str,
-                    now: dt.datetime | None = None) -> StaffAction:
+                    now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
     """Revoke every active API key of the user at once (no money moves); audited."""
     return _submit(StaffAction(kind=StaffActionKind.REVOKE_KEYS, user=user, reason=reason),
-                   staff=staff, now=now)
+                   staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def on_open_grants(*, staff: User, user: User, do: Callable[..., StaffAction],
                    grant_kind: str = "", now: dt.datetime | None = None,
-                   **kwargs) -> list[StaffAction]:
+                   idempotency_key: str = "", **kwargs) -> list[StaffAction]:
     """A grant action (void, change expiry, expire now) on each of the user's grants
-    that still has credit (of one kind, if given): one StaffAction per grant."""
+    that still has credit (of one kind, if given): one StaffAction per grant. With a key,
+    a second call returns the first call's actions."""
     now = now or timezone.now()
-    grants = (CreditGrant.objects.filter(user=user, remaining_micros__gt=0, voided_at__isnull=True)
-              .exclude(expires_at__lte=now).order_by("id"))
-    if grant_kind:
-        grants = grants.filter(kind=grant_kind)
-    grants = list(grants)
-    if not grants:
-        what = GrantKind(grant_kind).label.lower() + " " if grant_kind else ""
-        raise GrantNotActive(f"{user} has no {what}credit left to act on.")
-    return [do(staff=staff, grant=grant, now=now, **kwargs) for grant in grants]
+    with transaction.atomic():
+        _lock_staff(staff)
+        if idempotency_key:
+            done = _submitted_with(staff, idempotency_key)
+            if done:
+                return done
+        grants = (CreditGrant.objects
+                  .filter(user=user, remaining_micros__gt=0, voided_at__isnull=True)
+                  .exclude(expires_at__lte=now).order_by("id"))
+        if grant_kind:
+            grants = grants.filter(kind=grant_kind)
+        grants = list(grants)
+        if not grants:
+            what = GrantKind(grant_kind).label.lower() + " " if grant_kind else ""
+            raise GrantNotActive(f"{user} has no {what}credit left to act on.")
+        return [do(staff=staff, grant=grant, now=now, **kwargs,
+                   idempotency_key=f"{idempotency_key}:{grant.pk}" if idempotency_key else "")
+                for grant in grants]
 
 
 def for_each(items: Iterable, do: Callable[..., StaffAction | list[StaffAction]], *,
-             target: str = "user", **kwargs) -> list[StaffAction]:
-    """A bulk action: `do(**{target: item}, **kwargs)` for every item, all or nothing."""
+             target: str = "user", idempotency_key: str = "", **kwargs) -> list[StaffAction]:
+    """A bulk action: `do(**{target: item}, **kwargs)` for every item, all or nothing.
+
+    With an amount, the whole bulk is checked against the staff member's daily limit
+    before anything is applied. With an idempotency key (the confirmation's one-time token),
+    each item's action gets `<key>:<item id>`, and a second call with the same key returns
+    the first call's actions (or decisions) instead of acting again."""
+    items = sorted(items, key=lambda i: i.pk)  # lock users in a fixed order
+    staff = kwargs.get("staff")
     done: list[StaffAction] = []
     with transaction.atomic():
-        for item in sorted(items, key=lambda i: i.pk):  # lock users in a fixed order
+        if staff is not None:
+            _lock_staff(staff)
+            if idempotency_key:
+                replay = _submitted_with(staff, idempotency_key)
+                if replay:
+                    return replay
+            amount = kwargs.get("amount_micros")
+            # Grant, refund, adjust: a bulk counts all its users up front (each action is
+            # checked again as it is made; a single one there, after its own permission).
+            if len(items) > 1 and isinstance(amount, int) and not isinstance(amount, bool):
+                _check_daily_limit(staff, abs(amount) * len(items),
+                                   kwargs.get("now") or timezone.now())
+        for item in items:
+            key = {"idempotency_key": f"{idempotency_key}:{item.pk}"} if idempotency_key else {}
             try:
-                result = do(**{target: item}, **kwargs)
+                result = do(**{target: item}, **kwargs, **key)
             except CreditError as exc:
                 raise BulkActionFailed(f"{item}: {exc} Nothing was done.") from exc
             done.extend(result if isinstance(result, list) else [result])
     return done
 
 
+def _submitted_with(staff: User, idempotency_key: str) -> list[StaffAction]:
+    """The actions `staff` submitted under one key (`<key>:...`), oldest first."""
+    return list(StaffAction.objects.filter(requested_by=staff,
+                                           idempotency_key__startswith=f"{idempotency_key}:")
+                .select_related("user", "decision").order_by("pk"))
+
+
 # --- four-eyes -----------------------------------------------------------------------
 
 
 def approve(*, action: StaffAction | int, staff: User, note: str = "",
-            now: dt.datetime | None = None) -> StaffAction:
-    """Apply a pending action. The approver must differ from the requester and hold
-    the action's permission (and limit). Applies at most once: the row is locked
-    and must still be PENDING. A refusal by the ledger leaves it pending."""
+            now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
+    """Apply a pending action: records an APPLIED decision with the ledger entries. The
+    approver must differ from the requester and from the user credited, and hold the
+    action's permission (and limit). Applies at most once: the request is locked and must
+    have no decision yet (a replay with the same key returns it). A refusal by the ledger
+    leaves it pending."""
     now = now or timezone.now()
     with transaction.atomic():
-        locked = _lock_pending(action)
+        locked = _lock_undecided(action, staff=staff, idempotency_key=idempotency_key)
+        if locked.decided is not None:
+            return locked  # the same confirmation, submitted again
         if locked.requested_by_id == staff.pk:
             raise ActionNotAllowed("A second staff member must approve this; not the requester.")
+        if locked.user_id == staff.pk:
+            raise ActionNotAllowed("You cannot approve an action on your own account; "
+                                   "another staff member must.")
         _check_allowed(staff, locked.kind, locked.amount_micros)
-        _apply(locked, now=now)
-        locked.status = StaffActionStatus.APPLIED
-        locked.decided_by = staff
-        locked.decided_at = now
-        locked.decision_note = (note or "").strip()[:255]
-        locked.save()
+        outcome = _apply(locked, now=now)
+        locked.decision = StaffActionDecision.objects.create(
+            action=locked, outcome=StaffActionStatus.APPLIED, decided_by=staff, decided_at=now,
+            note=(note or "").strip()[:255], result=outcome.result, grant=outcome.grant,
+            idempotency_key=idempotency_key)
         return locked
 
 
 def reject(*, action: StaffAction | int, staff: User, note: str,
-           now: dt.datetime | None = None) -> StaffAction:
+           now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
     """Record a rejection (with a reason); nothing is credited. The requester may
     withdraw their own request; anyone else needs the action's permission."""
     note = (note or "").strip()
     if not note:
         raise InvalidAmount("A reason is required.")
     with transaction.atomic():
-        locked = _lock_pending(action)
+        locked = _lock_undecided(action, staff=staff, idempotency_key=idempotency_key)
+        if locked.decided is not None:
+            return locked
         if locked.requested_by_id != staff.pk:
             _check_allowed(staff, locked.kind, locked.amount_micros)
-        locked.status = StaffActionStatus.REJECTED
-        locked.decided_by = staff
-        locked.decided_at = now or timezone.now()
-        locked.decision_note = note[:255]
-        locked.result = "Rejected: nothing was written to the ledger."
-        locked.save()
+        locked.decision = StaffActionDecision.objects.create(
+            action=locked, outcome=StaffActionStatus.REJECTED, decided_by=staff,
+            decided_at=now or timezone.now(), note=note[:255],
+            result="Rejected: nothing was written to the ledger.",
+            idempotency_key=idempotency_key)
         return locked
 
 
-def _lock_pending(action: StaffAction | int) -> StaffAction:
+def _lock_undecided(action: StaffAction | int, *, staff: User,
+                    idempotency_key: str) -> StaffAction:
+    """The request, locked (FOR UPDATE: the row itself is never updated), still undecided,
+    or decided by `staff` under `idempotency_key` (a replay). Raises ActionNotAllowed."""
     action_id = action.pk if isinstance(action, StaffAction) else action
-    locked = StaffAction.objects.select_for_update().filter(pk=action_id).first()
+    locked = StaffAction.objects.select_for_update(of=("self",)).filter(pk=action_id).first()
     if locked is None:
         raise ActionNotAllowed(f"Unknown staff action {action_id!r}.")
-    if locked.status != StaffActionStatus.PENDING:
+    decision = StaffActionDecision.objects.filter(action_id=action_id).first()
+    if decision is not None:
+        if (idempotency_key and decision.idempotency_key == idempotency_key
+                and decision.decided_by_id == staff.pk):
+            locked.decision = decision
+            return locked
         raise ActionNotAllowed(
-            f"{locked.get_kind_display()} #{locked.pk} is already {locked.status.lower()}."
+            f"{locked.get_kind_display()} #{locked.pk} is already {decision.outcome.lower()}."
         )
     return locked
 
@@ -280,12 +400,19 @@ class _DryRun(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    result: str
+    grant: CreditGrant | None = None  # the grant the action created
+
+
 def _require_positive(amount_micros: object) -> None:
     if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or amount_micros <= 0:
         raise InvalidAmount("The amount must be positive.")
 
 
-def _submit(action: StaffAction, *, staff: User, now: dt.datetime | None) -> StaffAction:
+def _submit(action: StaffAction, *, staff: User, now: dt.datetime | None,
+            idempotency_key: str = "") -> StaffAction:
     now = now or timezone.now()
     action.reason = (action.reason or "").strip()[:255]
     if not action.reason:
@@ -293,11 +420,20 @@ def _submit(action: StaffAction, *, staff: User, now: dt.datetime | None) -> Sta
     _check_allowed(staff, action.kind, action.amount_micros)
     action.requested_by = staff
     action.requested_at = now
-    pending = _needs_approval(action.kind, action.amount_micros)
+    action.idempotency_key = idempotency_key
+    action.approval_reason = _approval_reason(action, staff)
+    if action.kind == StaffActionKind.EXPIRE_NOW and not action.approval_reason:
+        action.expires_at = now  # when it expired (an approved one: the decision's time)
     with transaction.atomic():
-        action.status = StaffActionStatus.PENDING
-        action.save()
-        if pending:
+        _lock_staff(staff)
+        if idempotency_key:
+            replay = StaffAction.objects.filter(idempotency_key=idempotency_key).first()
+            if replay is not None:
+                return _replayed(replay, action)
+        if action.kind in LIMITED_KINDS:
+            _check_daily_limit(staff, abs(action.amount_micros), now)
+        action.save(force_insert=True)
+        if action.approval_reason:
             # Check the request against the ledger now, so bad input fails at the form.
             try:
                 with transaction.atomic():
@@ -305,67 +441,87 @@ def _submit(action: StaffAction, *, staff: User, now: dt.datetime | None) -> Sta
                     raise _DryRun
             except _DryRun:
                 pass
-            action.result = (f"Awaiting a second approver (above "
-                             f"{money.display_usd(approval_threshold_micros())}).")
-            action.grant_id = action.grant_id if action.kind in _GRANT_TARGETED else None
         else:
-            _apply(action, now=now)
-            action.status = StaffActionStatus.APPLIED
-            action.decided_at = now
-        action.save()
+            outcome = _apply(action, now=now)
+            action.decision = StaffActionDecision.objects.create(
+                action=action, outcome=StaffActionStatus.APPLIED, decided_at=now,
+                result=outcome.result, grant=outcome.grant)
     return action
 
 
-_GRANT_TARGETED = {StaffActionKind.VOID, StaffActionKind.CHANGE_EXPIRY,
-                   StaffActionKind.EXPIRE_NOW}
+def _replayed(first: StaffAction, again: StaffAction) -> StaffAction:
+    """The action submitted first under a key, if `again` asks for the same thing."""
+    same = ("requested_by_id", "kind", "user_id", "amount_micros", "target_grant_id")
+    if any(getattr(first, f) != getattr(again, f) for f in same):
+        raise IdempotencyConflict(
+            f"The confirmation {first.idempotency_key!r} was used for another action.")
+    return first
 
 
-def _apply(action: StaffAction, *, now: dt.datetime) -> None:
-    """Make the ledger change through credits.services; sets `result` (and `grant`)."""
+def _apply(action: StaffAction, *, now: dt.datetime) -> _Outcome:
+    """Make the ledger change through credits.services; says what was done."""
     key = f"staff-action:{action.pk}"
     actor = action.requested_by
     kind = action.kind
     if kind in (StaffActionKind.GRANT, StaffActionKind.REFUND):
         extra = {"expires_at": action.expires_at} if action.expires_at else {}
-        grant = services.add_credit(
-            user=action.user_id, amount_micros=action.amount_micros, kind=action.grant_kind,
-            description=action.reason, actor=actor, idempotency_key=key,
-            source_reference=action.usage_reference or key, now=now, **extra,
-        )
-        action.grant = grant
-        action.result = (f"Granted {money.display_usd(grant.amount_micros)} "
-                         f"{grant.get_kind_display().lower()} credit (grant #{grant.pk}).")
-    elif kind == StaffActionKind.ADJUST:
+        with transaction.atomic():
+            if action.usage_reference:
+                _check_call_refundable(action)
+            grant = services.add_credit(
+                user=action.user_id, amount_micros=action.amount_micros, kind=action.grant_kind,
+                description=action.reason, actor=actor, idempotency_key=key,
+                source_reference=action.usage_reference or key, now=now, **extra,
+            )
+        return _Outcome(f"Granted {money.display_usd(grant.amount_micros)} "
+                        f"{grant.get_kind_display().lower()} credit (grant #{grant.pk}).", grant)
+    if kind == StaffActionKind.ADJUST:
         outcome = services.adjust_credit(
             user=action.user_id, amount_micros=action.amount_micros, reason=action.reason,
             actor=actor, idempotency_key=key, now=now,
         )
         if isinstance(outcome, CreditGrant):
-            action.grant = outcome
-            action.result = f"Added {money.display_usd(outcome.amount_micros)} (grant #{outcome.pk})."
-        else:
-            action.result = (f"Took back {money.display_usd(outcome.amount_micros)}; balance "
-                             f"{money.display_usd(outcome.balance_micros)}.")
-    elif kind == StaffActionKind.VOID:
-        services.void_grant(grant=action.grant_id, reason=action.reason, actor=actor, now=now)
-        voided = _moved(action.grant_id, EntryType.VOID, f"void:{action.grant_id}")
-        action.result = f"Voided {money.display_usd(voided)} of grant #{action.grant_id}."
-    elif kind in (StaffActionKind.CHANGE_EXPIRY, StaffActionKind.EXPIRE_NOW):
+            return _Outcome(f"Added {money.display_usd(outcome.amount_micros)} "
+                            f"(grant #{outcome.pk}).", outcome)
+        return _Outcome(f"Took back {money.display_usd(outcome.amount_micros)}; balance "
+                        f"{money.display_usd(outcome.balance_micros)}.")
+    grant_id = action.target_grant_id
+    if kind == StaffActionKind.VOID:
+        services.void_grant(grant=grant_id, reason=action.reason, actor=actor, now=now)
+        voided = _moved(grant_id, EntryType.VOID, f"void:{grant_id}")
+        return _Outcome(f"Voided {money.display_usd(voided)} of grant #{grant_id}.")
+    if kind in (StaffActionKind.CHANGE_EXPIRY, StaffActionKind.EXPIRE_NOW):
         new_expiry = action.expires_at if kind == StaffActionKind.CHANGE_EXPIRY else now
-        before = _moved(action.grant_id, EntryType.EXPIRY)
-        services.change_grant_expiry(grant=action.grant_id, expires_at=new_expiry,
+        before = _moved(grant_id, EntryType.EXPIRY)
+        services.change_grant_expiry(grant=grant_id, expires_at=new_expiry,
                                      reason=action.reason, actor=actor, now=now)
-        expired = _moved(action.grant_id, EntryType.EXPIRY) - before
+        expired = _moved(grant_id, EntryType.EXPIRY) - before
         if kind == StaffActionKind.EXPIRE_NOW:
-            action.expires_at = now
-            action.result = f"Expired {money.display_usd(expired)} of grant #{action.grant_id}."
-        else:
-            when = new_expiry.isoformat(timespec="minutes") if new_expiry else "never"
-            action.result = f"Grant #{action.grant_id} now expires {when}."
-    elif kind == StaffActionKind.REVOKE_KEYS:
-        action.result = f"Revoked {_revoke_keys(action.user_id)} active API key(s)."
-    else:  # pragma: no cover - the choices are closed
-        raise InvalidAmount(f"Unknown staff action {kind!r}.")
+            return _Outcome(f"Expired {money.display_usd(expired)} of grant #{grant_id}.")
+        when = new_expiry.isoformat(timespec="minutes") if new_expiry else "never"
+        return _Outcome(f"Grant #{grant_id} now expires {when}.")
+    if kind == StaffActionKind.REVOKE_KEYS:
+        return _Outcome(f"Revoked {_revoke_keys(action.user_id)} active API key(s).")
+    raise InvalidAmount(f"Unknown staff action {kind!r}.")  # pragma: no cover - closed choices
+
+
+def _check_call_refundable(action: StaffAction) -> None:
+    """A refund naming a call gives back at most that call's charge less what was already
+    refunded for it. Takes the user's account lock first (the grant is then written under
+    it), so two refunds of one call at once are counted one after the other."""
+    lock_account(action.user_id)
+    request_id = action.usage_reference
+    charge = call_charge(request_id=request_id)
+    if charge is None or charge.user_id != action.user_id:
+        raise InvalidAmount(f"No call {request_id!r} of this user was charged.")
+    refunded = call_refunded_micros(request_id=request_id, user_id=action.user_id)
+    left = max(0, charge.charged_micros - refunded)
+    if action.amount_micros > left:
+        raise InvalidAmount(
+            f"Call {request_id} was charged {money.display_usd(charge.charged_micros)} and "
+            f"{money.display_usd(refunded)} of it was refunded already: at most "
+            f"{money.display_usd(left)} can be refunded."
+        )
 
 
 def _moved(grant_id: int, entry_type: str, operation_key: str | None = None) -> int:

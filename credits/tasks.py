@@ -8,7 +8,7 @@ import datetime as dt
 
 from celery import shared_task
 
-from credits import notifications, services
+from credits import notifications, sweeps
 from credits.promotion import award, verification
 
 _IDEMPOTENT = {"acks_late": True, "reject_on_worker_lost": True}
@@ -19,17 +19,20 @@ def _moment(now: str | None) -> dt.datetime | None:
 
 
 # Every minute: a run cut by its time limit rolls back only the user in progress;
-# the next run carries on.
+# the next run carries on. A user that fails is counted and skipped (credits.sweeps).
 @shared_task(**_IDEMPOTENT, soft_time_limit=50, time_limit=58)
 def expire_credits(now: str | None = None) -> int:
-    """Expire the unheld remainder of every grant past its expiry; returns grants expired."""
-    return services.expire_credits(now=_moment(now))
+    """Expire the unheld remainder of every grant past its expiry; returns grants expired
+    (users that failed are logged with their ids and noted as sweep failures)."""
+    return sweeps.run_expiry_sweep(now=_moment(now)).expired
 
 
 @shared_task(**_IDEMPOTENT, soft_time_limit=50, time_limit=58)
 def release_stale_holds() -> int:
-    """Release holds older than STALE_HOLD_SECONDS (calls that died without settling)."""
-    return services.release_stale_holds()
+    """Settle the holds of calls whose journal went silent for STALE_HOLD_SECONDS (they died
+    without settling), for what they delivered; returns holds settled (failures are logged
+    with their ids and noted as sweep failures)."""
+    return len(sweeps.run_stale_hold_sweep().settled)
 
 
 @shared_task(**_IDEMPOTENT)

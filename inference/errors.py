@@ -103,7 +103,10 @@ def exception_handler(exc, context) -> Response:
         elif isinstance(exc, drf.Throttled):
             type_, code = "rate_limit_error", "rate_limit_exceeded"
             wait = int(exc.wait or 60)
-            message = f"Rate limit reached for this API key. Try again in {wait} seconds."
+            # The throttle names what it limited (accounts.throttles.RateLimited): a sign-up
+            # over its per-address limit is not told about an API key it does not have.
+            limited = getattr(exc, "limited", "this API key")
+            message = f"Rate limit reached for {limited}. Try again in {wait} seconds."
             headers["Retry-After"] = str(wait)
         elif isinstance(exc, drf.PermissionDenied):
             type_ = "permission_error"

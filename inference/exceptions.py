@@ -63,3 +63,11 @@ class UpstreamError(InferenceError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class StreamTimeLimit(InferenceError):
+    """A stream ran past STREAM_MAX_SECONDS: it ends, charged for what it delivered."""
+
+    status = 504
+    type = "server_error"
+    code = "stream_time_limit"

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import User
-from credits.selectors import call_charge
+from credits.selectors import call_charge, call_heard_at
 from inference.exceptions import IdempotencyKeyReused, InvalidRequest
 from inference.models import IdempotentRequest
 
@@ -62,10 +62,11 @@ def claim_idempotency_key(*, user: User, key: str, endpoint: str, body,
                                      request_id=request_id)
     abandoned_before = timezone.now() - dt.timedelta(seconds=settings.STALE_HOLD_SECONDS)
     running = record.status_code is None
-    if running and record.created_at < abandoned_before:
+    if running and record.created_at < abandoned_before and not _still_heard(
+            record, abandoned_before):
         charge = call_charge(request_id=record.request_id) if record.request_id else None
         if charge is None or charge.user_id != record.user_id:
-            # Its call died unanswered (its hold is released by the same rule): start over.
+            # Its call died unanswered (the sweep settles its hold by the same rule): start over.
             forget_idempotency_key(record=record)
             return claim_idempotency_key(user=user, key=key, endpoint=endpoint, body=body,
                                          request_id=request_id)
@@ -87,6 +88,13 @@ def claim_idempotency_key(*, user: User, key: str, endpoint: str, body,
     return record, StoredResponse(status_code=record.status_code,
                                   body=json.loads(record.response_json),
                                   headers=record.response_headers)
+
+
+def _still_heard(record: IdempotentRequest, abandoned_before: dt.datetime) -> bool:
+    """The key's call is alive: its hold's journal moved within STALE_HOLD_SECONDS (the
+    stale-hold sweep's own rule), however long ago the call began."""
+    heard = call_heard_at(request_id=record.request_id) if record.request_id else None
+    return heard is not None and heard >= abandoned_before
 
 
 def store_idempotent_response(*, record: IdempotentRequest, status_code: int, body: dict,

@@ -93,7 +93,11 @@ class UsageStatus(models.TextChoices):
     CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED", "Client disconnected"
     UPSTREAM_ERROR = "UPSTREAM_ERROR", "Upstream error"
     PROMOTION_NOT_GRANTED = "PROMOTION_NOT_GRANTED", "Promotion not granted"
+    TIME_LIMIT = "TIME_LIMIT", "Stopped at the stream time limit"
     FAILED = "FAILED", "Failed"
+    # The call died without settling; the stale-hold sweep charged what its journal says
+    # was delivered and wrote this record (inference.services.record_swept_calls).
+    SWEPT = "SWEPT", "Settled by the stale-hold sweep"
 
 
 class UsageRecord(models.Model):

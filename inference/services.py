@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
+from credits import selectors as credit_selectors
 from credits import services as credit_services
 from credits.exceptions import InsufficientCredits
-from credits.models import CreditAccount, CreditHold
+from credits.models import CreditAccount, CreditHold, HoldStatus
 from credits.money import format_usd
 from credits.promotion.status import call_promotion_outcome, promotion_status
 from credits.services import calculate_inference_cost
@@ -32,12 +33,19 @@ from inference.exceptions import (
     InvalidRequest,
     ModelNotFound,
     PromotionNotGranted,
+    StreamTimeLimit,
     UpstreamError,
 )
 from inference.models import AiModel, ModelPrice, UsageRecord, UsageStatus
 from inference.signals import first_token_generated
 
 logger = logging.getLogger(__name__)
+
+# The journal of a call in flight (credits.services.record_progress) is written at the
+# first token, then every JOURNAL_EVERY_TOKENS tokens or JOURNAL_EVERY_SECONDS, whichever
+# comes first: a crash loses at most that much of the charge, at one UPDATE per 16 tokens.
+JOURNAL_EVERY_TOKENS = 16
+JOURNAL_EVERY_SECONDS = 1.0
 
 
 def record_first_token(*, user_id: int, at: dt.datetime | None = None) -> bool:
@@ -65,6 +73,8 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     """The usage status and error of a call that ended with `exc`."""
     if isinstance(exc, GeneratorExit | asyncio.CancelledError):
         return UsageStatus.CLIENT_DISCONNECTED, ""
+    if isinstance(exc, StreamTimeLimit):
+        return UsageStatus.TIME_LIMIT, str(exc)
     if isinstance(exc, PromotionNotGranted):
         return UsageStatus.PROMOTION_NOT_GRANTED, str(exc)
     if isinstance(exc, UpstreamError):
@@ -156,6 +166,8 @@ class MeteredCall:
     first_token_ms: int | None = None
     settled: bool = False
     _balance_micros: int | None = None  # cached; settling replaces or clears it
+    _journaled_pieces: int = 0
+    _journaled_at: float | None = None  # time.monotonic() of the last journal write
 
     @property
     def text(self) -> str:
@@ -198,9 +210,11 @@ class MeteredCall:
             for piece in stream:
                 if not piece:
                     continue
+                self._check_time_limit()
                 if self.first_token_ms is None:
                     self._on_first_token()
                 self.pieces.append(piece)
+                self._journal()
                 yield piece
             self._finish(stream)
             status = UsageStatus.SUCCEEDED
@@ -225,9 +239,13 @@ class MeteredCall:
             async for piece in pieces:
                 if not piece:
                     continue
+                self._check_time_limit()
                 if self.first_token_ms is None:
                     await run(self._on_first_token)
                 self.pieces.append(piece)
+                progress = self._journal_due()
+                if progress is not None:
+                    await run(self._write_journal, *progress)
                 yield piece
             self._finish(stream)
             status = UsageStatus.SUCCEEDED
@@ -247,6 +265,53 @@ class MeteredCall:
     def _finish(self, stream) -> None:
         self.finish_reason = stream.finish_reason or "stop"
         self.usage = stream.usage
+
+    def _check_time_limit(self) -> None:
+        if self.streamed and (time.monotonic() - self.started_monotonic
+                              > settings.STREAM_MAX_SECONDS):
+            raise StreamTimeLimit(
+                f"The stream reached its time limit of {settings.STREAM_MAX_SECONDS} "
+                "seconds and was ended; you were charged for the tokens delivered. "
+                "Lower max_tokens to finish within it.")
+
+    def _journal(self) -> None:
+        """Tell the ledger how far the call got (see JOURNAL_EVERY_TOKENS), so the stale-hold
+        sweep leaves a live call alone and charges a dead one for what it delivered."""
+        progress = self._journal_due()
+        if progress is not None:
+            self._write_journal(*progress)
+
+    def _journal_due(self) -> tuple[int, int] | None:
+        """(delivered micros, tokens) when a journal write is due (no query), else None."""
+        if self.hold is None:
+            return None
+        moment = time.monotonic()
+        if (self._journaled_at is not None
+                and len(self.pieces) - self._journaled_pieces < JOURNAL_EVERY_TOKENS
+                and moment - self._journaled_at < JOURNAL_EVERY_SECONDS):
+            return None
+        self._journaled_pieces, self._journaled_at = len(self.pieces), moment
+        tokens = count_tokens(self.text)  # the counting rule of a stream cut short
+        # A non-streamed call delivers nothing until it is answered (and then it settles).
+        delivered = min(self._cost(output_tokens=tokens), self.held_micros) if self.streamed else 0
+        return delivered, tokens
+
+    def _write_journal(self, delivered: int, tokens: int) -> None:
+        """One short UPDATE of the hold. Never raises: a journal that cannot be written only
+        makes a crash cost more."""
+        try:
+            credit_services.record_progress(hold=self.hold, delivered_micros=delivered,
+                                            tokens=tokens)
+        except Exception:
+            logger.warning("Call %s: the journal of hold %s was not written", self.request_id,
+                           self.hold.pk, exc_info=True)
+
+    def _cost(self, *, output_tokens: int) -> int:
+        return calculate_inference_cost(
+            input_tokens=self.charged_prompt_tokens, output_tokens=output_tokens,
+            input_price_per_million_micros=self.price.input_price_per_million_micros,
+            output_price_per_million_micros=self.price.output_price_per_million_micros,
+        )
 
     def _on_first_token(self) -> None:
         self.first_token_ms = int((time.monotonic() - self.started_monotonic) * 1000)
@@ -284,12 +349,7 @@ class MeteredCall:
             return None  # nothing was delivered (a non-streaming call that fails sends no text)
         if status != UsageStatus.SUCCEEDED:
             self.usage = None  # count what was produced, by the documented rule
-        cost = calculate_inference_cost(
-            input_tokens=self.charged_prompt_tokens,
-            output_tokens=self.completion_tokens,
-            input_price_per_million_micros=self.price.input_price_per_million_micros,
-            output_price_per_million_micros=self.price.output_price_per_million_micros,
-        )
+        cost = self._cost(output_tokens=self.completion_tokens)
         if cost > self.held_micros:
             logger.warning("Call %s cost %s micros over its hold of %s (upstream usage); "
                            "charging the hold", self.request_id, cost, self.held_micros)
@@ -297,33 +357,50 @@ class MeteredCall:
         return cost
 
     def _charge_without_hold(self, charge: int) -> int:
-        """The hold could not be captured after tokens were delivered (the stale-hold sweep
-        released it, say): the charge stands, taken directly as far as the balance allows.
-        Returns what was charged; any shortfall is logged loudly."""
-        with contextlib.suppress(Exception):  # already settled: nothing is held any more
-            credit_services.release(hold=self.hold)
+        """The capture of `charge` failed after tokens were delivered. What the hold took
+        counts first: the capture may have committed before its error reached us (the
+        connection dropped at COMMIT), or the stale-hold sweep captured what the journal
+        said. Only the rest is taken directly, as far as the balance allows. A hold still
+        active that cannot be released (the database is down) is left to the sweep, which
+        charges its journal. Returns what the call was charged in all; any shortfall is
+        logged loudly."""
+        try:
+            status, captured = CreditHold.objects.filter(pk=self.hold.pk).values_list(
+                "status", "captured_micros").get()
+            if status == HoldStatus.ACTIVE:
+                credit_services.release(hold=self.hold)
+        except Exception:
+            logger.exception("BILLING: call %s: hold %s could not be read or released; the "
+                             "stale-hold sweep will charge what its journal recorded",
+                             self.request_id, self.hold.pk)
+            return 0
+        already = captured if status == HoldStatus.CAPTURED else 0
+        if already >= charge:
+            return already
+
         def debit(amount: int) -> None:
             credit_services.use_credits(user=self.user.pk, amount_micros=amount,
                                         reference=self.request_id,
                                         idempotency_key=f"late-charge:{self.request_id}",
                                         description=f"{self.model.id} {self.request_id}")
 
+        rest = charge - already
         try:
             try:
-                debit(charge)
-                charged = charge
+                debit(rest)
+                charged = rest
             except InsufficientCredits as exc:
                 charged = exc.available_micros
                 if charged:
                     debit(charged)
         except Exception:
-            logger.exception("BILLING: call %s delivered tokens worth %s micros that could not "
-                             "be charged", self.request_id, charge)
-            return 0
-        if charged < charge:
+            logger.exception("BILLING: call %s delivered tokens worth %s micros of which %s "
+                             "could not be charged", self.request_id, charge, rest)
+            return already
+        if charged < rest:
             logger.error("BILLING: call %s was charged %s of %s micros after its hold was lost",
-                         self.request_id, charged, charge)
-        return charged
+                         self.request_id, already + charged, charge)
+        return already + charged
 
     def _settle(self, *, status: str, error: str) -> None:
         """Capture or release the hold once, then write the usage record. Never raises:
@@ -355,21 +432,30 @@ class MeteredCall:
                 logger.exception("BILLING: settling hold %s of call %s failed (charge %s)",
                                  self.hold.pk, self.request_id, charge)
                 self.cost_micros = self._charge_without_hold(charge) if charge else 0
+        fields = dict(
+            user_id=self.user.pk, api_key=self.api_key,
+            model=self.model, endpoint=self.endpoint,
+            hold_id=self.hold.pk if self.hold else None,
+            prompt_tokens=self.charged_prompt_tokens if self.pieces else self.prompt_tokens,
+            completion_tokens=self.completion_tokens if self.pieces else 0,
+            input_price_per_million_micros=self.price.input_price_per_million_micros,
+            output_price_per_million_micros=self.price.output_price_per_million_micros,
+            cost_micros=self.cost_micros, held_micros=self.held_micros,
+            streamed=self.streamed, status=status, finish_reason=self.finish_reason,
+            error=self.error, promotion_applied=self.promotion_applied,
+            latency_ms=int((time.monotonic() - self.started_monotonic) * 1000),
+            time_to_first_token_ms=self.first_token_ms, started_at=self.started_at,
+        )
         try:
-            UsageRecord.objects.create(
-                request_id=self.request_id, user_id=self.user.pk, api_key=self.api_key,
-                model=self.model, endpoint=self.endpoint,
-                hold_id=self.hold.pk if self.hold else None,
-                prompt_tokens=self.charged_prompt_tokens if self.pieces else self.prompt_tokens,
-                completion_tokens=self.completion_tokens if self.pieces else 0,
-                input_price_per_million_micros=self.price.input_price_per_million_micros,
-                output_price_per_million_micros=self.price.output_price_per_million_micros,
-                cost_micros=self.cost_micros, held_micros=self.held_micros,
-                streamed=self.streamed, status=status, finish_reason=self.finish_reason,
-                error=self.error, promotion_applied=self.promotion_applied,
-                latency_ms=int((time.monotonic() - self.started_monotonic) * 1000),
-                time_to_first_token_ms=self.first_token_ms, started_at=self.started_at,
-            )
+            try:
+                with transaction.atomic():
+                    UsageRecord.objects.create(request_id=self.request_id, **fields)
+            except IntegrityError:
+                # The sweep took this call for dead and recorded it from its journal; the
+                # call's own account is the whole one.
+                if not UsageRecord.objects.filter(request_id=self.request_id,
+                                                  status=UsageStatus.SWEPT).update(**fields):
+                    raise
         except Exception:
             logger.exception("BILLING: the usage record of call %s (charged %s micros) was "
                              "not written", self.request_id, self.cost_micros)
@@ -429,6 +515,12 @@ def start_call(
         try:
             call.hold = credit_services.authorize(
                 user=user, amount_micros=worst, reference=call.request_id,
+                # What record_swept_calls needs should the call die before it settles.
+                metadata={"model": model.id, "endpoint": endpoint, "streamed": streamed,
+                          "api_key_id": api_key.pk if api_key else None,
+                          "prompt_tokens": prompt_tokens,
+                          "input_price_per_million_micros": price.input_price_per_million_micros,
+                          "output_price_per_million_micros": price.output_price_per_million_micros},
             )
         except InsufficientCredits as exc:
             affordable = affordable_output_tokens(available_micros=exc.available_micros,
@@ -494,3 +586,56 @@ def ledger_runner(*, asgi: bool) -> LedgerRunner:
         return await sync_to_async(_returning_connection(fn), thread_sensitive=False,
                                    executor=pool)(*args, **kwargs)
     return on_ledger_pool
+
+
+# --- calls the stale-hold sweep settled ----------------------------------------------
+
+# How far back a sweep looks for settled holds whose calls were never recorded (a run
+# interrupted between settling and recording).
+SWEPT_CATCH_UP = dt.timedelta(days=1)
+
+
+def record_swept_calls(*, hold_ids=(), now: dt.datetime | None = None) -> int:
+    """Write the usage record of each call the stale-hold sweep settled that left none (its
+    worker died mid-stream, or the database was down when it settled): status SWEPT, the
+    tokens and the charge of its hold's journal. Covers `hold_ids` and any hold swept in the
+    last SWEPT_CATCH_UP. Idempotent (one record per request id); returns records written."""
+    now = now or timezone.now()
+    holds = [h for h in credit_selectors.swept_holds(hold_ids=hold_ids, since=now - SWEPT_CATCH_UP)
+             if h.metadata.get("model")]  # holds not made by a metered call are not calls
+    recorded = set(UsageRecord.objects.filter(request_id__in=[h.reference for h in holds])
+                   .values_list("request_id", flat=True))
+    written = 0
+    for hold in holds:
+        if hold.reference in recorded:
+            continue
+        meta = hold.metadata
+        last_heard = hold.journal_at or hold.created_at
+        api_key_id = meta.get("api_key_id")
+        try:
+            with transaction.atomic():
+                UsageRecord.objects.create(
+                    request_id=hold.reference, user_id=hold.user_id,
+                    api_key_id=api_key_id if ApiKey.objects.filter(pk=api_key_id).exists() else None,
+                    model_id=meta["model"], endpoint=meta.get("endpoint", ""), hold_id=hold.pk,
+                    prompt_tokens=meta.get("prompt_tokens", 0),
+                    completion_tokens=hold.delivered_tokens,
+                    input_price_per_million_micros=meta["input_price_per_million_micros"],
+                    output_price_per_million_micros=meta["output_price_per_million_micros"],
+                    cost_micros=hold.captured_micros, held_micros=hold.amount_micros,
+                    streamed=bool(meta.get("streamed")), status=UsageStatus.SWEPT,
+                    error="The call stopped reporting; charged from its journal by the sweep.",
+                    latency_ms=max(0, int((last_heard - hold.created_at).total_seconds() * 1000)),
+                    started_at=hold.created_at,
+                )
+        except IntegrityError:
+            continue  # the call itself recorded it meanwhile
+        except Exception:
+            logger.exception("BILLING: the usage record of swept call %s (hold %s, charged %s "
+                             "micros) was not written", hold.reference, hold.pk,
+                             hold.captured_micros)
+            continue
+        written += 1
+    if written:
+        logger.warning("Recorded %d calls settled by the stale-hold sweep", written)
+    return written

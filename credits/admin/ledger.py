@@ -17,7 +17,7 @@ from credits.admin.toolkit import (
     money_column,
     usd,
 )
-from credits.models import CreditGrant, CreditHold, LedgerEntry, Notification
+from credits.models import CreditGrant, CreditHold, LedgerEntry, Notification, SweepFailure
 
 
 @admin.register(LedgerEntry)
@@ -98,7 +98,7 @@ class CreditGrantAdmin(MoneyActionsMixin, ExportableHistoryAdmin):
 @admin.register(CreditHold)
 class CreditHoldAdmin(ExportableHistoryAdmin):
     list_display = ["id", "user", "status", "amount", "pending_promotion", "captured",
-                    "reference", "created_at", "settled_at"]
+                    "delivered", "reference", "created_at", "journal_at", "settled_at", "swept"]
     list_filter = ["status", UserIdFilter, ("created_at", admin.DateFieldListFilter)]
     search_fields = ["user__email", "reference"]
     list_select_related = ["user"]
@@ -113,6 +113,23 @@ class CreditHoldAdmin(ExportableHistoryAdmin):
     amount_usd = money_column("amount_micros", exact=True)
     pending_promotion_usd = money_column("pending_promotion_micros", exact=True)
     captured_usd = money_column("captured_micros", exact=True)
+
+    @admin.display(description="delivered (journal)")
+    def delivered(self, obj):
+        return f"{usd(obj.delivered_micros)} ({obj.delivered_tokens} tokens)" if obj.journal_at else ""
+
+
+@admin.register(SweepFailure)
+class SweepFailureAdmin(ExportableHistoryAdmin):
+    """Units (a user, a hold) a periodic sweep keeps failing on: it goes on with the others;
+    a row goes away by itself once a run succeeds on its unit."""
+
+    list_display = ["sweep", "unit", "consecutive_failures", "first_failed_at", "last_failed_at",
+                    "reported_at", "last_error"]
+    list_filter = ["sweep"]
+    search_fields = ["unit", "last_error"]
+    csv_fields = ["sweep", "unit", "consecutive_failures", "first_failed_at", "last_failed_at",
+                  "reported_at", "last_error"]
 
 
 @admin.register(Notification)

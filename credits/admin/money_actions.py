@@ -7,6 +7,8 @@ of every staff action, with its approval, is the StaffAction admin here.
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,6 +39,7 @@ from credits.models import CreditGrant, GrantKind, StaffAction, StaffActionKind,
 from credits.selectors import call_charge
 
 MAX_BULK = 500
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 class UsdField(forms.DecimalField):
     """USD with up to six decimals, cleaned to integer micro-dollars."""
@@ -267,12 +270,19 @@ class MoneyActionsMixin:
         step = request.POST.get("_step", "") if request.method == "POST" else ""
         form = spec.form_class(request.POST if step in ("preview", "confirm") else None)
         confirming = False
+        # The confirmation page's one-time token is the submission's idempotency key: the
+        # same page confirmed twice (a double click, a browser retry) applies once and shows
+        # the first result. A confirm without a token (an old page) gets a key of its own.
+        token = request.POST.get("_token", "") if step == "confirm" else ""
+        if not _TOKEN.fullmatch(token):
+            token = secrets.token_urlsafe(16)
         if step in ("preview", "confirm") and form.is_valid():
             kwargs = spec.call_kwargs(form.cleaned_data)
             try:
                 with transaction.atomic():
                     done = staff_actions.for_each(targets, spec.perform, target=spec.target,
-                                                  staff=request.user, **kwargs)
+                                                  staff=request.user, idempotency_key=token,
+                                                  **kwargs)
                     if step == "preview":
                         raise _Preview  # a dry run: checked against the ledger, rolled back
             except _Preview:
@@ -291,6 +301,7 @@ class MoneyActionsMixin:
             "targets": [self.describe_target(t) for t in targets],
             "ids": ",".join(str(t.pk) for t in targets),
             "confirming": confirming,
+            "token": token if confirming else "",
             "summary": _summary(form) if confirming else [],
             "next": request.POST.get("next") or request.GET.get("next", ""),
             "media": self.media + form.media,
@@ -343,29 +354,56 @@ def grant_action_links(grant: CreditGrant) -> str:
 # --- the audit ---------------------------------------------------------------------------
 
 
+class StatusFilter(admin.SimpleListFilter):
+    """The status is derived from the decision rows; `?status__exact=PENDING` lists the
+    requests awaiting approval, as when it was a column."""
+
+    title = "status"
+    parameter_name = "status__exact"
+
+    def lookups(self, request, model_admin):
+        return StaffActionStatus.choices
+
+    def queryset(self, request, queryset):
+        match self.value():
+            case StaffActionStatus.PENDING:
+                return queryset.pending()
+            case StaffActionStatus.APPLIED | StaffActionStatus.REJECTED as outcome:
+                return queryset.filter(decision__outcome=outcome)
+        return queryset
+
+
 @admin.register(StaffAction)
 class StaffActionAdmin(MoneyActionsMixin, ExportableHistoryAdmin):
-    """The audit view: every staff money action, with its approval."""
+    """The audit view: every staff money action as requested, with its decision."""
 
     money_actions = REVIEW_ACTIONS
     list_display = ["id", "requested_at", "kind", "status", "user", "amount", "reason",
                     "requested_by", "decided_by", "decided_at", "result"]
-    list_filter = ["status", "kind", UserIdFilter, ("requested_at", admin.DateFieldListFilter),
-                   ("requested_by", TinyUserFilter), ("decided_by", TinyUserFilter)]
-    search_fields = ["user__email", "reason", "requested_by__email", "result"]
-    list_select_related = ["user", "requested_by", "decided_by"]
+    list_filter = [StatusFilter, "kind", UserIdFilter, ("requested_at", admin.DateFieldListFilter),
+                   ("requested_by", TinyUserFilter), ("decision__decided_by", TinyUserFilter)]
+    search_fields = ["user__email", "reason", "requested_by__email", "decision__result"]
+    list_select_related = ["user", "requested_by", "decision__decided_by"]
     date_hierarchy = "requested_at"
-    readonly_fields = ["review"]
+    derived_fields = ["status", "decided_by", "decided_at", "decision_note", "result", "grant"]
+    readonly_fields = ["review", *derived_fields]
     csv_fields = ["id", "requested_at", "kind", "status", "user", "amount_usd", "grant_id",
                   "grant_kind", "expires_at", "usage_reference", "reason", "requested_by",
-                  "decided_by", "decided_at", "decision_note", "result"]
+                  "approval_reason", "decided_by", "decided_at", "decision_note", "result"]
 
     amount = money_column("amount_micros")
     amount_usd = money_column("amount_micros", exact=True)
 
+    @admin.display(description="status")
+    def status(self, obj):
+        return obj.get_status_display()
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("decision")
+
     def money_targets(self, ids):
-        return list(StaffAction.objects.filter(pk__in=ids).select_related("user", "requested_by")
-                    .order_by("pk"))
+        return list(StaffAction.objects.filter(pk__in=ids)
+                    .select_related("user", "requested_by", "decision").order_by("pk"))
 
     def describe_target(self, action) -> str:
         amount = f" {usd(action.amount_micros)}" if action.amount_micros is not None else ""
@@ -382,4 +420,4 @@ class StaffActionAdmin(MoneyActionsMixin, ExportableHistoryAdmin):
             self.money_action_url("approve", [obj.pk]), self.money_action_url("reject", [obj.pk]))
 
     def get_fields(self, request, obj=None):
-        return ["review", *[f.name for f in StaffAction._meta.fields]]
+        return ["review", *[f.name for f in StaffAction._meta.fields], *self.derived_fields]

@@ -5,7 +5,6 @@ metrics page that hangs off the promotion admin.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from decimal import Decimal
 
@@ -20,6 +19,7 @@ from django.utils import timezone
 
 from credits import money
 from credits.admin.toolkit import ExportableHistoryAdmin, usd
+from credits.exports import csv_writer
 from credits.models import Promotion, PromotionAssignment, PromotionVariant
 from credits.promotion import metrics
 from credits.promotion import terms as promotions
@@ -147,7 +147,7 @@ class PromotionAdmin(admin.ModelAdmin):
             response = HttpResponse(content_type="text/csv")
             response["Content-Disposition"] = (
                 f'attachment; filename="promotion-metrics-{start}-{end}.csv"')
-            writer = csv.writer(response)
+            writer = csv_writer(response)
             header = list(rows[0].as_row()) if rows else list(
                 metrics.VariantMetrics(None, None, "", 0).as_row())
             writer.writerow(header)

@@ -7,7 +7,6 @@ for everyone, superusers included; money columns show integer micro-dollars as U
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 
 from accounts.models import User
 from credits import money
+from credits.exports import csv_writer
 
 
 def usd(micros: int | None) -> str:
@@ -101,12 +101,13 @@ def _csv_value(modeladmin, obj, name: str) -> str:
 
 @admin.action(description="Export selected rows as CSV")
 def export_as_csv(modeladmin, request: HttpRequest, queryset) -> HttpResponse:
-    """Money columns in exact USD strings (six decimals), never rounded for display."""
+    """Money columns in exact USD strings (six decimals), never rounded for display; cells a
+    spreadsheet would run as formulas are quoted (credits.exports)."""
     fields = modeladmin.csv_fields
     response = HttpResponse(content_type="text/csv")
     name = modeladmin.model._meta.model_name
     response["Content-Disposition"] = f'attachment; filename="{name}s.csv"'
-    writer = csv.writer(response)
+    writer = csv_writer(response)
     writer.writerow(fields)
     for obj in queryset.iterator(chunk_size=2000):
         writer.writerow([_csv_value(modeladmin, obj, f) for f in fields])

@@ -22,7 +22,13 @@ from credits.models.ledger import (
 )
 from credits.models.notifications import Notification, NotificationEvent
 from credits.models.promotions import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
-from credits.models.staff import StaffAction, StaffActionKind, StaffActionStatus
+from credits.models.staff import (
+    StaffAction,
+    StaffActionDecision,
+    StaffActionKind,
+    StaffActionStatus,
+)
+from credits.models.sweeps import Sweep, SweepFailure
 
 __all__ = [
     "CreditAccount", "CreditGrant", "CreditHold", "DomainRuleAction", "EmailDomainRule", "EntryType",
@@ -30,5 +36,6 @@ __all__ = [
     "HoldStatus", "ImmutableEntryError", "LedgerEntry", "LedgerEntryQuerySet", "Notification",
     "NotificationEvent", "Promotion", "PromotionAssignment", "PromotionClaim", "PromotionKind",
     "PromotionReview", "PromotionVariant", "ReviewStatus", "SignupRecord", "StaffAction",
-    "StaffActionKind", "StaffActionStatus", "TakeBack",
+    "StaffActionDecision", "StaffActionKind", "StaffActionStatus", "Sweep", "SweepFailure",
+    "TakeBack",
 ]

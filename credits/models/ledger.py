@@ -244,6 +244,17 @@ class CreditHold(models.Model):
     idempotency_key = models.CharField(max_length=200)
     created_at = models.DateTimeField()
     settled_at = models.DateTimeField(null=True, blank=True)
+    # What the caller says the work is (a metered call: its model, endpoint, prices), for
+    # whoever records it after the stale-hold sweep settled it; the ledger never reads it.
+    metadata = models.JSONField(default=dict, blank=True)
+    # The journal of the call in flight (credits.services.record_progress): tokens produced
+    # so far and what the part delivered to the client is worth at the call's price. The
+    # sweep settles only holds whose journal went silent, for what it says was delivered.
+    delivered_tokens = models.PositiveIntegerField(default=0)
+    delivered_micros = models.BigIntegerField(default=0)
+    journal_at = models.DateTimeField(null=True, blank=True)
+    # Settled by the stale-hold sweep (not by its call): the call left no usage record.
+    swept = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -261,8 +272,14 @@ class CreditHold(models.Model):
                 condition=Q(captured_micros__gte=0) & Q(captured_micros__lte=F("amount_micros")),
                 name="hold_captured_within_amount",
             ),
+            models.CheckConstraint(condition=Q(delivered_micros__gte=0),
+                                   name="hold_delivered_not_negative"),
         ]
-        indexes = [models.Index(fields=["status", "created_at"], name="hold_status_created_idx")]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="hold_status_created_idx"),
+            # The sweep's callers look up recently swept holds every minute (a few rows).
+            models.Index(fields=["settled_at"], condition=Q(swept=True), name="hold_swept_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"Hold {self.pk} ({self.status})"

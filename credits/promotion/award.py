@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -43,6 +42,7 @@ from credits.promotion.messages import (
 from credits.promotion.signup import network_promotions_exhausted, withhold_promotion
 from credits.services.locks import advisory_lock, lock_account, lock_user
 from credits.services.validation import now_or
+from credits.staff_mail import email_staff
 
 logger = logging.getLogger(__name__)
 
@@ -224,14 +224,5 @@ def notify_staff_promotion_paused(*, promotion_ids: list[int]) -> int:
     body = ("A spend cap on the sign-up credit was reached, so these promotions paused "
             "themselves (no new awards):\n\n" + "\n".join(lines) + "\n\nTurn one back on in "
             "the admin (Promotions, 'active') once you have looked.\n")
-    recipients = sorted(set(
-        User.objects.filter(is_staff=True, is_active=True).exclude(email="")
-        .values_list("email", flat=True)) | {email for _name, email in settings.ADMINS})
-    if recipients:
-        try:
-            send_mail("TokenBank: the sign-up credit paused itself (spend cap)", body,
-                      None, recipients)
-        except Exception:
-            logger.exception("Could not email staff about the paused promotions %s",
-                             [p.pk for p in told])
+    email_staff(subject="TokenBank: the sign-up credit paused itself (spend cap)", body=body)
     return len(told)

@@ -6,13 +6,14 @@ together (`writer`), and raises a `credits.exceptions` error with nothing writte
 it refuses. Amounts are integers of micro-dollars; see `credits.money` for the rounding.
 
 By concern: `grants` (add, spend, void, re-date, expire), `takebacks` (refunds, including
-credit held by calls in flight), `holds` (authorize, capture, release, the stale-hold
-sweep), `reconcile` (verify_balances), `pricing`.
+credit held by calls in flight), `holds` (authorize, capture, release, the journal of a
+call in flight, the stale-hold sweep), `reconcile` (verify_balances), `pricing`.
 The public names are re-exported here: callers import `credits.services.<name>`.
 """
 
 from credits.services.grants import (
     DebitResult,
+    ExpiryRun,
     add_credit,
     adjust_credit,
     change_grant_expiry,
@@ -22,15 +23,19 @@ from credits.services.grants import (
     void_grant,
 )
 from credits.services.holds import (
+    HoldSweep,
     Settlement,
+    SweptHold,
     authorize,
     back_pending_holds,
     capture,
+    record_progress,
     release,
     release_stale_holds,
 )
 from credits.services.pricing import calculate_inference_cost
 from credits.services.reconcile import Mismatch, verify_balances
+from credits.services.results import UnitFailure
 from credits.services.takebacks import (
     TakeBackResult,
     TakeBackReversal,
@@ -40,9 +45,10 @@ from credits.services.takebacks import (
 from credits.services.writer import burn_down_order
 
 __all__ = [
-    "DebitResult", "Mismatch", "Settlement", "TakeBackResult", "TakeBackReversal", "add_credit",
-    "adjust_credit", "authorize", "back_pending_holds", "burn_down_order",
-    "calculate_inference_cost", "capture", "change_grant_expiry", "expire_credits",
-    "grant_locked", "release", "release_stale_holds", "reverse_take_back", "take_back_credit",
-    "use_credits", "verify_balances", "void_grant",
+    "DebitResult", "ExpiryRun", "HoldSweep", "Mismatch", "Settlement", "SweptHold",
+    "TakeBackResult", "TakeBackReversal", "UnitFailure", "add_credit", "adjust_credit",
+    "authorize", "back_pending_holds", "burn_down_order", "calculate_inference_cost", "capture",
+    "change_grant_expiry", "expire_credits", "grant_locked", "record_progress", "release",
+    "release_stale_holds", "reverse_take_back", "take_back_credit", "use_credits",
+    "verify_balances", "void_grant",
 ]

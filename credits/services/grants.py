@@ -8,9 +8,11 @@ written when it refuses. Amounts are integers of micro-dollars (`credits.money`)
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from dataclasses import dataclass
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -19,8 +21,11 @@ from accounts.models import User
 from credits.exceptions import GrantNotActive, IdempotencyConflict, InsufficientCredits, InvalidAmount
 from credits.models import CreditAccount, CreditGrant, EntryType, GrantKind, LedgerEntry
 from credits.services.locks import lock_account, lock_grant, lock_open_grants
+from credits.services.results import UnitFailure
 from credits.services.validation import now_or, require_amount, require_text
 from credits.services.writer import LedgerWriter, usable_grants
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT = object()
 
@@ -37,7 +42,7 @@ def add_credit(
     source_reference: str = "",
     now: dt.datetime | None = None,
 ) -> CreditGrant:
-    """Grant credit as a new lot, with a GRANT entry.
+    """Grant credit as a new lot, with a GRANT entry (a REFUND entry for a REFUND grant).
 
     Promotional credit expires PROMOTION_EXPIRY_DAYS after the grant unless
     `expires_at` says otherwise; other kinds never expire by default.
@@ -87,7 +92,9 @@ def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, descr
     )
     writer = LedgerWriter(account, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
                           reference=source_reference)
-    writer.write(EntryType.GRANT, grant=grant, amount=amount_micros,
+    # Credit given back is a REFUND entry, so statements list it under refunds, not grants.
+    entry_type = EntryType.REFUND if kind == GrantKind.REFUND else EntryType.GRANT
+    writer.write(entry_type, grant=grant, amount=amount_micros,
                  description=description or f"{grant.get_kind_display()} credit")
     writer.flush()
     return grant
@@ -265,29 +272,55 @@ def change_grant_expiry(
         return locked_grant
 
 
-def expire_credits(*, now: dt.datetime | None = None, batch_size: int = 200) -> int:
+@dataclass(frozen=True)
+class ExpiryRun:
+    """What one expiry run did: grants expired, users done, and users that failed."""
+
+    expired: int
+    users: tuple[int, ...]
+    failed: tuple[UnitFailure, ...]
+
+
+def expire_credits(*, now: dt.datetime | None = None, batch_size: int = 200) -> ExpiryRun:
     """Expire the unheld remainder of every grant whose `expires_at` has passed.
 
     Works user by user, each in its own short transaction under the same locks as
     debits, so a crash mid-run loses nothing and a re-run (or a concurrent run)
-    never expires anything twice: an expired grant has nothing free left.
-    Returns the number of grants it expired.
+    never expires anything twice: an expired grant has nothing free left. A user that
+    fails is logged with its id and returned in `failed`; the run goes on with the others.
     """
     now = now_or(now)
     expired = 0
+    done: list[int] = []
+    failed: list[UnitFailure] = []
+    failed_ids: set[int] = set()
     while True:
         user_ids = list(
             CreditGrant.objects.filter(
                 expires_at__lte=now, remaining_micros__gt=F("held_micros"), voided_at__isnull=True
             )
+            .exclude(user_id__in=failed_ids)  # else a failing user heads every batch
             .order_by("user_id")
             .values_list("user_id", flat=True)
             .distinct()[:batch_size]
         )
         if not user_ids:
-            return expired
+            break
         for user_id in user_ids:
-            expired += _expire_user(user_id, now)
+            try:
+                expired += _expire_user(user_id, now)
+            except SoftTimeLimitExceeded:
+                raise  # the task's time is up: the next run carries on
+            except Exception as exc:
+                logger.exception("Expiry: user %s failed; going on with the others", user_id)
+                failed_ids.add(user_id)
+                failed.append(UnitFailure(unit=f"user:{user_id}", error=f"{type(exc).__name__}: {exc}"))
+            else:
+                done.append(user_id)
+    if failed:
+        logger.error("Expiry: expired %d grants for %d users; %d users failed: %s", expired,
+                     len(done), len(failed), [f.unit for f in failed])
+    return ExpiryRun(expired=expired, users=tuple(done), failed=tuple(failed))
 
 
 def _expire_user(user_id: int, now: dt.datetime) -> int:

@@ -10,9 +10,10 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from accounts.models import User
 from credits import money
@@ -26,6 +27,7 @@ from credits.services.locks import (
     lock_open_grants,
     lock_pending_holds,
 )
+from credits.services.results import UnitFailure
 from credits.services.takebacks import take_back_released
 from credits.services.validation import now_or, require_amount
 from credits.services.writer import LedgerWriter, burn_down_order, usable_grants
@@ -48,13 +50,16 @@ def authorize(
     reference: str = "",
     idempotency_key: str | None = None,
     allow_pending_promotion: bool = True,
+    metadata: dict | None = None,
     now: dt.datetime | None = None,
 ) -> CreditHold:
     """Reserve credit for work whose cost is known only afterwards.
 
     Reserves unheld, usable credit in burn-down order. A user still inside the
     first-token window may reserve against the pending promotion (up to its
-    amount across all their holds). Raises InsufficientCredits, nothing written.
+    amount across all their holds). `metadata` (JSON) describes the work for whoever
+    records it should the stale-hold sweep settle it. Raises InsufficientCredits,
+    nothing written.
     """
     require_amount(amount_micros)
     now = now_or(now)
@@ -84,7 +89,7 @@ def authorize(
             pending = amount_micros - available
         hold = CreditHold(
             id=hold_id, user_id=locked.user_id, amount_micros=amount_micros, pending_promotion_micros=pending,
-            reference=reference, idempotency_key=key, created_at=now,
+            reference=reference, idempotency_key=key, created_at=now, metadata=metadata or {},
         )
         writer.insert_hold(hold)
         to_hold = amount_micros - pending
@@ -163,7 +168,7 @@ def release(*, hold: CreditHold | uuid.UUID | str, now: dt.datetime | None = Non
 
 
 def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now: dt.datetime,
-            description: str) -> Settlement:
+            description: str, swept: bool = False) -> Settlement:
     grants = lock_held_grants(hold)
     op = "capture" if charge is not None else "release"
     writer = LedgerWriter(account, operation_key=f"{op}:{hold.pk}", now=now, reference=hold.reference)
@@ -186,33 +191,111 @@ def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now
     hold.status = HoldStatus.CAPTURED if charge is not None else HoldStatus.RELEASED
     hold.captured_micros = charge or 0
     hold.settled_at = now
-    writer.update_hold(hold, "status", "captured_micros", "settled_at")
+    hold.swept = swept
+    writer.update_hold(hold, "status", "captured_micros", "settled_at", "swept")
     writer.flush()
     return Settlement(hold=hold, balance_micros=account.balance_micros)
 
 
+def record_progress(*, hold: CreditHold | uuid.UUID | str, delivered_micros: int, tokens: int,
+                    now: dt.datetime | None = None) -> bool:
+    """Journal a call in flight: `tokens` produced so far and what the part delivered to
+    the client is worth (`delivered_micros`, at the call's price by `credits.money`'s rule).
+
+    One short UPDATE of the hold row and no lock on the account: callers write it every few
+    tokens. It only moves forward and only on an active hold; a settlement locks the row,
+    so the journal it reads cannot change under it. Returns whether it wrote (False: the
+    hold was settled meanwhile, by its call or by the stale-hold sweep).
+    """
+    require_amount(delivered_micros, name="delivered_micros", allow_zero=True)
+    require_amount(tokens, name="tokens", allow_zero=True)
+    hold_id = hold.pk if isinstance(hold, CreditHold) else hold
+    return bool(
+        CreditHold.objects.filter(pk=hold_id, status=HoldStatus.ACTIVE, delivered_tokens__lte=tokens)
+        .update(delivered_tokens=tokens, delivered_micros=delivered_micros, journal_at=now_or(now))
+    )
+
+
+@dataclass(frozen=True)
+class SweptHold:
+    """A hold the stale-hold sweep settled: captured for its journal, or released."""
+
+    hold_id: uuid.UUID
+    user_id: int
+    reference: str
+    captured_micros: int
+    delivered_tokens: int
+
+
+@dataclass(frozen=True)
+class HoldSweep:
+    settled: tuple[SweptHold, ...]
+    failed: tuple[UnitFailure, ...]
+
+
 def release_stale_holds(
     *, older_than_seconds: int | None = None, now: dt.datetime | None = None
-) -> int:
-    """Release holds of calls that died without settling. Safe to run concurrently."""
+) -> HoldSweep:
+    """Settle the holds of calls that went silent: no journal write for STALE_HOLD_SECONDS
+    (or, for a call that never wrote one, that long since the hold was made).
+
+    Each is captured for what its journal says was delivered (never more than the hold's
+    backed part) or released when nothing was, and marked `swept`. Each hold is its own
+    transaction: a hold that fails is logged with its id and returned in `failed`, and the
+    sweep goes on. Safe to run concurrently, and alongside the calls themselves: a hold
+    whose journal moved meanwhile is left alone.
+    """
     now = now_or(now)
     age = settings.STALE_HOLD_SECONDS if older_than_seconds is None else older_than_seconds
     cutoff = now - dt.timedelta(seconds=age)
     stale_ids = list(
-        CreditHold.objects.filter(status=HoldStatus.ACTIVE, created_at__lt=cutoff)
+        CreditHold.objects.filter(status=HoldStatus.ACTIVE)
+        .filter(Q(journal_at__lt=cutoff) | Q(journal_at__isnull=True, created_at__lt=cutoff))
         .order_by("created_at")
         .values_list("pk", flat=True)
     )
-    released = 0
+    settled: list[SweptHold] = []
+    failed: list[UnitFailure] = []
     for hold_id in stale_ids:
         try:
-            release(hold=hold_id, now=now)
+            swept = _settle_silent_hold(hold_id, cutoff=cutoff, now=now)
         except HoldNotActive:
             continue  # settled meanwhile by its call or another run
-        released += 1
-    if released:
-        logger.warning("Released %d stale credit holds older than %ss", released, age)
-    return released
+        except SoftTimeLimitExceeded:
+            raise  # the task's time is up: the next run carries on
+        except Exception as exc:
+            logger.exception("Stale-hold sweep: hold %s failed; going on with the others", hold_id)
+            failed.append(UnitFailure(unit=f"hold:{hold_id}", error=f"{type(exc).__name__}: {exc}"))
+            continue
+        if swept is not None:
+            settled.append(swept)
+    if settled or failed:
+        logger.warning("Stale-hold sweep: settled %d silent holds (%d captured), %d failed: %s",
+                       len(settled), sum(1 for h in settled if h.captured_micros), len(failed),
+                       [f.unit for f in failed])
+    return HoldSweep(settled=tuple(settled), failed=tuple(failed))
+
+
+def _settle_silent_hold(hold_id: uuid.UUID, *, cutoff: dt.datetime, now: dt.datetime) -> SweptHold | None:
+    with transaction.atomic():
+        account, hold = lock_hold(hold_id)
+        if not hold.is_active:
+            raise HoldNotActive(f"Hold {hold.pk} is already {hold.status.lower()}.")
+        if (hold.journal_at or hold.created_at) >= cutoff:
+            return None  # its call wrote a journal since the sweep looked: alive
+        backed = hold.amount_micros - hold.pending_promotion_micros
+        charge = min(hold.delivered_micros, backed)
+        if charge < hold.delivered_micros:
+            logger.error("BILLING: hold %s journaled %s micros delivered; the sweep captures its "
+                         "backed %s", hold.pk, hold.delivered_micros, charge)
+        if charge:
+            _settle(account, hold, charge=charge, now=now, swept=True,
+                    description=f"Settled by the stale-hold sweep: {hold.delivered_tokens} tokens")
+        else:
+            _settle(account, hold, charge=None, now=now, swept=True,
+                    description="Released by the stale-hold sweep")
+        return SweptHold(hold_id=hold.pk, user_id=hold.user_id, reference=hold.reference,
+                         captured_micros=charge, delivered_tokens=hold.delivered_tokens)
 
 
 def back_pending_holds(*, account: CreditAccount, grant: CreditGrant, now: dt.datetime) -> None:

@@ -81,8 +81,9 @@ def lock_grant(grant: CreditGrant | int) -> tuple[CreditAccount, CreditGrant]:
 
 
 def lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[CreditAccount, CreditHold]:
-    """A hold's account, locked, then the hold. Every change to a hold happens under its
-    account's lock, so the hold row itself needs none. Raises HoldNotActive for an unknown hold."""
+    """A hold's account, locked, then the hold, locked too: its journal is written without
+    the account's lock (`record_progress`, every few tokens), so a settlement must see the
+    latest journal and keep it from moving meanwhile. Raises HoldNotActive for an unknown hold."""
     if isinstance(hold, CreditHold):
         hold_id, user_id = hold.pk, hold.user_id
     else:
@@ -92,7 +93,7 @@ def lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[CreditAccount, Credit
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")
     account = lock_account(user_id)
     rows = list(CreditHold.objects.raw(
-        f"SELECT * FROM {CreditHold._meta.db_table} WHERE id = %s AND user_id = %s",
+        f"SELECT * FROM {CreditHold._meta.db_table} WHERE id = %s AND user_id = %s{for_update()}",
         [CreditHold._meta.pk.get_db_prep_value(hold_id, connection), user_id]))
     if not rows:
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")

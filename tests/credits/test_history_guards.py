@@ -9,7 +9,8 @@ from billing.models import PaymentEvent, Provider
 pytestmark = [pytest.mark.postgres]
 
 HISTORY_TABLES = ["credits_ledgerentry", "credits_creditgrant", "credits_credithold",
-                  "credits_creditaccount", "credits_staffaction", "credits_takeback",
+                  "credits_creditaccount", "credits_staffaction", "credits_staffactiondecision",
+                  "credits_takeback",
                   "billing_paymentevent",
                   "billing_purchase"]
 

@@ -115,7 +115,8 @@ def test_refund_links_the_usage_record(support, user):
                                          reason="Bad completion", usage_reference="req_123")
     assert action.grant.kind == GrantKind.REFUND
     assert action.grant.source_reference == "req_123"
-    assert LedgerEntry.objects.get(user=user, entry_type=EntryType.GRANT,
+    # Credit given back is a REFUND entry (the statements' "Refunds"), naming the call.
+    assert LedgerEntry.objects.get(user=user, entry_type=EntryType.REFUND,
                                    grant=action.grant).reference == "req_123"
 
 

@@ -19,6 +19,7 @@ from credits.models import (
     LedgerEntry,
     Notification,
     NotificationEvent,
+    SweepFailure,
 )
 from credits.services import grants as ledger_grants
 from inference.services import record_first_token
@@ -133,28 +134,33 @@ def test_credit_held_by_an_in_flight_call_is_not_lost_to_it(user):
     assert_books_balance(user.pk)
 
 
-def test_an_interrupted_expiry_run_rerun_expires_each_grant_once(make_user, monkeypatch):
+def test_an_expiry_run_goes_on_past_failing_users_and_a_rerun_expires_each_grant_once(
+        make_user, monkeypatch, caplog):
     users = [make_user() for _ in range(6)]
     grants = [expiring_grant(u) for u in users]
     real_expire_user = ledger_grants._expire_user
     calls = {"n": 0}
 
-    def crash_after_three_users(user_id, now):
+    def fail_after_three_users(user_id, now):
         calls["n"] += 1
-        if calls["n"] > 3:
-            raise RuntimeError("worker killed mid-batch")
+        if calls["n"] in (4, 5):
+            raise RuntimeError("database hiccup")
         return real_expire_user(user_id, now)
 
-    monkeypatch.setattr(ledger_grants, "_expire_user", crash_after_three_users)
-    with pytest.raises(RuntimeError):
-        tasks.expire_credits()
-    assert sum(len(expiry_entries(g)) for g in grants) == 3  # each user is its own transaction
+    monkeypatch.setattr(ledger_grants, "_expire_user", fail_after_three_users)
+    # Two users fail; each user is its own transaction, so the run goes on past them.
+    assert tasks.expire_credits() == 4
+    assert sum(len(expiry_entries(g)) for g in grants) == 4
+    assert caplog.text.count("failed; going on with the others") == 2
+    assert SweepFailure.objects.count() == 2
 
     monkeypatch.setattr(ledger_grants, "_expire_user", real_expire_user)
-    assert tasks.expire_credits() == 3
+    assert tasks.expire_credits() == 2
+    assert tasks.expire_credits() == 0
 
     assert [len(expiry_entries(g)) for g in grants] == [1] * 6
     assert all(u.credit_balance == 0 for u in type(users[0]).objects.filter(pk__in=[u.pk for u in users]))
+    assert not SweepFailure.objects.exists()
     assert_books_balance()
 
 

@@ -26,7 +26,7 @@ def test_a_hold_released_by_the_stale_sweep_mid_stream_is_still_charged(spender,
     call = _start(spender)
     tokens = call.tokens()
     next(tokens)  # the stream is under way
-    assert credit_services.release_stale_holds(older_than_seconds=0) == 1
+    assert len(credit_services.release_stale_holds(older_than_seconds=0).settled) == 1
     caplog.set_level(logging.ERROR, logger="inference.services")
     text = "".join(tokens)
 

@@ -27,5 +27,7 @@ class Command(BaseCommand):
             if moment > timezone.now():
                 # Expiry cannot be undone: a typo must not expire live credit early.
                 raise CommandError(f"--now {now} is in the future; expiry runs as of now or before.")
-        expired = expire_credits(now=moment)
-        self.stdout.write(self.style.SUCCESS(f"Expired {expired} grant(s)."))
+        run = expire_credits(now=moment)
+        self.stdout.write(self.style.SUCCESS(f"Expired {run.expired} grant(s)."))
+        for failure in run.failed:
+            self.stderr.write(f"Failed on {failure.unit}: {failure.error}")

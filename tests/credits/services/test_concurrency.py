@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from credits import services
 from credits.exceptions import CreditError, InsufficientCredits
-from credits.models import GrantKind, LedgerEntry
+from credits.models import GrantKind, HoldStatus, LedgerEntry
 from tests.books import USD, assert_books_balance
 from tests.concurrency import run_concurrently
 
@@ -59,6 +59,8 @@ def test_holds_captures_and_expiry_racing_debits_never_go_negative(make_user):
 
     unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, CreditError)]
     assert unexpected == []
+    # An expiry run goes on past a user that fails (a deadlock, say): none may have.
+    assert [r.failed for r in results if isinstance(r, services.ExpiryRun)] == [()] * 10
     services.expire_credits(now=later)
     for user in users:
         user.refresh_from_db()
@@ -78,6 +80,36 @@ def test_concurrent_expiry_runs_expire_each_grant_once(make_user):
 
     results = run_concurrently(lambda i: services.expire_credits(now=after), 4)
 
-    assert sum(results) == 10
+    assert sum(r.expired for r in results) == 10 and all(r.failed == () for r in results)
     assert LedgerEntry.objects.filter(entry_type="EXPIRY").count() == 10
+    assert_books_balance()
+
+
+def test_a_journal_write_racing_the_stale_hold_sweep_is_either_seen_or_refused(make_user):
+    # Twelve calls that began an hour ago and never journaled; each writes its journal at the
+    # moment two sweeps run. The sweep re-reads the journal under the hold's lock: a call
+    # whose write went through first is left alone; one the sweep settled first is refused.
+    users = [make_user() for _ in range(12)]
+    holds = []
+    for user in users:
+        services.add_credit(user=user, amount_micros=USD, kind=GrantKind.PURCHASED)
+        holds.append(services.authorize(user=user, amount_micros=USD // 2,
+                                        now=timezone.now() - dt.timedelta(hours=1)))
+
+    def act(i: int):
+        if i >= len(holds):
+            return services.release_stale_holds(older_than_seconds=60)
+        return services.record_progress(hold=holds[i], delivered_micros=1_000, tokens=5)
+
+    results = run_concurrently(act, len(holds) + 2)
+
+    sweeps = results[len(holds):]
+    assert all(isinstance(r, services.HoldSweep) and r.failed == () for r in sweeps), sweeps
+    settled = {s.hold_id for r in sweeps for s in r.settled}
+    assert sum(len(r.settled) for r in sweeps) == len(settled)  # each settled once
+    for hold, wrote in zip(holds, results, strict=False):
+        hold.refresh_from_db()
+        # Journaled first: alive, untouched. Swept first: released, the late write refused.
+        assert (hold.status == HoldStatus.ACTIVE) == wrote == (hold.pk not in settled)
+        assert hold.status in (HoldStatus.ACTIVE, HoldStatus.RELEASED)
     assert_books_balance()

@@ -122,13 +122,13 @@ def test_expiry_takes_only_what_is_left_of_a_partly_used_grant(user):
     grant = services.add_credit(user=user, amount_micros=20 * USD, kind=GrantKind.PROMOTIONAL,
                                 now=now)
     services.use_credits(user=user, amount_micros=7 * USD, now=now)
-    expired = services.expire_credits(now=grant.expires_at)
-    assert expired == 1
+    run = services.expire_credits(now=grant.expires_at)
+    assert (run.expired, run.failed) == (1, ())
     entry = LedgerEntry.objects.get(user=user, entry_type=EntryType.EXPIRY)
     assert entry.amount_micros == -13 * USD
     assert entry.balance_after_micros == 0
     assert balance_of(user) == 0
-    assert services.expire_credits(now=grant.expires_at + dt.timedelta(days=1)) == 0
+    assert services.expire_credits(now=grant.expires_at + dt.timedelta(days=1)).expired == 0
     assert_books_balance(user.pk)
 
 
@@ -136,7 +136,7 @@ def test_a_grant_expiring_one_second_after_now_is_left_alone(user):
     now = timezone.now()
     services.add_credit(user=user, amount_micros=USD, kind=GrantKind.PROMOTIONAL,
                         expires_at=now + dt.timedelta(seconds=1), now=now)
-    assert services.expire_credits(now=now) == 0
+    assert services.expire_credits(now=now).expired == 0
     assert balance_of(user) == USD
 
 

@@ -96,7 +96,7 @@ def test_a_capture_succeeds_even_if_the_held_grant_expired_meanwhile(user):
     hold = services.authorize(user=user, amount_micros=USD, now=now)
     after_expiry = now + dt.timedelta(minutes=1)
     # The expiry task runs while the call is in flight: only the unheld part expires.
-    assert services.expire_credits(now=after_expiry) == 1
+    assert services.expire_credits(now=after_expiry).expired == 1
     grant.refresh_from_db()
     assert (grant.remaining_micros, grant.held_micros) == (USD, USD)
 
@@ -126,10 +126,10 @@ def test_stale_holds_are_released_and_fresh_ones_kept(user, fund):
     now = timezone.now()
     stale = services.authorize(user=user, amount_micros=USD, now=now - dt.timedelta(hours=1))
     fresh = services.authorize(user=user, amount_micros=USD, now=now)
-    assert services.release_stale_holds(older_than_seconds=900, now=now) == 1
+    assert len(services.release_stale_holds(older_than_seconds=900, now=now).settled) == 1
     assert CreditHold.objects.get(pk=stale.pk).status == HoldStatus.RELEASED
     assert CreditHold.objects.get(pk=fresh.pk).status == HoldStatus.ACTIVE
-    assert services.release_stale_holds(older_than_seconds=900, now=now) == 0
+    assert services.release_stale_holds(older_than_seconds=900, now=now).settled == ()
     assert_books_balance(user.pk)
 
 
