@@ -286,8 +286,10 @@ def test_a_server_killed_mid_stream_is_charged_its_journal_and_recorded_by_the_s
     env = {**os.environ,
            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
            "DEMO_BACKEND_TOKEN_DELAY_MS": "120", "LOG_LEVEL": "WARNING"}
+    # The production server's kind (ASGI, uvicorn): a process that streams as it generates.
     server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     received = []
     try:
