@@ -59,6 +59,7 @@ def server_env(args, *, billing: bool) -> dict:
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "CONN_MAX_AGE": "60",
         "LOG_LEVEL": "WARNING",
+        "SECURE_SSL_REDIRECT": "false",  # loopback over plain HTTP
         "DEMO_BACKEND_TOKEN_DELAY_MS": str(getattr(args, "token_delay_ms", 0)),
         "API_RATE_LIMIT_PER_MINUTE": "1000000",
         "INFERENCE_BILLING_ENABLED": "true" if billing else "false",
