@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tokenbank_bench")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Forked workers cannot share the parent's connection pool (its threads do not survive a
+# fork); each worker keeps one plain connection, as the benchmark has always measured.
+os.environ.setdefault("DB_POOL_MAX_SIZE", "0")
 
 import django  # noqa: E402
 
