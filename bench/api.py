@@ -124,8 +124,18 @@ def start_server(args, *, billing: bool, port: int) -> subprocess.Popen:
     raise SystemExit("gunicorn did not start")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
+    """Stop a server started in its own session, and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # gone already
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:

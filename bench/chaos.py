@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import random
-import socket
 import sys
 import threading
 import time
@@ -40,15 +39,15 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.api import recreate_database, server_env, start_server, stop_server  # noqa: E402
+from bench.api import (  # noqa: E402
+    free_port,
+    recreate_database,
+    server_env,
+    start_server,
+    stop_server,
+)
 
 USD = 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def setup_django(args) -> None:

@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import os
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.api import free_port, recreate_database, stop_server  # noqa: E402
+
 BIN = ROOT / ".venv" / "bin"
 USD = 1_000_000
 MODEL = "bench-upstream"
@@ -114,14 +116,6 @@ def serve_upstream(port: int, tokens: int, delay_ms: float) -> None:
 # --- processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def procfile_web(port: int) -> str:
     line = next(line for line in (ROOT / "Procfile").read_text().splitlines()
                 if line.startswith("web:"))
@@ -158,22 +152,8 @@ def start(command: str, env: dict, probe_url: str) -> subprocess.Popen:
             return proc
         except httpx.HTTPError:
             time.sleep(0.2)
-    stop(proc)
+    stop_server(proc)
     raise SystemExit(f"{command!r} did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    with_group = True
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        with_group = False
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        if with_group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def cpu_seconds(root_pid: int) -> float:
@@ -320,13 +300,7 @@ async def drive_calls(url: str, secrets: list[str], *, concurrency: int, total: 
 
 
 def prepare(args, env: dict) -> list[str]:
-    import psycopg
-
-    parsed = urlparse(args.database_url)
-    admin = urlunparse(parsed._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{parsed.path.lstrip("/")}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{parsed.path.lstrip("/")}"')
+    recreate_database(args.database_url)
     for command in (["migrate", "--noinput", "-v0"], ["createcachetable"]):
         subprocess.run([str(BIN / "python"), "manage.py", *command], cwd=ROOT, env=env,
                        check=True)
@@ -439,7 +413,7 @@ def main() -> int:
                                  watch.peak))
                     notes.append(f"{name} at {level}: ledger {reconcile(result['told'])}")
             finally:
-                stop(proc)
+                stop_server(proc)
         short = {}
         for billing in (True, False):
             port = free_port()
@@ -454,9 +428,9 @@ def main() -> int:
                                   asyncio.run(drive_calls(url, secrets, concurrency=1,
                                                           total=args.short_calls // 2)))
             finally:
-                stop(proc)
+                stop_server(proc)
     finally:
-        stop(upstream)
+        stop_server(upstream)
 
     print(f"\nStreams of {args.tokens} tokens {args.delay_ms:g} ms apart from a local upstream; "
           f"{args.seconds:g} s per level; PostgreSQL; {os.cpu_count()} CPUs shared by the "
