@@ -65,10 +65,19 @@ class ModelListView(JsonAPIView):
                 "pricing": {
                     "input_per_million": format_usd(price.input_price_per_million_micros),
                     "output_per_million": format_usd(price.output_price_per_million_micros),
+                    **_class_pricing(price),
                     "currency": "USD",
                 },
             })
         return Response({"object": "list", "data": data})
+
+
+def _class_pricing(price) -> dict:
+    """The other token classes' prices (defaults resolved)."""
+    prices = price.token_prices()
+    return {"cached_input_per_million": format_usd(prices.cached_input),
+            "cache_write_per_million": format_usd(prices.cache_write),
+            "reasoning_per_million": format_usd(prices.reasoning)}
 
 
 class _MeteredView(JsonAPIView):
