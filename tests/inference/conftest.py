@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from inference.models import AiModel, ModelPrice
-from tests.seeds import seed_demo_models
+from tests.seeds import seed_demo_models, seed_upstreams_and_embeddings
 
 # --- a real OpenAI-compatible upstream on loopback ---------------------------------------
 
@@ -135,6 +135,7 @@ def spender(make_user):
 @pytest.fixture
 def demo_models(transactional_db):
     seed_demo_models()
+    seed_upstreams_and_embeddings()
 
 
 @pytest.fixture
