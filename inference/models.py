@@ -154,7 +154,8 @@ class Upstream(models.Model):
     api_key = models.CharField(max_length=500, blank=True)
     connect_timeout_seconds = models.FloatField(default=5.0)
     read_timeout_seconds = models.FloatField(
-        default=60.0, help_text="Longest wait for the next bytes (the first token included).")
+        default=60.0, help_text="Longest wait for the next bytes: the first token of a stream, "
+                                "the whole answer of a non-streamed call.")
     from_settings = models.BooleanField(
         default=False, help_text="Use UPSTREAM_BASE_URL / UPSTREAM_API_KEY / "
                                  "UPSTREAM_TIMEOUT_SECONDS from the environment.")

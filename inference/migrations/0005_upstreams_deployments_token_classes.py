@@ -33,7 +33,7 @@ class Migration(migrations.Migration):
                 ('base_url', models.URLField(blank=True, help_text='Up to the version, e.g. https://api.openai.com/v1', max_length=500)),
                 ('api_key', models.CharField(blank=True, max_length=500)),
                 ('connect_timeout_seconds', models.FloatField(default=5.0)),
-                ('read_timeout_seconds', models.FloatField(default=60.0, help_text='Longest wait for the next bytes (the first token included).')),
+                ('read_timeout_seconds', models.FloatField(default=60.0, help_text='Longest wait for the next bytes: the first token of a stream, the whole answer of a non-streamed call.')),
                 ('from_settings', models.BooleanField(default=False, help_text='Use UPSTREAM_BASE_URL / UPSTREAM_API_KEY / UPSTREAM_TIMEOUT_SECONDS from the environment.')),
                 ('active', models.BooleanField(default=True)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
