@@ -141,7 +141,9 @@
   }
 
   function poll() {
-    if (state.polling || document.hidden) return;
+    if (document.hidden) return;
+    // A poll asked for while one is in flight runs after it (the call's settled balance).
+    if (state.polling) { state.pollAgain = true; return; }
     state.polling = true;
     fetch(config.creditsUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { return r.ok ? r.json() : null; })
@@ -150,6 +152,7 @@
       .then(function () {
         state.polling = false;
         if (state.promotion === "ended" && Date.now() - state.endedAt > POLL_AFTER_END_MS) stopPolling();
+        if (state.pollAgain) { state.pollAgain = false; poll(); }
       });
   }
 
