@@ -68,7 +68,15 @@
       root.classList.toggle("is-urgent", secs > 0 && secs <= RED_SECONDS);
       if (windowMs > 0) {
         var left = Math.max(0, Math.min(1, ms / windowMs));
-        bars.forEach(function (bar) { bar.style.transform = "scaleX(" + left.toFixed(4) + ")"; });
+        bars.forEach(function (bar) {
+          // The first paint shows the time left at once; later ticks glide.
+          if (!bar.dataset.ready) bar.style.transition = "none";
+          bar.style.transform = "scaleX(" + left.toFixed(4) + ")";
+          if (!bar.dataset.ready) {
+            bar.dataset.ready = "1";
+            requestAnimationFrame(function () { requestAnimationFrame(function () { bar.style.transition = ""; }); });
+          }
+        });
       }
       if (titled && secs > 0) {
         var title = label + " left · " + baseTitle;
