@@ -15,7 +15,7 @@ def epoch_ms(moment) -> int:
 
 
 # The one date format of the pages (UTC, the site's TIME_ZONE): "Mar 4, 2025" and, with the
-# time, "Mar 4, 2025, 14:05 UTC". Templates use the `day` and `moment` filters (billing_format).
+# time, "Mar 4, 2025 14:05 UTC". Templates use the `day` and `moment` filters (billing_format).
 DATE_FORMAT = "M j, Y"
 TIME_FORMAT = "H:i"
 
@@ -30,9 +30,9 @@ def date_label(moment) -> str:
 
 
 def datetime_label(moment, *, seconds: bool = False) -> str:
-    """"Mar 4, 2025, 14:05 UTC" (with `seconds`, "14:05:09")."""
+    """"Mar 4, 2025 14:05 UTC" (with `seconds`, "14:05:09")."""
     if moment is None or moment == "":
         return ""
     local = timezone.localtime(moment)
     clock = dateformat.format(local, TIME_FORMAT + (":s" if seconds else ""))
-    return f"{dateformat.format(local, DATE_FORMAT)}, {clock} {local.tzname()}"
+    return f"{dateformat.format(local, DATE_FORMAT)} {clock} {local.tzname()}"

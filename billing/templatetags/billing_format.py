@@ -3,7 +3,7 @@
     {{ micros|usd_headline }}  "$19.99"    rounded down: balance hero, nav chip, celebration
     {{ micros|usd }}           "$19.999989" exact, for rows
     {{ when|day }}             "Mar 4, 2025"
-    {{ when|moment }}          "Mar 4, 2025, 14:05 UTC"
+    {{ when|moment }}          "Mar 4, 2025 14:05 UTC"
 """
 
 from django import template
