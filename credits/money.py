@@ -146,3 +146,15 @@ def display_usd(micros: int, places: int = 2) -> str:
     needed = len(digits.rstrip("0"))
     shown = places if needed <= places else max(needed, 2)
     return f"{sign}${whole:,}" + (f".{digits[:shown]}" if shown else "")
+
+
+def headline_usd(micros: int) -> str:
+    """For headlines (the balance hero, the nav chip, the celebration, alerts): dollars and
+    cents rounded DOWN, so a figure never reads more than there is: 19_999_989 -> "$19.99",
+    9_999 -> "$0.00". Rows and exports keep the exact micro-dollars (display_usd, format_usd)."""
+    if isinstance(micros, bool) or not isinstance(micros, int):
+        raise TypeError(f"micro-dollar amounts are integers, got {micros!r}")
+    cents = micros // (MICROS_PER_USD // 100)  # floor: a debt of a micro reads "-$0.01"
+    sign = "-" if cents < 0 else ""
+    whole, cent = divmod(abs(cents), 100)
+    return f"{sign}${whole:,}.{cent:02d}"

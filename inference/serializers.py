@@ -1,7 +1,7 @@
 """Request shapes of the OpenAI-compatible endpoints. Unknown fields are ignored (as the
 OpenAI SDK may send newer ones); known fields typed wrong are a 400."""
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -118,6 +118,16 @@ class CompletionPassThroughFields(serializers.Serializer):
                                        required=False, allow_null=True)
 
 
+# Real requests for the API reference (/api/docs/), instead of "model": "string".
+@extend_schema_serializer(examples=[
+    OpenApiExample("One reply", request_only=True, value={
+        "model": "demo-small", "max_tokens": 128,
+        "messages": [{"role": "user", "content": "Write a haiku about counting tokens."}]}),
+    OpenApiExample("Streamed, with usage", request_only=True, value={
+        "model": "demo-small", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "system", "content": "Answer in one sentence."},
+                     {"role": "user", "content": "What is a token?"}]}),
+])
 class ChatCompletionRequestSerializer(ChatPassThroughFields, _GenerationOptions):
     messages = MessageSerializer(many=True, allow_empty=False)
     max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
@@ -144,11 +154,15 @@ class PromptField(serializers.Field):
         return value
 
 
+@extend_schema_serializer(examples=[OpenApiExample("Complete a line", request_only=True, value={
+    "model": "demo-small", "prompt": "The ledger balanced because", "max_tokens": 32})])
 class CompletionRequestSerializer(CompletionPassThroughFields, _GenerationOptions):
     prompt = PromptField()
     max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, default=16)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A prompt", request_only=True, value={
+    "model": "demo-small", "prompt": "Say hello in French.", "max_tokens": 16})])
 class InferenceRequestSerializer(serializers.Serializer):
     """POST /api/inference: the simple, non-OpenAI endpoint."""
 
