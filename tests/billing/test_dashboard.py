@@ -264,3 +264,14 @@ def test_revoke_key_marks_it_revoked_and_other_users_keys_are_out_of_reach(
     assert key.revoked_at is not None
     assert "revoked" in page(signed_in)
     assert signed_in.get(reverse("accounts:revoke_key", args=[key.pk])).status_code == 405
+
+
+def test_request_log_shows_cached_and_reasoning_tokens_and_estimated_charges(signed_in, member):
+    exact = make_usage(member, n=1, prompt_tokens=1000, completion_tokens=300)
+    type(exact).objects.filter(pk=exact.pk).update(cached_tokens=600, reasoning_tokens=200)
+    make_usage(member, n=2, prompt_tokens=9, completion_tokens=4)
+    type(exact).objects.filter(request_id__endswith="-2").update(estimated=True)
+    html = page(signed_in)
+    log = html[html.index("data-usage-log"):html.index("data-grants")]
+    assert "600 cached" in log and "200 reasoning" in log
+    assert log.count("data-estimated") == 1 and "estimated</span>" in log
