@@ -42,7 +42,14 @@ class PromotionClaimAdmin(HistoryAdmin):
 
 
 class ClawBackForm(forms.Form):
-    reason = forms.CharField(max_length=200, help_text="Recorded on the VOID entry and the review.")
+    reason = forms.CharField(
+        max_length=200, label="Internal reason",
+        help_text="Staff and the audit only (the VOID entry's internal reason, the review); "
+                  "never shown to the customer.")
+    customer_note = forms.CharField(
+        max_length=255, required=False, label="Note to the customer",
+        help_text="Optional: what the customer reads in their history and the email we send. "
+                  "Empty: “Promotional credit reversed after review”.")
 
 
 @admin.register(PromotionReview)
@@ -105,8 +112,9 @@ class PromotionReviewAdmin(HistoryAdmin):
         form = ClawBackForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
             reason = form.cleaned_data["reason"]
+            note = form.cleaned_data["customer_note"]
             done = self._each_flagged(request, queryset, lambda r: reviews.claw_back(
-                review=r, actor=request.user, reason=reason))
+                review=r, actor=request.user, reason=reason, customer_note=note))
             self.message_user(request, f"Clawed back {done} grant(s). Purchased credit is untouched.",
                               messages.SUCCESS)
             return None
