@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.template.response import TemplateResponse
 
-from credits.admin.toolkit import HistoryAdmin, money_column, usd
+from credits.admin.toolkit import HistoryAdmin, money_column
 from credits.models import EmailDomainRule, PromotionClaim, PromotionReview, ReviewStatus, SignupRecord
 from credits.promotion import review as reviews
 
@@ -77,13 +77,11 @@ class PromotionReviewAdmin(HistoryAdmin):
 
     granted = money_column("grant__amount_micros", "granted")
 
-    @admin.display(description="left")
-    def left(self, obj):
-        return "voided" if obj.grant.voided_at else usd(obj.grant.remaining_micros)
-
-    @admin.display(description="clawed back")
-    def clawed_back(self, obj):
-        return usd(obj.clawed_back_micros) if obj.status == ReviewStatus.CLAWED_BACK else ""
+    left = money_column("grant__remaining_micros", "left",
+                        instead=lambda r: "voided" if r.grant.voided_at else None)
+    clawed_back = money_column(
+        "clawed_back_micros", "clawed back",
+        instead=lambda r: None if r.status == ReviewStatus.CLAWED_BACK else "")
 
     def _each_flagged(self, request, queryset, do) -> int:
         done = 0
