@@ -64,11 +64,13 @@ def nice_ceiling(value: int) -> int:
 
 def daily_bars(days: Sequence[dt.date], series: Sequence[Series], *,
                fmt: Callable[[int], str] = str, title: str = "",
-               width: int = 900, height: int = 220, ticks: int = 4) -> DailyChart:
+               width: int = 900, height: int = 220, ticks: int = 4,
+               min_top: int = 1) -> DailyChart:
     """Side-by-side bars, one group per day, one bar per series; the y axis from 0 to a
-    1/2/5 step at or above the highest value."""
+    1/2/5 step at or above the highest value (at least `min_top`: an empty money chart reads
+    $0 to $1, not $0 to a micro-dollar)."""
     peak = max([v for s in series for v in s.values] + [0])
-    top = nice_ceiling(peak)
+    top = nice_ceiling(max(peak, min_top))
     # Integers only: a step that does not divide the top leaves a tick out.
     y_values = [top * i // ticks for i in range(ticks + 1) if top * i % ticks == 0]
     labels = [fmt(v) for v in y_values]

@@ -116,7 +116,7 @@ class AdjustForm(ReasonForm):
 class RefundForm(ReasonForm):
     usage_reference = forms.CharField(
         required=False, max_length=64, label="Call (request id)",
-        help_text="Pick one of the customer's recent calls below (its charge is prefilled), or "
+        help_text="Pick one of the customer's recent calls above (its charge is prefilled), or "
                   "give a request id; empty: a refund not tied to a call.")
     amount = UsdField()
     field_order = ["usage_reference", "amount", "reason", "customer_note"]
@@ -383,6 +383,8 @@ def _summary(form: forms.Form, spec: MoneyAction) -> list[tuple[str, str]]:
         value = form.cleaned_data.get(name)
         if name == "customer_note" and not value:
             shown = f"{spec.customer_default} (the default)"
+        elif name == "expires_at" and value is None and "never" not in form.fields:
+            shown = "The kind's default (the real date is below)"
         elif isinstance(field, UsdField) and value is not None:
             shown = f"{money.display_usd(value)} (${money.format_usd(value)})"
         elif isinstance(field, forms.ChoiceField):

@@ -227,7 +227,7 @@ def _trend_charts(days: list[metrics.TrendDay]) -> dict:
             charts.Series("Promotion credit granted", "s-granted",
                           [d.granted_micros for d in days]),
             charts.Series("Used by calls", "s-used", [d.used_micros for d in days]),
-        ], fmt=_short_usd, title="Promotion credit per day"),
+        ], fmt=_short_usd, title="Promotion credit per day", min_top=money.MICROS_PER_USD),
     }
 
 

@@ -87,4 +87,13 @@ def test_staff_confirmation_page_on_desktop_and_phone(page, make_staff, settings
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "refund-390")
 
+    # The metrics table fits a 1280 px screen; the daily trend is drawn in SVG.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    watch.visit("/admin/credits/promotion/metrics/", "console-metrics")
+    expect(page.locator(".daily-chart svg").first).to_be_visible()
+    fits = page.evaluate("""() => { const t = document.querySelector('#result_list');
+        return t ? t.getBoundingClientRect().right <= window.innerWidth : true; }""")
+    assert fits
+    shot(page, "metrics-1280")
+
     assert watch.problems == [], "\n".join(watch.problems)
