@@ -11,8 +11,8 @@ import pytest
 from accounts.models import User
 from credits import services
 from credits.models import GrantKind, StaffAction
-from tests.browser import SHOTS, needs_chromium
 from tests.books import USD
+from tests.browser import SHOTS, needs_chromium
 from tests.web.test_csp import CspWatch
 
 PASSWORD = "correct-horse-battery"
