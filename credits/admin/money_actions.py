@@ -485,13 +485,15 @@ class StaffActionAdmin(MoneyActionsMixin, ExportableHistoryAdmin):
                     "requested_by", "decided_by", "decided_at", "result"]
     list_filter = [StatusFilter, "kind", UserIdFilter, ("requested_at", admin.DateFieldListFilter),
                    ("requested_by", TinyUserFilter), ("decision__decided_by", TinyUserFilter)]
-    search_fields = ["user__email", "reason", "requested_by__email", "decision__result"]
+    search_fields = ["user__email", "reason", "customer_note", "requested_by__email",
+                     "decision__result"]
     list_select_related = ["user", "requested_by", "decision__decided_by"]
     date_hierarchy = "requested_at"
     derived_fields = ["status", "decided_by", "decided_at", "decision_note", "result", "grant"]
     readonly_fields = ["review", *derived_fields]
     csv_fields = ["id", "requested_at", "kind", "status", "user", "amount_usd", "grant_id",
-                  "grant_kind", "expires_at", "usage_reference", "reason", "requested_by",
+                  "grant_kind", "expires_at", "usage_reference", "reason", "customer_note",
+                  "requested_by",
                   "approval_reason", "decided_by", "decided_at", "decision_note", "result"]
 
     amount = money_column("amount_micros")
