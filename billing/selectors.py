@@ -211,7 +211,8 @@ class HistoryRow:
     def of(cls, entry: LedgerEntry) -> HistoryRow:
         return cls(created_at=entry.created_at, entry_type=entry.entry_type,
                    amount_micros=entry.amount_micros, held_change_micros=entry.held_change_micros,
-                   balance_after_micros=entry.balance_after_micros, description=entry.description)
+                   balance_after_micros=entry.balance_after_micros,
+                   description=entry.customer_description)
 
 
 def money_history(*, user: User, entry_type: str = "") -> list[HistoryRow] | QuerySet[LedgerEntry]:

@@ -90,7 +90,7 @@ def history_csv(request):
                 e.created_at.isoformat(), e.entry_type, selectors.entry_label(e.entry_type),
                 money.format_usd(e.amount_micros),
                 money.format_usd(e.balance_after_micros), money.format_usd(e.held_change_micros),
-                e.description, e.reference, e.grant_id or "", e.pk,
+                e.customer_description, e.reference, e.grant_id or "", e.pk,
             ])
 
     suffix = f"-{entry_type.lower()}" if entry_type else ""
@@ -143,7 +143,7 @@ def _grant_row(grant, now) -> dict:
         "expires_at": grant.expires_at,
         "expires_in": _days_label(grant.expires_at - now) if grant.expires_at else "",
         "state": state,
-        "description": grant.description,
+        "description": grant.customer_description,  # never a staff member's internal reason
     }
 
 
