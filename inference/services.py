@@ -27,6 +27,7 @@ from credits.models import CreditAccount, CreditHold, HoldStatus
 from credits.money import format_usd
 from credits.promotion.status import call_promotion_outcome, promotion_status
 from credits.services import calculate_inference_cost
+from inference import observe
 from inference.backends import Prompt, Usage, count_tokens, get_backend
 from inference.exceptions import (
     InsufficientCreditsForCall,
@@ -459,6 +460,7 @@ class MeteredCall:
         except Exception:
             logger.exception("BILLING: the usage record of call %s (charged %s micros) was "
                              "not written", self.request_id, self.cost_micros)
+        observe.call_settled(self)
 
 
 def start_call(
@@ -504,6 +506,7 @@ def start_call(
         endpoint=endpoint, streamed=streamed, options=options or {}, backend=backend,
         billed=bool(settings.INFERENCE_BILLING_ENABLED),
     )
+    observe.call_started(call)
     if not call.billed:
         return call
     worst = calculate_inference_cost(
