@@ -18,30 +18,10 @@ from accounts.models import User
 from accounts.services import create_api_key
 from inference.models import UsageRecord
 from tests.books import USD, assert_books_balance
+from tests.config.scrape import samples as _samples
+from tests.config.scrape import value as _value
 from tests.config.servers import start_site, stop
 from tests.seeds import seed_demo_models
-
-
-def _samples(text: str) -> dict[str, float]:
-    """{'name{labels}': value} of an exposition, labels as written."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def _value(samples: dict[str, float], name: str, **labels) -> float:
-    """The sum of `name`'s samples whose labels include `labels`."""
-    total = 0.0
-    for key, value in samples.items():
-        metric, _, rest = key.partition("{")
-        found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-        if metric == name and all(found.get(k) == v for k, v in labels.items()):
-            total += value
-    return total
-
 
 # --- access -----------------------------------------------------------------------------------
 
