@@ -138,3 +138,16 @@ def test_staff_read_the_runs_and_mismatches_in_the_admin_and_cannot_edit_them(
                                args=[LedgerMismatch.objects.first().pk]),
                        {"post": "yes"}).status_code == 403
     assert LedgerMismatch.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_the_command_runs_one_now_and_fails_on_a_mismatch(make_user, fund):
+    from django.core.management import CommandError, call_command
+
+    victim = make_user()
+    fund(victim, 1)
+    call_command("reconcile_books")
+    plant_drift(victim)
+    with pytest.raises(CommandError, match="2 ledger mismatch"):
+        call_command("reconcile_books", batch_size=1)
+    assert ReconciliationRun.objects.count() == 2
