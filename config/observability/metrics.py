@@ -18,7 +18,6 @@ import logging
 import os
 
 from django.conf import settings
-from django.db import transaction
 from django.utils.module_loading import import_string
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -127,13 +126,11 @@ def rate_limited(*, scope: str) -> None:
     RATE_LIMITED.labels(scope).inc()
 
 
-def promotion_decided(*, granted: bool, reason: str = "") -> None:
-    """Counted when the award's transaction commits (a rolled-back award decided nothing)."""
-    transaction.on_commit(lambda: _promotion(granted, reason))
-
-
 @_safe
-def _promotion(granted: bool, reason: str) -> None:
+def promotion_decided(*, granted: bool, reason: str = "") -> None:
+    """Counted when decided, inside the award's transaction (no on_commit callback of its own:
+    the award's callbacks are its notices). An award rolled back after deciding, which
+    nothing does today, would still count."""
     PROMOTIONS.labels("granted" if granted else "refused", "" if granted else reason).inc()
 
 
