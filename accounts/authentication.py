@@ -6,6 +6,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
 from accounts.services import get_user_for_api_key, touch_api_key
+from config.observability import context
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -28,6 +29,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "Incorrect or revoked API key provided.", code="invalid_api_key")
         touch_api_key(api_key=api_key)
+        context.bind(user_id=api_key.user_id, key_id=api_key.pk)  # the request's log lines say whose
         return api_key.user, api_key
 
     def authenticate_header(self, request) -> str:

@@ -18,6 +18,7 @@ from rest_framework.exceptions import Throttled
 from rest_framework.throttling import BaseThrottle
 
 from accounts.network import client_ip
+from config.observability import metrics
 
 logger = logging.getLogger(__name__)
 _last_warning = 0.0
@@ -40,6 +41,8 @@ def hit(ident: str, *, limit: int, window_seconds: int = 60) -> tuple[bool, int]
             _last_warning = now
             logger.warning("Rate limiting is off: the cache is unreachable (%s)", exc)
         return True, 0
+    if count > limit:
+        metrics.rate_limited(scope=ident.split(":", 1)[0])  # key, user, ip or register
     return count <= limit, retry_after
 
 

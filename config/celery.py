@@ -14,3 +14,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Task contexts for the logs, tracing per worker process, Prometheus's dead workers.
+from config.observability import celery as _observability  # noqa: E402
+
+_observability.connect()

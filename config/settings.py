@@ -1,11 +1,14 @@
 """Settings read from the environment (django-environ); defaults serve a fresh dev machine."""
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import environ
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF
+
+from config.observability.logging import django_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -52,6 +55,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: answers /healthz, /readyz and /metrics before host checks and redirects;
+    # counts and names every other request (config/observability/).
+    "config.observability.middleware.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -262,6 +268,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 600.0,
         "options": {"expires": 590},
     },
+    # The books, every night (credits.reconciliation): records a run, tells staff once per
+    # new mismatch, changes no money.
+    "reconcile-books": {
+        "task": "credits.tasks.reconcile_books",
+        "schedule": crontab(hour=env.int("RECONCILIATION_HOUR", default=3), minute=30),
+        "options": {"expires": 6 * 3600},
+    },
     "purge-idempotency-records": {
         "task": "inference.tasks.purge_idempotency_records",
         "schedule": 3600.0,
@@ -379,10 +392,27 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# --- Operating it (README, "Operating TokenBank") ---------------------------------------
+# LOG_FORMAT=json: one JSON object per line, with the request's id, user, key and model.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+LOGGING = django_logging(log_format=LOG_FORMAT, level=env("LOG_LEVEL", default="INFO"))
+# Celery's worker keeps our log format instead of installing its own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
+# /readyz: how long the database and Redis may take to answer.
+READYZ_TIMEOUT_SECONDS = env.float("READYZ_TIMEOUT_SECONDS", default=2)
+# /metrics: allowed with `Authorization: Bearer <METRICS_BEARER_TOKEN>` or from an address in
+# METRICS_ALLOWED_IPS (IPs or CIDRs; the scraper's own address, not X-Forwarded-For).
+METRICS_BEARER_TOKEN = env("METRICS_BEARER_TOKEN", default="")
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+# Several processes per host add up: each writes its samples under this directory (the same
+# for the web workers and a Celery worker on the host; config/gunicorn.py empties it at start).
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default="")
+if PROMETHEUS_MULTIPROC_DIR:
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", PROMETHEUS_MULTIPROC_DIR)
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# Gauges read from the books at scrape time (holds, the last reconciliation).
+METRICS_COLLECTORS = ["credits.gauges.LedgerGauges"]
+# OpenTelemetry traces: on when set (e.g. http://collector:4318); the OTEL_* variables apply.
+OTEL_EXPORTER_OTLP_ENDPOINT = env("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+# The nightly reconciliation: users per batch (one read-only snapshot each).
+RECONCILIATION_BATCH_SIZE = env.int("RECONCILIATION_BATCH_SIZE", default=500)

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config.observability import metrics
 from credits import services
 from credits.models import CreditHold, Sweep, SweepFailure
 from credits.services import ExpiryRun, HoldSweep, UnitFailure
@@ -29,6 +30,7 @@ def run_expiry_sweep(*, now: dt.datetime | None = None) -> ExpiryRun:
     """Expire what is past its expiry (credits.services.expire_credits), then note failures."""
     run = services.expire_credits(now=now)
     note_run(sweep=Sweep.EXPIRE_CREDITS, failed=run.failed)
+    metrics.sweep_run(sweep=Sweep.EXPIRE_CREDITS, settled=run.expired, failed=len(run.failed))
     return run
 
 
@@ -45,6 +47,8 @@ def run_stale_hold_sweep(*, older_than_seconds: int | None = None,
             logger.error("Stale-hold sweep: %r failed on the settled holds %s", receiver,
                          [str(h.hold_id) for h in result.settled], exc_info=response)
     note_run(sweep=Sweep.STALE_HOLDS, failed=result.failed)
+    metrics.sweep_run(sweep=Sweep.STALE_HOLDS, settled=len(result.settled),
+                      failed=len(result.failed))
     return result
 
 

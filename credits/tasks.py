@@ -8,7 +8,7 @@ import datetime as dt
 
 from celery import shared_task
 
-from credits import notifications, sweeps
+from credits import notifications, reconciliation, sweeps
 from credits.promotion import award, verification
 
 _IDEMPOTENT = {"acks_late": True, "reject_on_worker_lost": True}
@@ -69,3 +69,12 @@ def notify_promotion_paused(promotion_ids: list[int]) -> int:
 def send_verification_email(user_id: int) -> bool:
     """The sign-up's email-verification link (PROMOTION_REQUIRE_EMAIL_VERIFICATION)."""
     return verification.send_verification_email_to(user_id=user_id)
+
+
+# Nightly: one snapshot per batch of users; an interrupted run is recorded with its error
+# and the next night starts over (a redelivered run only records again and tells no one twice).
+@shared_task(**_IDEMPOTENT, soft_time_limit=3300, time_limit=3600)
+def reconcile_books() -> int:
+    """credits_verify's checks over every account and the other apps' books; recorded,
+    staff emailed once per new mismatch, no money changed. Returns the mismatches found."""
+    return reconciliation.reconcile_books().mismatches

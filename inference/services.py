@@ -27,6 +27,7 @@ from credits.models import CreditAccount, CreditHold, HoldStatus
 from credits.money import CallCost, TokenCounts, format_usd
 from credits.promotion.status import call_promotion_outcome, promotion_status
 from credits.services import calculate_inference_cost, price_call, worst_case_cost
+from inference import observe
 from inference.backends import Prompt, Relay, Usage, count_tokens
 from inference.exceptions import (
     InsufficientCreditsForCall,
@@ -507,6 +508,7 @@ class MeteredCall:
         except Exception:
             logger.exception("BILLING: the usage record of call %s (charged %s micros) was "
                              "not written", self.request_id, self.cost_micros)
+        observe.call_settled(self)
 
 
 def start_call(
@@ -556,6 +558,7 @@ def start_call(
         endpoint=endpoint, streamed=streamed, options=options or {}, backend=backend,
         billed=bool(settings.INFERENCE_BILLING_ENABLED),
     )
+    observe.call_started(call)
     if not call.billed:
         return call
     # Every choice may run to the limit (n, and best_of for text completions), every token

@@ -4,7 +4,8 @@ registers every credits admin, the User and ApiKey admins included.
 toolkit: the shared pieces (read-only admins, money columns, user filter, CSV export);
 ledger: entries, grants, holds, notifications; money_actions: the staff money actions and
 their audit; promotions: promotions, variants, assignments, metrics; abuse: the sign-up
-credit's abuse controls; customers: users and API keys.
+credit's abuse controls; customers: users and API keys; reconciliation: the nightly
+reconciliation's runs and mismatches.
 """
 
 from django.contrib import admin as _admin
@@ -15,6 +16,7 @@ from credits.admin import (  # noqa: F401  (registers the admins)
     ledger,
     money_actions,
     promotions,
+    reconciliation,
 )
 
 # The console says what it is (the default "Django administration" does not).

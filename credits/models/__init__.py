@@ -22,6 +22,7 @@ from credits.models.ledger import (
 )
 from credits.models.notifications import Notification, NotificationEvent
 from credits.models.promotions import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
+from credits.models.reconciliation import LedgerMismatch, ReconciliationRun
 from credits.models.staff import (
     StaffAction,
     StaffActionDecision,
@@ -31,11 +32,34 @@ from credits.models.staff import (
 from credits.models.sweeps import Sweep, SweepFailure
 
 __all__ = [
-    "CreditAccount", "CreditGrant", "CreditHold", "DomainRuleAction", "EmailDomainRule", "EntryType",
+    "CreditAccount",
+    "CreditGrant",
+    "CreditHold",
+    "DomainRuleAction",
+    "EmailDomainRule",
+    "EntryType",
     "GrantKind",
-    "HoldStatus", "ImmutableEntryError", "LedgerEntry", "LedgerEntryQuerySet", "Notification",
-    "NotificationEvent", "Promotion", "PromotionAssignment", "PromotionClaim", "PromotionKind",
-    "PromotionReview", "PromotionVariant", "ReviewStatus", "SignupRecord", "StaffAction",
-    "StaffActionDecision", "StaffActionKind", "StaffActionStatus", "Sweep", "SweepFailure",
+    "HoldStatus",
+    "ImmutableEntryError",
+    "LedgerEntry",
+    "LedgerEntryQuerySet",
+    "LedgerMismatch",
+    "Notification",
+    "NotificationEvent",
+    "Promotion",
+    "PromotionAssignment",
+    "PromotionClaim",
+    "PromotionKind",
+    "PromotionReview",
+    "PromotionVariant",
+    "ReconciliationRun",
+    "ReviewStatus",
+    "SignupRecord",
+    "StaffAction",
+    "StaffActionDecision",
+    "StaffActionKind",
+    "StaffActionStatus",
+    "Sweep",
+    "SweepFailure",
     "TakeBack",
 ]

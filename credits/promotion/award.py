@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from accounts.emails import canonical_email
 from accounts.models import User
+from config.observability import metrics
 from config.queue import enqueue_on_commit
 from credits import money, notices, services
 from credits.models import (
@@ -47,6 +48,9 @@ from credits.staff_mail import email_staff
 logger = logging.getLogger(__name__)
 
 AWARD_LOCK_KEY = 0x5452_4F4D  # pg_advisory_xact_lock key of promotion awards
+# The metric's reason label (tokenbank_promotions_total): short codes, not the user's text.
+REFUSAL_CODES = {WITHHELD_CLAIMED: "email_claimed", WITHHELD_NETWORK_PROMOTIONS: "network_limit",
+                 WITHHELD_PAUSED: "spend_cap"}
 
 
 def apply_first_token_promotion(
@@ -72,6 +76,8 @@ def apply_first_token_promotion(
         )
         # An inactive promotion (kill switch) awards nothing from now on.
         if not (in_window and locked.promotion_eligible and terms.active):
+            metrics.promotion_decided(granted=False, reason="late" if not in_window else (
+                "ineligible" if not locked.promotion_eligible else "inactive"))
             if locked.promotion_eligible:
                 locked.promotion_eligible = False
                 locked.save(update_fields=["promotion_eligible"])
@@ -91,6 +97,7 @@ def apply_first_token_promotion(
         locked.promotion_claimed = True
         locked.save(update_fields=["promotion_claimed"])
         finish_award(user=locked, award=award, grant=grant, now=now)
+        metrics.promotion_decided(granted=True)
         # Credit locked until the email is verified backs nothing, not even the calls that
         # reserved against it while it was pending: they are refused, nothing charged.
         if not grant.awaiting_verification:
@@ -156,6 +163,7 @@ def _window_name(window: dt.timedelta) -> str:
 
 def _refuse(user: User, reason: str) -> str:
     withhold_promotion(user=user, reason=reason)
+    metrics.promotion_decided(granted=False, reason=REFUSAL_CODES.get(reason, "other"))
     return reason
 
 

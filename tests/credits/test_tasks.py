@@ -52,6 +52,7 @@ def test_celery_reads_the_time_limits_serializer_and_schedule_from_settings():
         "credits.tasks.expire_credits", "credits.tasks.release_stale_holds",
         "credits.tasks.catch_up_notifications", "credits.tasks.notify_expiring_credits",
         "credits.tasks.void_unverified_promotions", "inference.tasks.purge_idempotency_records",
+        "credits.tasks.reconcile_books",
     }
     assert scheduled <= set(celery_app.tasks)
 

@@ -12,6 +12,7 @@ import struct
 import openai
 import pytest
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from accounts.services import create_api_key
 from credits.money import TokenCounts, TokenPrices, call_cost, format_usd
@@ -239,6 +240,7 @@ def test_a_failure_before_the_first_token_falls_back_and_charges_once(
     else:
         primary.behaviour = failure
     before = _balance(user)
+    fallbacks = _fallbacks_counted()
     if stream:
         chunks = list(client.chat.completions.create(
             model="gpt-fake", messages=ASK, max_tokens=500, stream=True,
@@ -261,6 +263,12 @@ def test_a_failure_before_the_first_token_falls_back_and_charges_once(
     assert record.cost_micros == USAGE_COST.total_micros
     assert before - _balance(user) == USAGE_COST.total_micros
     assert_books_balance(user.pk)
+    assert _fallbacks_counted() == fallbacks + 1  # /metrics: left primary, recovered
+
+
+def _fallbacks_counted() -> float:
+    return REGISTRY.get_sample_value("tokenbank_upstream_fallbacks_total",
+                                     {"upstream": "primary", "outcome": "recovered"}) or 0.0
 
 
 def test_an_upstream_dying_after_tokens_ends_the_stream_with_an_error_and_no_fallback(
