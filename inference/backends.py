@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -273,10 +274,14 @@ class AsyncUpstreamTokenStream(UpstreamTokenStream):
             if response.status_code >= 400:
                 await response.aread()
                 raise self._refused(response)
-            async for line in response.aiter_lines():
+            done = False
+            async for line in _lines(response):
+                if done:
+                    continue  # read to the end: the connection then goes back to the pool
                 pieces = self._events(line)
                 if pieces is None:
-                    break
+                    done = True
+                    continue
                 for piece in pieces:
                     yield piece
             if not self._finished:
@@ -298,6 +303,18 @@ class AsyncUpstreamTokenStream(UpstreamTokenStream):
                 await context.__aexit__(None, None, None)
 
 
+async def _lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of an SSE body: httpx's aiter_lines costs several generator layers and a
+    text decoder per chunk; the events are UTF-8 lines, split here on the bytes."""
+    rest = b""
+    async for data in response.aiter_bytes():
+        *lines, rest = (rest + data).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+    if rest:
+        yield rest.rstrip(b"\r").decode("utf-8", "replace")
+
+
 def _upstream_message(payload) -> str:
     if isinstance(payload, str):
         try:
@@ -310,6 +327,9 @@ def _upstream_message(payload) -> str:
             return str(inner.get("message") or inner)[:200]
         return str(inner)[:200]
     return str(payload)[:200]
+
+
+ASYNC_CLIENT_SHARDS = 8
 
 
 class OpenAICompatibleBackend:
@@ -328,14 +348,20 @@ class OpenAICompatibleBackend:
         self._async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _async_client(self) -> httpx.AsyncClient:
+        """One of ASYNC_CLIENT_SHARDS clients of this loop, in turn. httpcore's pool walks
+        all its connections (and checks each idle socket) whenever a request starts or
+        ends, so one pool of hundreds of streams costs more per token than the streams'
+        own work; shards keep each pool short."""
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._async_clients[loop] = httpx.AsyncClient(
-                timeout=self.timeout,
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            )
-        return client
+        shards = self._async_clients.get(loop)
+        if shards is None:
+            shards = self._async_clients[loop] = (itertools.cycle([
+                httpx.AsyncClient(
+                    timeout=self.timeout,
+                    limits=httpx.Limits(max_connections=1000 // ASYNC_CLIENT_SHARDS,
+                                        max_keepalive_connections=200 // ASYNC_CLIENT_SHARDS))
+                for _ in range(ASYNC_CLIENT_SHARDS)]))
+        return next(shards)
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         return count_tokens(prompt.flat_text)
