@@ -86,3 +86,34 @@ def test_unreachable_upstream_is_an_upstream_error(settings):
     stream = get_backend("nowhere").generate(model_name="x", prompt=_chat("Hi"), max_tokens=2)
     with pytest.raises(UpstreamError, match="Could not reach"):
         list(stream)
+
+
+@pytest.mark.django_db
+def test_async_upstream_stream_yields_the_same_pieces_and_usage_as_the_sync_one(upstream):
+    import asyncio
+
+    async def read():
+        stream = get_backend("loopback").agenerate(model_name="tiny", prompt=_chat("Hi"),
+                                                   max_tokens=7)
+        return [piece async for piece in stream], stream
+
+    pieces, stream = asyncio.run(read())
+    assert "".join(pieces) == "Hello from upstream!"
+    assert stream.finish_reason == "stop"
+    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (11, 5)
+
+
+def test_sse_lines_are_split_on_bytes_across_chunk_boundaries():
+    import asyncio
+
+    from inference.backends import _lines
+
+    class Chunked:
+        async def aiter_bytes(self):
+            for part in (b"data: {\"a\"", b": \"\xc3", b"\xa9\"}\r\n\r", b"\ndata: [DONE]"):
+                yield part
+
+    async def read():
+        return [line async for line in _lines(Chunked())]
+
+    assert asyncio.run(read()) == ['data: {"a": "é"}', "", "data: [DONE]"]
