@@ -47,6 +47,12 @@ class SpendChart:
     plot_right: int
     empty: bool
     summary: str
+    period: str = "the last 30 days"
+
+    @property
+    def empty_text(self) -> str:
+        return f"No spend in {self.period} yet." if self.period.startswith("the last") \
+            else f"No spend {self.period}."
 
     @property
     def center_x(self) -> int:
@@ -81,10 +87,12 @@ def y_axis(peak_micros: int, max_ticks: int = 4) -> tuple[int, list[str]]:
 
 
 def spend_chart(spend: DailySpend, *, width: int = WIDTH, height: int = HEIGHT,
-                max_ticks: int = 4, char_width: int = CHAR_WIDTH, day_step: int = 7) -> SpendChart:
+                max_ticks: int = 4, char_width: int = CHAR_WIDTH, day_step: int = 7,
+                period: str = "") -> SpendChart:
     """The chart drawn `width` x `height` (the phone variant is narrower, with fewer ticks and
     larger text: `char_width` is the px per character its axis labels need; a date under every
-    `day_step`th day, counted back from today)."""
+    `day_step`th day, counted back from today; `period` names the days for people, "the last
+    30 days" unless given)."""
     colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(spend.models)}
     day_totals = [sum(spend.micros.get((d, m), 0) for m in spend.models) for d in spend.days]
     top, y_labels = y_axis(max(day_totals, default=0), max_ticks)
@@ -92,6 +100,7 @@ def spend_chart(spend: DailySpend, *, width: int = WIDTH, height: int = HEIGHT,
     plot_w = width - pad_left - PAD_RIGHT
     plot_h = height - PAD_TOP - PAD_BOTTOM
     n = len(spend.days)
+    period = period or f"the last {n} days"
     slot = plot_w / n
     bar_w = max(2.0, slot * 0.7)
 
@@ -130,7 +139,7 @@ def spend_chart(spend: DailySpend, *, width: int = WIDTH, height: int = HEIGHT,
         for m in spend.models
     ]
     summary = (
-        f"Spend per day for the last {n} days: {money.display_usd(spend.total_micros)}"
+        f"Spend per day for {period}: {money.display_usd(spend.total_micros)}"
         " in total"
         + ("" if not legend else ", " + ", ".join(f"{m} {t}" for m, _c, t in legend))
         + "."
@@ -138,5 +147,5 @@ def spend_chart(spend: DailySpend, *, width: int = WIDTH, height: int = HEIGHT,
     return SpendChart(
         width=width, height=height, bars=bars, y_ticks=y_ticks, x_ticks=x_ticks, legend=legend,
         plot_left=pad_left, plot_right=width - PAD_RIGHT, empty=spend.total_micros == 0,
-        summary=summary,
+        summary=summary, period=period,
     )

@@ -3,7 +3,7 @@
 from django.utils import timezone
 
 from billing.labels import epoch_ms, minutes_seconds
-from credits.money import display_usd
+from credits.money import display_usd, headline_usd
 from credits.promotion.status import promotion_status
 
 
@@ -19,5 +19,7 @@ def web(request) -> dict:
         "promotion_deadline_ms": epoch_ms(promotion.deadline),
         "promotion_remaining_label": minutes_seconds(promotion.seconds_remaining),
         "server_now_ms": epoch_ms(now),
-        "nav_balance_display": display_usd(user.credit_balance),
+        "promotion_offer_display": display_usd(promotion.amount_micros, places=0),
+        # A headline: dollars and cents rounded down, never more than there is.
+        "nav_balance_display": headline_usd(user.credit_balance),
     }

@@ -83,6 +83,7 @@ def onboarding(request):
     first_token = user.first_token_at is not None
     state = _promotion_state(credits.promotion, first_token)
     buy_url = reverse("billing:buy")
+    window_seconds = (credits.promotion.deadline - user.date_joined).total_seconds()
     return render(request, "onboarding/onboarding.html", {
         "onboarding_config": {
             "state": state,
@@ -91,6 +92,7 @@ def onboarding(request):
             "creditsUrl": "/api/credits?page_size=5",
             "completionsUrl": "/v1/chat/completions",
             "buyUrl": buy_url,
+            "docsUrl": reverse("docs") + "#errors",
         },
         "credits": credits,
         "promotion_state": state,
@@ -102,11 +104,15 @@ def onboarding(request):
         "demo_model": demo_model,
         "has_key": ApiKey.objects.filter(user=user).exists(),
         "first_token": first_token,
-        "window_label": minutes_seconds(
-            (credits.promotion.deadline - user.date_joined).total_seconds()
-        ),
+        "window_label": minutes_seconds(window_seconds),
+        # The urgency bar shrinks from the whole window to nothing.
+        "window_ms": int(window_seconds * 1000),
         "offer_amount_display": money.display_usd(credits.promotion.amount_micros, places=0),
-        "balance_display": money.display_usd(credits.balance_micros),
+        # Headlines round down to the cent (never more than there is); the exact figure beside.
+        "balance_display": money.headline_usd(credits.balance_micros),
+        "balance_exact": money.display_usd(credits.balance_micros),
+        # Credit left after the offer ended (bought, granted): nothing to add, calls keep working.
+        "has_credit": credits.available_micros > 0,
         "buy_url": buy_url,
         "verification": verification.pending_verification(user=user),
     })

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Count, Max, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
+from billing.labels import date_label, datetime_label
 from credits import money
 from credits.models import EntryType, GrantKind, LedgerEntry
 from credits.notices import low_balance_threshold_micros
@@ -117,7 +118,7 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
           and not awaiting):
         alerts.append(Alert(
             "warn", "low_balance",
-            f"Low balance: {money.display_usd(credits.available_micros)} available.", "buy"))
+            f"Low balance: {money.headline_usd(credits.available_micros)} available.", "buy"))
     soon = now + dt.timedelta(days=EXPIRY_WARNING_DAYS)
     expiring = [g for g in usable if g.expires_at and g.expires_at <= soon]
     if expiring:
@@ -125,12 +126,12 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
         first = min(g.expires_at for g in expiring)
         alerts.append(Alert(
             "warn", "expiring",
-            f"{money.display_usd(amount)} of credit expires within {EXPIRY_WARNING_DAYS} days "
-            f"(first on {first:%b %-d, %H:%M} UTC). Use it before then.", ""))
+            f"{money.headline_usd(amount)} of credit expires within {EXPIRY_WARNING_DAYS} days "
+            f"(first on {datetime_label(first)}). Use it before then.", ""))
     if credits.promotion.eligible:
         alerts.append(Alert(
             "info", "promotion_offer",
-            f"{money.display_usd(credits.promotion.amount_micros)} free credit is waiting: "
+            f"{money.display_usd(credits.promotion.amount_micros, places=0)} free credit is waiting: "
             "generate your first token before the countdown ends.", "onboarding"))
     elif credits.promotional_micros - awaiting > 0:
         promo_expiry = min(
@@ -138,10 +139,10 @@ def dashboard_alerts(credits: UserCredits, *, now: dt.datetime | None = None) ->
              and not g.awaiting_verification),
             default=None,
         )
-        until = f" until {promo_expiry:%b %-d, %Y}" if promo_expiry else ""
+        until = f" until {date_label(promo_expiry)}" if promo_expiry else ""
         alerts.append(Alert(
             "success", "promotion_available",
-            f"You have {money.display_usd(credits.promotional_micros - awaiting)} of promotional "
+            f"You have {money.headline_usd(credits.promotional_micros - awaiting)} of promotional "
             f"credit to use{until}.", ""))
     return alerts
 
@@ -190,6 +191,59 @@ def history_entries(*, user: User, entry_type: str = "", every_entry: bool = Fal
     return qs.filter(entry_type__in=history_filter(entry_type).entry_types)
 
 
+USAGE_TYPES = (EntryType.USAGE, EntryType.CAPTURE)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One line of the money history: a ledger entry, or (calls > 0) one UTC day's usage."""
+
+    created_at: dt.datetime
+    entry_type: str
+    amount_micros: int
+    held_change_micros: int
+    balance_after_micros: int
+    description: str
+    calls: int = 0
+    day: dt.date | None = None
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> HistoryRow:
+        return cls(created_at=entry.created_at, entry_type=entry.entry_type,
+                   amount_micros=entry.amount_micros, held_change_micros=entry.held_change_micros,
+                   balance_after_micros=entry.balance_after_micros,
+                   description=entry.customer_description)
+
+
+def money_history(*, user: User, entry_type: str = "") -> list[HistoryRow] | QuerySet[LedgerEntry]:
+    """What the history shows, newest first. The default view keeps every movement of money in
+    and out (grants, purchases, refunds, expiry...) as its own row and sums usage to one row per
+    UTC day, so hundreds of micro-charges do not bury a grant; a filter lists entries one by one.
+    """
+    if entry_type:
+        return history_entries(user=user, entry_type=entry_type)
+    shown = [t for t in history_filter("").entry_types if t not in USAGE_TYPES]
+    rows = [HistoryRow.of(e) for e in LedgerEntry.objects.filter(user=user, entry_type__in=shown)]
+    days = list(
+        LedgerEntry.objects.filter(user=user, entry_type__in=USAGE_TYPES)
+        .annotate(day=TruncDate("created_at", tzinfo=dt.UTC)).values("day")
+        .annotate(total=Sum("amount_micros"), calls=Count("id"), last_id=Max("id"),
+                  last_at=Max("created_at"))
+        .order_by()
+    )
+    balance_after = dict(LedgerEntry.objects.filter(id__in=[d["last_id"] for d in days])
+                         .values_list("id", "balance_after_micros"))
+    for d in days:
+        rows.append(HistoryRow(
+            created_at=d["last_at"], entry_type=EntryType.USAGE, amount_micros=d["total"],
+            held_change_micros=0, balance_after_micros=balance_after[d["last_id"]],
+            description=f"{d['calls']:,} API call{'s' if d['calls'] != 1 else ''} on {date_label(d['day'])}",
+            calls=d["calls"], day=d["day"],
+        ))
+    rows.sort(key=lambda r: r.created_at, reverse=True)
+    return rows
+
+
 def entry_label(entry_type: str) -> str:
     """What people call an entry type: a metered call's capture is usage."""
     return ENTRY_LABELS.get(entry_type) or EntryType(entry_type).label
@@ -217,10 +271,22 @@ def daily_spend_by_model(
     """Cost of the user's calls per UTC day and model over the last `days` days (today included)."""
     now = now or timezone.now()
     today = now.astimezone(dt.UTC).date()
-    start = today - dt.timedelta(days=days - 1)
-    start_at = dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC)
+    return spend_between(user=user, start=today - dt.timedelta(days=days - 1), end=today)
+
+
+def _utc_range(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """The instants from `start`'s midnight to the midnight after `end` (UTC days, end included)."""
+    return (dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
+            dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC))
+
+
+def spend_between(*, user: User, start: dt.date, end: dt.date) -> DailySpend:
+    """Cost of the user's calls per UTC day and model, from `start` to `end` (both included)."""
+    days = (end - start).days + 1
+    start_at, end_at = _utc_range(start, end)
     rows = (
-        UsageRecord.objects.filter(user=user, started_at__gte=start_at, cost_micros__gt=0)
+        UsageRecord.objects.filter(user=user, started_at__gte=start_at, started_at__lt=end_at,
+                                   cost_micros__gt=0)
         .annotate(day=TruncDate("started_at", tzinfo=dt.UTC))
         .values("day", "model_id")
         .annotate(total=Sum("cost_micros"))
@@ -236,4 +302,74 @@ def daily_spend_by_model(
         models=sorted(per_model, key=lambda m: (-per_model[m], m)),
         micros=micros,
         total_micros=sum(per_model.values()),
+    )
+
+
+USAGE_GROUPS = {
+    "all": ("Day, model and key", ("day", "model", "key")),
+    "day": ("Day", ("day",)),
+    "model": ("Model", ("model",)),
+    "key": ("API key", ("key",)),
+}
+PLAYGROUND_KEY_LABEL = "Web playground"  # calls made signed in, without a key
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    day: dt.date | None
+    model_id: str
+    key_label: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    start: dt.date
+    end: dt.date
+    group: str
+    columns: tuple[str, ...]
+    rows: list[UsageRow]
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+
+
+def usage_report(*, user: User, start: dt.date, end: dt.date, group: str = "all") -> UsageReport:
+    """The user's calls from `start` to `end` (UTC days, both included), summed per the group's
+    columns (day, model, key), newest day first then the largest cost. Exact micro-dollars."""
+    columns = USAGE_GROUPS.get(group, USAGE_GROUPS["all"])[1]
+    start_at, end_at = _utc_range(start, end)
+    fields = {"day": "day", "model": "model_id", "key": "api_key_id"}
+    qs = (UsageRecord.objects.filter(user=user, started_at__gte=start_at, started_at__lt=end_at)
+          .annotate(day=TruncDate("started_at", tzinfo=dt.UTC))
+          .values(*[fields[c] for c in columns])
+          .annotate(requests=Count("id"), prompt=Sum("prompt_tokens"),
+                    completion=Sum("completion_tokens"), cost=Sum("cost_micros"))
+          .order_by())
+    keys = {k.pk: k for k in ApiKey.objects.filter(user=user)}
+
+    def key_label(key_id) -> str:
+        if key_id is None:
+            return PLAYGROUND_KEY_LABEL
+        key = keys.get(key_id)
+        return f"{key.name} ({key.masked})" if key else "A deleted key"
+
+    rows = [UsageRow(
+        day=r.get("day"), model_id=r.get("model_id", ""),
+        key_label=key_label(r["api_key_id"]) if "key" in columns else "",
+        requests=r["requests"], prompt_tokens=r["prompt"] or 0,
+        completion_tokens=r["completion"] or 0, cost_micros=r["cost"] or 0,
+    ) for r in qs]
+    rows.sort(key=lambda r: (-(r.day.toordinal() if r.day else 0), -r.cost_micros,
+                             r.model_id, r.key_label))
+    return UsageReport(
+        start=start, end=end, group=group if group in USAGE_GROUPS else "all", columns=columns,
+        rows=rows, requests=sum(r.requests for r in rows),
+        prompt_tokens=sum(r.prompt_tokens for r in rows),
+        completion_tokens=sum(r.completion_tokens for r in rows),
+        cost_micros=sum(r.cost_micros for r in rows),
     )

@@ -30,12 +30,15 @@ def dashboard(request):
     spend = selectors.daily_spend_by_model(user=user, now=now)
     history_filter = selectors.history_filter(request.GET.get("type", ""))
     entry_type = history_filter.value
-    page = Paginator(selectors.history_entries(user=user, entry_type=entry_type),
+    page = Paginator(selectors.money_history(user=user, entry_type=entry_type),
                      HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     new_key = request.session.pop(NEW_KEY_SECRET_KEY, None)
     return render(request, "billing/dashboard.html", {
         "credits": credits,
-        "balance": money.display_usd(credits.balance_micros),
+        # The hero is a headline (cents, rounded down); the exact figure sits beneath it.
+        "balance": money.headline_usd(credits.balance_micros),
+        "balance_exact": money.display_usd(credits.balance_micros),
+        "balance_is_rounded": credits.balance_micros % 10_000 != 0,
         "available": money.display_usd(credits.available_micros),
         "held": money.display_usd(credits.held_micros),
         "promotional": money.display_usd(credits.promotional_micros),
@@ -44,6 +47,7 @@ def dashboard(request):
         "verification": pending_verification(user=user, now=now),
         "grant_rows": [_grant_row(g, now) for g in credits.grants],
         "history_rows": [_entry_row(e) for e in page.object_list],
+        "history_summarized": not entry_type,
         "page": page,
         "entry_type": entry_type,
         "history_filters": selectors.HISTORY_FILTERS,
@@ -86,7 +90,7 @@ def history_csv(request):
                 e.created_at.isoformat(), e.entry_type, selectors.entry_label(e.entry_type),
                 money.format_usd(e.amount_micros),
                 money.format_usd(e.balance_after_micros), money.format_usd(e.held_change_micros),
-                e.description, e.reference, e.grant_id or "", e.pk,
+                e.customer_description, e.reference, e.grant_id or "", e.pk,
             ])
 
     suffix = f"-{entry_type.lower()}" if entry_type else ""
@@ -103,13 +107,19 @@ def signed_usd(micros: int) -> str:
 
 
 def _entry_row(entry) -> dict:
+    if not isinstance(entry, selectors.HistoryRow):
+        entry = selectors.HistoryRow.of(entry)
     amount = signed_usd(entry.amount_micros)
     if entry.amount_micros == 0 and entry.held_change_micros:
         amount = f"held {signed_usd(entry.held_change_micros)}"
     return {
+        "calls": entry.calls,
+        "day": entry.day,
         "created_at": entry.created_at,
         "type": entry.entry_type,
         "type_display": selectors.entry_label(entry.entry_type),
+        "type_query": urlencode({"start": entry.day.isoformat(), "end": entry.day.isoformat()})
+        if entry.day else "",
         "amount": amount,
         "positive": entry.amount_micros > 0,
         "balance_after": money.display_usd(entry.balance_after_micros),
@@ -133,7 +143,7 @@ def _grant_row(grant, now) -> dict:
         "expires_at": grant.expires_at,
         "expires_in": _days_label(grant.expires_at - now) if grant.expires_at else "",
         "state": state,
-        "description": grant.description,
+        "description": grant.customer_description,  # never a staff member's internal reason
     }
 
 

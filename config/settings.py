@@ -362,6 +362,8 @@ INFERENCE_BACKENDS = {
         "TIMEOUT_SECONDS": env.float("UPSTREAM_TIMEOUT_SECONDS", default=60),
     },
 }
+# How long a process reuses a model's deployments (inference.routing) before reading them again.
+UPSTREAM_ROUTES_CACHE_SECONDS = env.float("UPSTREAM_ROUTES_CACHE_SECONDS", default=10)
 # Bench only: False skips holds, charges, usage records and the promotion.
 INFERENCE_BILLING_ENABLED = env.bool("INFERENCE_BILLING_ENABLED", default=True)
 API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=120)  # per key; 0 = off

@@ -4,7 +4,7 @@ from django.views.defaults import server_error as html_server_error
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts.urls import auth_patterns
-from billing import onboarding
+from billing import onboarding, usage_views
 from inference.errors import api_not_found, api_server_error
 from inference.urls import api_urlpatterns, v1_urlpatterns
 
@@ -15,6 +15,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("accounts/", include("billing.onboarding_urls")),
     path("billing/", include("billing.urls")),
+    path("docs/", usage_views.api_docs, name="docs"),  # the hand-written API guide
     # The JSON API (inference issue): OpenAI-compatible under /v1, the rest under /api.
     path("v1/", include(v1_urlpatterns)),
     path("api/", include("accounts.api")),

@@ -37,6 +37,30 @@ def notice_for_spend(*, before_micros: int, after_micros: int) -> str | None:
     return None
 
 
+def staff_event(*, kind: str, amount_micros: int = 0) -> str | None:
+    """The notice a staff action of `kind` (a StaffActionKind value, or "CLAWBACK") sends the
+    customer; None for actions that move no credit."""
+    if kind == "ADJUST":
+        return (NotificationEvent.CREDIT_ADDED if amount_micros > 0
+                else NotificationEvent.CREDIT_REMOVED)
+    return {
+        "GRANT": NotificationEvent.CREDIT_ADDED,
+        "REFUND": NotificationEvent.CREDIT_REFUNDED,
+        "VOID": NotificationEvent.CREDIT_REMOVED,
+        "CLAWBACK": NotificationEvent.CREDIT_REMOVED,
+        "CHANGE_EXPIRY": NotificationEvent.EXPIRY_CHANGED,
+        "EXPIRE_NOW": NotificationEvent.EXPIRY_CHANGED,
+    }.get(kind)
+
+
+def enqueue_staff_notice(*, user_id: int, kind: str, amount_micros: int = 0) -> None:
+    """Queue the customer's notice of a staff change (after the commit; a dry run rolled
+    back queues nothing)."""
+    event = staff_event(kind=kind, amount_micros=amount_micros)
+    if event is not None:
+        enqueue_notice(user_id=user_id, event=event)
+
+
 def enqueue_notice(*, user_id: int, event: str) -> None:
     """Queue `event` for the user once the transaction commits. If the broker is down it is
     logged and dropped: the periodic catch-up (credits.notifications.catch_up) sends it."""

@@ -1,7 +1,9 @@
 """Telling users about their credit: what to send, when, and at most once.
 
 Events: the first-token promotion was granted, credit expires soon, credit
-expired, the balance fell below LOW_BALANCE_THRESHOLD_USD, the balance is used up.
+expired, the balance fell below LOW_BALANCE_THRESHOLD_USD, the balance is used up;
+and a staff member added, refunded or removed credit or changed an expiry (STAFF_EVENTS:
+one notice per ledger operation, saying the customer note, never the internal reason).
 
 - The ledger queues events through `credits.notices` inside its transaction: only an
   enqueue scheduled for after the commit (no query, nothing sent if the transaction
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
-from django.db.models import CharField, Exists, F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import Case, CharField, Exists, F, OuterRef, Q, Subquery, Sum, Value, When
 from django.db.models.functions import Cast, Concat
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
@@ -48,6 +50,10 @@ _TEMPLATES = {
     NotificationEvent.CREDITS_EXPIRED: "credits_expired",
     NotificationEvent.LOW_BALANCE: "low_balance",
     NotificationEvent.BALANCE_EXHAUSTED: "balance_exhausted",
+    NotificationEvent.CREDIT_ADDED: "account_changed",
+    NotificationEvent.CREDIT_REFUNDED: "account_changed",
+    NotificationEvent.CREDIT_REMOVED: "account_changed",
+    NotificationEvent.EXPIRY_CHANGED: "account_changed",
 }
 _SUBJECTS = {
     NotificationEvent.PROMOTION_GRANTED: "You earned {amount} of free TokenBank credit",
@@ -55,6 +61,10 @@ _SUBJECTS = {
     NotificationEvent.CREDITS_EXPIRED: "{amount} of your TokenBank credit expired",
     NotificationEvent.LOW_BALANCE: "Your TokenBank balance is low: {balance}",
     NotificationEvent.BALANCE_EXHAUSTED: "Your TokenBank balance is used up",
+    NotificationEvent.CREDIT_ADDED: "{amount} of credit was added to your TokenBank account",
+    NotificationEvent.CREDIT_REFUNDED: "You received a {amount} refund from TokenBank",
+    NotificationEvent.CREDIT_REMOVED: "{amount} of credit was removed from your TokenBank account",
+    NotificationEvent.EXPIRY_CHANGED: "The expiry of your TokenBank credit changed",
 }
 _SUMMARIES = {
     NotificationEvent.PROMOTION_GRANTED: (
@@ -70,7 +80,30 @@ _SUMMARIES = {
     NotificationEvent.BALANCE_EXHAUSTED: (
         "Your balance is $0.00: API calls are refused until you add credit."
     ),
+    NotificationEvent.CREDIT_ADDED: "{note}: {amount} was added to your balance{until}.",
+    NotificationEvent.CREDIT_REFUNDED: "{note}: {amount} was refunded to your balance.",
+    NotificationEvent.CREDIT_REMOVED: "{note}: {amount} was removed from your balance.",
+    NotificationEvent.EXPIRY_CHANGED: "{note}: {change}",
 }
+
+# Staff changes: the entry types each notice is about (entries of a staff member: an actor
+# and an internal reason), one notice per ledger operation (its key).
+STAFF_EVENTS = {
+    NotificationEvent.CREDIT_ADDED: Q(entry_type=EntryType.GRANT, amount_micros__gt=0),
+    NotificationEvent.CREDIT_REFUNDED: Q(entry_type=EntryType.REFUND, amount_micros__gt=0),
+    NotificationEvent.CREDIT_REMOVED: Q(entry_type__in=[EntryType.VOID, EntryType.ADJUSTMENT,
+                                                        EntryType.REFUND], amount_micros__lt=0),
+    NotificationEvent.EXPIRY_CHANGED: Q(entry_type=EntryType.EXPIRY_CHANGE),
+}
+# The entry types the catch-up looks at for expiries and staff changes (not usage).
+_CAUGHT_UP_TYPES = [EntryType.EXPIRY, EntryType.GRANT, EntryType.REFUND, EntryType.VOID,
+                    EntryType.ADJUSTMENT, EntryType.EXPIRY_CHANGE]
+# A staff expiry change's own EXPIRY entries are told by EXPIRY_CHANGED, not CREDITS_EXPIRED.
+_STAFF_EXPIRY_OPERATION = "expiry-change:"
+# Notices about a grant that a later staff notice on that grant makes untrue ("$20 is usable").
+_SUPERSEDABLE = [NotificationEvent.PROMOTION_GRANTED, NotificationEvent.CREDITS_EXPIRING,
+                 NotificationEvent.CREDIT_ADDED, NotificationEvent.EXPIRY_CHANGED]
+_SUPERSEDING = [NotificationEvent.CREDIT_REMOVED, NotificationEvent.EXPIRY_CHANGED]
 
 
 # --- deciding and sending ---------------------------------------------------------
@@ -117,6 +150,7 @@ def _expired(user: User, now: dt.datetime) -> list[_Occurrence]:
     since = now - dt.timedelta(hours=settings.NOTIFICATION_CATCH_UP_HOURS)
     rows = (
         LedgerEntry.objects.filter(user=user, entry_type=EntryType.EXPIRY, created_at__gte=since)
+        .exclude(operation_key__startswith=_STAFF_EXPIRY_OPERATION)
         .order_by("grant_id")
         .values("grant_id")
         .annotate(total=Sum("amount_micros"))
@@ -155,12 +189,55 @@ def _exhausted(user: User, now: dt.datetime) -> list[_Occurrence]:
     return [_Occurrence(key=_funding_episode(user), context={"balance": money.display_usd(0)})]
 
 
+def _staff_entries():
+    """Entries a staff member wrote since internal reasons were split from customer notes."""
+    return LedgerEntry.objects.filter(actor__isnull=False).exclude(internal_reason="")
+
+
+def _staff_changes(event: NotificationEvent):
+    def occurrences(user: User, now: dt.datetime) -> list[_Occurrence]:
+        since = now - dt.timedelta(hours=settings.NOTIFICATION_CATCH_UP_HOURS)
+        entries = list(_staff_entries().filter(STAFF_EVENTS[event], user=user,
+                                               created_at__gte=since)
+                       .select_related("grant").order_by("id"))
+        by_operation: dict[str, list[LedgerEntry]] = {}
+        for entry in entries:
+            by_operation.setdefault(entry.operation_key, []).append(entry)
+        return [_staff_occurrence(event, key, group, now) for key, group in by_operation.items()]
+
+    return occurrences
+
+
+def _staff_occurrence(event: NotificationEvent, key: str, entries: list[LedgerEntry],
+                      now: dt.datetime) -> _Occurrence:
+    first = entries[0]
+    grant = first.grant
+    amount = abs(sum(e.amount_micros for e in entries))
+    context = {"amount": money.display_usd(amount), "note": first.description,
+               "kind": grant.get_kind_display().lower() if grant else "", "until": "",
+               "expires": _when(grant.expires_at if grant else None)}
+    if event == NotificationEvent.CREDIT_ADDED and grant is not None and grant.expires_at:
+        context["until"] = f", usable until {_when(grant.expires_at)}"
+    if event == NotificationEvent.EXPIRY_CHANGED and grant is not None:
+        expired = -sum(e.amount_micros for e in LedgerEntry.objects.filter(
+            operation_key=key, user_id=first.user_id, entry_type=EntryType.EXPIRY))
+        if grant.expires_at is not None and grant.expires_at <= first.created_at:
+            context["change"] = (f"{money.display_usd(expired)} of {context['kind']} credit "
+                                 f"expired on {_when(grant.expires_at)}.")
+        else:
+            when = "never" if grant.expires_at is None else f"on {_when(grant.expires_at)}"
+            context["change"] = (f"your {context['kind']} credit of "
+                                 f"{money.display_usd(grant.amount_micros)} now expires {when}.")
+    return _Occurrence(key=key, grant=grant, context=context)
+
+
 _OCCURRENCES = {
     NotificationEvent.PROMOTION_GRANTED: _promotion_granted,
     NotificationEvent.CREDITS_EXPIRING: _expiring,
     NotificationEvent.CREDITS_EXPIRED: _expired,
     NotificationEvent.LOW_BALANCE: _low_balance,
     NotificationEvent.BALANCE_EXHAUSTED: _exhausted,
+    **{event: _staff_changes(event) for event in STAFF_EVENTS},
 }
 
 
@@ -274,18 +351,33 @@ def catch_up(*, now: dt.datetime | None = None) -> int:
     sent += _notify_each(promoted.values_list("user_id", flat=True),
                          NotificationEvent.PROMOTION_GRANTED, now)
 
-    expiry_told = Notification.objects.filter(
-        user_id=OuterRef("user_id"), event=NotificationEvent.CREDITS_EXPIRED,
-        key=OuterRef("notice_key"),
+    # Expired credit and staff changes: one query over the entries since `since` (a notice
+    # kind and key per entry; those whose notice exists are left out).
+    natural_expiry = Q(entry_type=EntryType.EXPIRY) & ~Q(
+        operation_key__startswith=_STAFF_EXPIRY_OPERATION)
+    by_staff = Q(actor__isnull=False) & ~Q(internal_reason="")
+    notice = Case(
+        When(natural_expiry, then=Value(NotificationEvent.CREDITS_EXPIRED.value)),
+        *[When(by_staff & entries, then=Value(event.value))
+          for event, entries in STAFF_EVENTS.items()],
+        default=None, output_field=CharField())
+    notice_key = Case(
+        When(natural_expiry, then=Concat(Value("grant:"),
+                                         Cast("grant_id", output_field=CharField()))),
+        default=F("operation_key"), output_field=CharField())
+    told = Notification.objects.filter(user_id=OuterRef("user_id"), event=OuterRef("notice"),
+                                       key=OuterRef("notice_key"))
+    pending = (
+        LedgerEntry.objects.filter(created_at__gte=since, entry_type__in=_CAUGHT_UP_TYPES)
+        .annotate(notice=notice, notice_key=notice_key)
+        .filter(notice__isnull=False).filter(~Exists(told))
+        .order_by().values_list("notice", "user_id").distinct()
     )
-    expired = (
-        LedgerEntry.objects.filter(entry_type=EntryType.EXPIRY, created_at__gte=since)
-        .annotate(notice_key=Concat(Value("grant:"), Cast("grant_id", output_field=CharField())))
-        .filter(~Exists(expiry_told))
-        .order_by()
-        .values_list("user_id", flat=True)
-    )
-    sent += _notify_each(expired, NotificationEvent.CREDITS_EXPIRED, now)
+    users_by_event: dict[str, list[int]] = {}
+    for event, user_id in pending:
+        users_by_event.setdefault(event, []).append(user_id)
+    for event in [NotificationEvent.CREDITS_EXPIRED, *STAFF_EVENTS]:
+        sent += _notify_each(users_by_event.get(event, []), event, now)
 
     spent_recently = LedgerEntry.objects.filter(
         user_id=OuterRef("pk"), entry_type__in=SPENDING_ENTRY_TYPES, amount_micros__lt=0,
@@ -315,5 +407,14 @@ def catch_up(*, now: dt.datetime | None = None) -> int:
 
 def recent_notifications(*, user: User, limit: int = 10) -> list[Notification]:
     """The user's latest notifications, newest first (subject, summary, created_at,
-    event and get_event_display(), emailed_at)."""
-    return list(Notification.objects.filter(user=user).order_by("-created_at", "-id")[:limit])
+    event and get_event_display(), emailed_at). A notice a later staff change made untrue
+    is left out: once a grant was voided or re-dated, "$20 is usable until ..." no longer
+    stands (the notice of the change says what happened)."""
+    superseded = Notification.objects.filter(
+        user_id=OuterRef("user_id"), grant_id=OuterRef("grant_id"), event__in=_SUPERSEDING,
+        id__gt=OuterRef("id"))
+    return list(
+        Notification.objects.filter(user=user)
+        .exclude(Q(event__in=_SUPERSEDABLE, grant__voided_at__isnull=False)
+                 | Q(event__in=_SUPERSEDABLE, grant__isnull=False) & Exists(superseded))
+        .order_by("-created_at", "-id")[:limit])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import User
@@ -61,6 +61,56 @@ def get_user_credits(*, user: User, now: dt.datetime | None = None) -> UserCredi
         promotion=promotion_status(user, now=now),
         next_expiry=min(expiries) if expiries else None,
     )
+
+
+@dataclass(frozen=True)
+class AccountFigures:
+    balance_micros: int
+    available_micros: int  # what a debit could draw now (usable, spendable, not held)
+
+
+def account_figures(*, user_id: int, now: dt.datetime | None = None) -> AccountFigures:
+    """The balance and what is available now, as `get_user_credits` counts them (two
+    queries)."""
+    now = now or timezone.now()
+    balance = (CreditAccount.objects.filter(user_id=user_id)
+               .values_list("balance_micros", flat=True).first() or 0)
+    grants = CreditGrant.objects.filter(user_id=user_id, remaining_micros__gt=0,
+                                        voided_at__isnull=True)
+    available = sum(g.free_micros for g in grants if g.is_spendable_at(now))
+    return AccountFigures(balance_micros=balance, available_micros=available)
+
+
+@dataclass(frozen=True)
+class RecentCall:
+    """A call the ledger charged a user for, and what can still be refunded of it."""
+
+    request_id: str
+    at: dt.datetime
+    charged_micros: int
+    refunded_micros: int
+
+    @property
+    def refundable_micros(self) -> int:
+        return max(0, self.charged_micros - self.refunded_micros)
+
+
+def recent_charged_calls(*, user_id: int, limit: int = 20) -> list[RecentCall]:
+    """The user's latest charged calls (captures and direct debits naming a request id),
+    newest first, with what was already refunded for each (REFUND grants naming it)."""
+    rows = list(
+        LedgerEntry.objects.filter(user_id=user_id,
+                                   entry_type__in=[EntryType.CAPTURE, EntryType.USAGE])
+        .exclude(reference="").order_by().values("reference")
+        .annotate(charged=Sum("amount_micros"), at=Max("created_at"))
+        .order_by("-at")[:limit])
+    refunded = dict(
+        CreditGrant.objects.filter(user_id=user_id, kind=GrantKind.REFUND,
+                                   source_reference__in=[r["reference"] for r in rows])
+        .order_by().values("source_reference").annotate(total=Sum("amount_micros"))
+        .values_list("source_reference", "total"))
+    return [RecentCall(request_id=r["reference"], at=r["at"], charged_micros=-r["charged"],
+                       refunded_micros=refunded.get(r["reference"], 0)) for r in rows]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ class EntrySerializer(serializers.ModelSerializer):
     amount = serializers.SerializerMethodField()
     held_change = serializers.SerializerMethodField()
     balance_after = serializers.SerializerMethodField()
+    # What the customer may read: never a staff member's internal reason.
+    description = serializers.CharField(source="customer_description", read_only=True)
 
     class Meta:
         model = LedgerEntry

@@ -23,6 +23,12 @@ Idempotency: applying uses the key `staff-action:<id>`, so an action credits onc
 submission may carry an idempotency key (the confirmation page's one-time token) and a
 second submission with the same key returns the first one's actions instead of acting again.
 
+Every action has a required internal `reason` (staff and the audit only: the StaffAction and
+the entries' `internal_reason`) and an optional `customer_note`, the only text the customer
+reads (the grant's note, the history line, the notification); empty, the kind's default
+(CUSTOMER_NOTE_DEFAULTS). The customer is told of grants, refunds, adjustments, voids and
+expiry changes by credits.notifications (STAFF_EVENTS), queued after the commit.
+
 Refusals raise a credits.exceptions error (ActionNotAllowed for permissions, limits and
 approval rules) with nothing written.
 """
@@ -40,7 +46,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, User
 from accounts.services import revoke_api_key
-from credits import money, services
+from credits import money, notices, services
 from credits.exceptions import CreditError, GrantNotActive, IdempotencyConflict, InvalidAmount
 from credits.models import (
     CreditGrant,
@@ -52,7 +58,7 @@ from credits.models import (
     StaffActionKind,
     StaffActionStatus,
 )
-from credits.selectors import call_charge, call_refunded_micros
+from credits.selectors import account_figures, call_charge, call_refunded_micros
 from credits.services.locks import lock_account
 
 
@@ -82,6 +88,28 @@ UNLIMITED_PERMISSION = "credits.exceed_support_limit"
 LIMITED_KINDS = {StaffActionKind.GRANT, StaffActionKind.REFUND, StaffActionKind.ADJUST}
 STAFF_GRANT_KINDS = [GrantKind.ADJUSTMENT, GrantKind.PROMOTIONAL, GrantKind.PURCHASED,
                      GrantKind.REFERRAL]
+
+
+# What the customer reads when the staff member wrote no customer note.
+CUSTOMER_NOTE_DEFAULTS = {
+    StaffActionKind.GRANT: "Credit from TokenBank support",
+    StaffActionKind.ADJUST: "Balance adjustment by TokenBank support",
+    StaffActionKind.REFUND: "Refund from TokenBank support",
+    StaffActionKind.VOID: "Credit removed by TokenBank support",
+    StaffActionKind.CHANGE_EXPIRY: "Expiry date changed by TokenBank support",
+    StaffActionKind.EXPIRE_NOW: "Credit expired early by TokenBank support",
+    StaffActionKind.REVOKE_KEYS: "API keys revoked by TokenBank support",
+}
+
+
+def customer_note_for(action: StaffAction) -> str:
+    """The note the customer reads for `action`: the staff member's, else the kind's default
+    (negative adjustments read as a correction)."""
+    if action.customer_note:
+        return action.customer_note
+    if action.kind == StaffActionKind.ADJUST and (action.amount_micros or 0) < 0:
+        return "Balance correction by TokenBank support"
+    return CUSTOMER_NOTE_DEFAULTS[StaffActionKind(action.kind)]
 
 
 def approval_threshold_micros() -> int:
@@ -180,29 +208,33 @@ def _approval_reason(action: StaffAction, staff: User) -> str:
 
 def grant_credit(*, staff: User, user: User, amount_micros: int, reason: str,
                  kind: str = GrantKind.ADJUSTMENT, expires_at: dt.datetime | None = None,
-                 now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
+                 now: dt.datetime | None = None, idempotency_key: str = "",
+                 customer_note: str = "") -> StaffAction:
     """Grant credit of `kind` (expiry optional: default per kind)."""
     _require_positive(amount_micros)
     if kind not in GrantKind.values or kind == GrantKind.REFUND:
         raise InvalidAmount(f"Staff cannot grant credit of kind {kind!r}; refunds are separate.")
     return _submit(StaffAction(kind=StaffActionKind.GRANT, user=user, amount_micros=amount_micros,
-                               grant_kind=kind, expires_at=expires_at, reason=reason),
+                               grant_kind=kind, expires_at=expires_at, reason=reason,
+                               customer_note=customer_note),
                    staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def adjust_balance(*, staff: User, user: User, amount_micros: int, reason: str,
-                   now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
+                   now: dt.datetime | None = None, idempotency_key: str = "",
+                   customer_note: str = "") -> StaffAction:
     """Add (positive) or take away (negative, never below zero) credit."""
     if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or not amount_micros:
         raise InvalidAmount("An adjustment is a non-zero amount.")
     return _submit(StaffAction(kind=StaffActionKind.ADJUST, user=user,
-                               amount_micros=amount_micros, reason=reason),
+                               amount_micros=amount_micros, reason=reason,
+                               customer_note=customer_note),
                    staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def refund_credit(*, staff: User, user: User, amount_micros: int, reason: str,
                   usage_reference: str = "", now: dt.datetime | None = None,
-                  idempotency_key: str = "") -> StaffAction:
+                  idempotency_key: str = "", customer_note: str = "") -> StaffAction:
     """Give credit back as a REFUND grant (a REFUND entry), optionally naming the call (its
     request id), which must be one this user was charged for in the ledger; then at most
     that call's charge less what was already refunded for it is given back (InvalidAmount)."""
@@ -214,37 +246,41 @@ def refund_credit(*, staff: User, user: User, amount_micros: int, reason: str,
             raise InvalidAmount(f"{user} has no usage record with request id {usage_reference!r}.")
     return _submit(StaffAction(kind=StaffActionKind.REFUND, user=user,
                                amount_micros=amount_micros, grant_kind=GrantKind.REFUND,
-                               usage_reference=usage_reference, reason=reason),
+                               usage_reference=usage_reference, reason=reason,
+                               customer_note=customer_note),
                    staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def void_rest_of_grant(*, staff: User, grant: CreditGrant, reason: str,
-                       now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
+                       now: dt.datetime | None = None, idempotency_key: str = "",
+                       customer_note: str = "") -> StaffAction:
     """Void what is left of one grant (credit held by a call is voided when it settles).
     Raises GrantNotActive for a voided grant; audited, permission-checked like every action."""
     if grant.voided_at is not None:
         raise GrantNotActive(f"Grant #{grant.pk} was already voided.")
     return _submit(StaffAction(kind=StaffActionKind.VOID, user_id=grant.user_id,
-                               target_grant=grant, reason=reason),
+                               target_grant=grant, reason=reason, customer_note=customer_note),
                    staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def change_expiry(*, staff: User, grant: CreditGrant, expires_at: dt.datetime | None,
                   reason: str, now: dt.datetime | None = None,
-                  idempotency_key: str = "") -> StaffAction:
+                  idempotency_key: str = "", customer_note: str = "") -> StaffAction:
     """Move a grant's expiry (None: never). A past expiry is refused: use expire_now."""
     if expires_at is not None and expires_at <= (now or timezone.now()):
         raise InvalidAmount("The new expiry must be in the future (or use 'expire now').")
     return _submit(StaffAction(kind=StaffActionKind.CHANGE_EXPIRY, user_id=grant.user_id,
-                               target_grant=grant, expires_at=expires_at, reason=reason),
+                               target_grant=grant, expires_at=expires_at, reason=reason,
+                               customer_note=customer_note),
                    staff=staff, now=now, idempotency_key=idempotency_key)
 
 
 def expire_now(*, staff: User, grant: CreditGrant, reason: str,
-               now: dt.datetime | None = None, idempotency_key: str = "") -> StaffAction:
+               now: dt.datetime | None = None, idempotency_key: str = "",
+               customer_note: str = "") -> StaffAction:
     """Expire a grant's unheld remainder at once (an EXPIRY entry); audited."""
     return _submit(StaffAction(kind=StaffActionKind.EXPIRE_NOW, user_id=grant.user_id,
-                               target_grant=grant, reason=reason),
+                               target_grant=grant, reason=reason, customer_note=customer_note),
                    staff=staff, now=now, idempotency_key=idempotency_key)
 
 
@@ -321,6 +357,97 @@ def _submitted_with(staff: User, idempotency_key: str) -> list[StaffAction]:
     return list(StaffAction.objects.filter(requested_by=staff,
                                            idempotency_key__startswith=f"{idempotency_key}:")
                 .select_related("user", "decision").order_by("pk"))
+
+
+# --- the confirmation page's preview -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountEffect:
+    """What a (bulk) action does to one account, as the confirmation page shows it:
+    balance and available before and after it is applied (after the approval, when it waits
+    for one), why it waits ('' when it applies at confirmation), and the expiry of each grant
+    it creates (None: never)."""
+
+    user: User
+    balance_before_micros: int
+    available_before_micros: int
+    balance_after_micros: int
+    available_after_micros: int
+    waits_for: str = ""
+    results: tuple[str, ...] = ()
+    grant_expiries: tuple[dt.datetime | None, ...] = ()
+
+    @property
+    def waits(self) -> bool:
+        return bool(self.waits_for)
+
+
+class _Rollback(Exception):
+    pass
+
+
+def preview(items: Iterable, do: Callable[..., StaffAction | list[StaffAction]], *,
+            target: str = "user", **kwargs) -> list[AccountEffect]:
+    """Run `for_each(items, do, ...)` with every check of the real submission, apply what
+    would wait for an approver too, read each account before and after, and roll it all
+    back: nothing is written. Raises what the submission would raise (a CreditError)."""
+    now = kwargs.setdefault("now", timezone.now())
+    effects: list[AccountEffect] = []
+    try:
+        with transaction.atomic():
+            items = list(items)
+            user_ids = sorted({_user_id_of(item, target) for item in items})
+            before = {uid: account_figures(user_id=uid, now=now) for uid in user_ids}
+            actions = for_each(items, do, target=target, **kwargs)
+            results: dict[int, list[str]] = {uid: [] for uid in user_ids}
+            expiries: dict[int, list] = {uid: [] for uid in user_ids}
+            waits: dict[int, str] = {}
+            for action in actions:
+                decision = action.decided
+                if decision is None:  # waits for an approver: see what approving will do
+                    waits[action.user_id] = action.approval_reason
+                    outcome = _apply(action, now=now)
+                    result, grant = outcome.result, outcome.grant
+                else:
+                    result, grant = decision.result, decision.grant
+                results[action.user_id].append(result)
+                if grant is not None:
+                    expiries[action.user_id].append(grant.expires_at)
+            users = User.objects.in_bulk(user_ids)
+            for uid in user_ids:
+                after = account_figures(user_id=uid, now=now)
+                effects.append(AccountEffect(
+                    user=users[uid], balance_before_micros=before[uid].balance_micros,
+                    available_before_micros=before[uid].available_micros,
+                    balance_after_micros=after.balance_micros,
+                    available_after_micros=after.available_micros,
+                    waits_for=waits.get(uid, ""), results=tuple(results[uid]),
+                    grant_expiries=tuple(expiries[uid])))
+            raise _Rollback
+    except _Rollback:
+        pass
+    return effects
+
+
+def _user_id_of(item, target: str) -> int:
+    return item.pk if target == "user" else item.user_id
+
+
+def may_decide(*, action: StaffAction, staff: User) -> str:
+    """Why `staff` may not approve `action` ('' when they may): the page offers only what
+    they can do."""
+    if action.decided is not None:
+        return f"It is already {action.decided.outcome.lower()}."
+    if action.requested_by_id == staff.pk:
+        return "You asked for it: a second staff member must approve it."
+    if action.user_id == staff.pk:
+        return "It is on your own account: another staff member must approve it."
+    try:
+        _check_allowed(staff, action.kind, action.amount_micros)
+    except ActionNotAllowed as exc:
+        return str(exc)
+    return ""
 
 
 # --- four-eyes -----------------------------------------------------------------------
@@ -417,6 +544,7 @@ def _submit(action: StaffAction, *, staff: User, now: dt.datetime | None,
     action.reason = (action.reason or "").strip()[:255]
     if not action.reason:
         raise InvalidAmount("A reason is required.")
+    action.customer_note = (action.customer_note or "").strip()[:255]
     _check_allowed(staff, action.kind, action.amount_micros)
     action.requested_by = staff
     action.requested_at = now
@@ -463,6 +591,11 @@ def _apply(action: StaffAction, *, now: dt.datetime) -> _Outcome:
     key = f"staff-action:{action.pk}"
     actor = action.requested_by
     kind = action.kind
+    note = customer_note_for(action)  # what the customer reads; the reason stays internal
+    internal = action.reason
+    if kind != StaffActionKind.REVOKE_KEYS:
+        notices.enqueue_staff_notice(user_id=action.user_id, kind=kind,
+                                     amount_micros=action.amount_micros or 0)
     if kind in (StaffActionKind.GRANT, StaffActionKind.REFUND):
         extra = {"expires_at": action.expires_at} if action.expires_at else {}
         with transaction.atomic():
@@ -470,15 +603,15 @@ def _apply(action: StaffAction, *, now: dt.datetime) -> _Outcome:
                 _check_call_refundable(action)
             grant = services.add_credit(
                 user=action.user_id, amount_micros=action.amount_micros, kind=action.grant_kind,
-                description=action.reason, actor=actor, idempotency_key=key,
+                description=note, internal_reason=internal, actor=actor, idempotency_key=key,
                 source_reference=action.usage_reference or key, now=now, **extra,
             )
         return _Outcome(f"Granted {money.display_usd(grant.amount_micros)} "
                         f"{grant.get_kind_display().lower()} credit (grant #{grant.pk}).", grant)
     if kind == StaffActionKind.ADJUST:
         outcome = services.adjust_credit(
-            user=action.user_id, amount_micros=action.amount_micros, reason=action.reason,
-            actor=actor, idempotency_key=key, now=now,
+            user=action.user_id, amount_micros=action.amount_micros, reason=note,
+            internal_reason=internal, actor=actor, idempotency_key=key, now=now,
         )
         if isinstance(outcome, CreditGrant):
             return _Outcome(f"Added {money.display_usd(outcome.amount_micros)} "
@@ -487,14 +620,15 @@ def _apply(action: StaffAction, *, now: dt.datetime) -> _Outcome:
                         f"{money.display_usd(outcome.balance_micros)}.")
     grant_id = action.target_grant_id
     if kind == StaffActionKind.VOID:
-        services.void_grant(grant=grant_id, reason=action.reason, actor=actor, now=now)
+        services.void_grant(grant=grant_id, reason=note, internal_reason=internal, actor=actor,
+                            now=now)
         voided = _moved(grant_id, EntryType.VOID, f"void:{grant_id}")
         return _Outcome(f"Voided {money.display_usd(voided)} of grant #{grant_id}.")
     if kind in (StaffActionKind.CHANGE_EXPIRY, StaffActionKind.EXPIRE_NOW):
         new_expiry = action.expires_at if kind == StaffActionKind.CHANGE_EXPIRY else now
         before = _moved(grant_id, EntryType.EXPIRY)
-        services.change_grant_expiry(grant=grant_id, expires_at=new_expiry,
-                                     reason=action.reason, actor=actor, now=now)
+        services.change_grant_expiry(grant=grant_id, expires_at=new_expiry, reason=note,
+                                     internal_reason=internal, actor=actor, now=now)
         expired = _moved(grant_id, EntryType.EXPIRY) - before
         if kind == StaffActionKind.EXPIRE_NOW:
             return _Outcome(f"Expired {money.display_usd(expired)} of grant #{grant_id}.")

@@ -21,15 +21,16 @@ from rest_framework.response import Response
 
 from accounts.rest import JsonAPIView
 from accounts.throttles import ApiKeyRateThrottle
-from credits.money import format_usd
+from credits.money import TOKEN_CLASSES, format_usd
 from inference import idempotency, services
-from inference.backends import Prompt
+from inference.backends import Prompt, Relay
 from inference.errors import error_body, exception_handler
 from inference.exceptions import InferenceError
 from inference.models import AiModel
 from inference.serializers import (
     ChatCompletionRequestSerializer,
     CompletionRequestSerializer,
+    EmbeddingRequestSerializer,
     InferenceRequestSerializer,
 )
 
@@ -65,6 +66,7 @@ class ModelListView(JsonAPIView):
                 "pricing": {
                     "input_per_million": format_usd(price.input_price_per_million_micros),
                     "output_per_million": format_usd(price.output_price_per_million_micros),
+                    **_class_pricing(price),
                     "currency": "USD",
                 },
             })
@@ -79,6 +81,14 @@ class Begun:
     call: services.MeteredCall | None = None
     record: object = None  # the claimed Idempotency-Key, if any
     replay: object = None
+
+
+def _class_pricing(price) -> dict:
+    """The other token classes' prices (defaults resolved)."""
+    prices = price.token_prices()
+    return {"cached_input_per_million": format_usd(prices.cached_input),
+            "cache_write_per_million": format_usd(prices.cache_write),
+            "reasoning_per_million": format_usd(prices.reasoning)}
 
 
 class _MeteredView(JsonAPIView):
@@ -143,7 +153,8 @@ class _MeteredView(JsonAPIView):
                 user=request.user, api_key=_api_key(request),
                 model_id=data["model"], prompt=self.build_prompt(data),
                 max_tokens=data.get("max_tokens"), endpoint=self.endpoint, streamed=stream,
-                options=data, request_id=request_id,
+                # The request as sent: every field goes through to the upstream.
+                options=request.data, request_id=request_id,
             )
             if stream and call.billed:
                 call.balance_micros()  # for the headers, on this step's connection
@@ -200,11 +211,10 @@ class _MeteredView(JsonAPIView):
         return body, headers
 
     def usage(self, call) -> dict:
-        prompt_tokens = call.charged_prompt_tokens
-        completion_tokens = call.completion_tokens
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "cost": format_usd(call.cost_micros)}
+        """OpenAI's usage object (the upstream's, details and all, when it sent one) with
+        what the call cost: `cost` and `cost_details` by token class; `estimated` when the
+        upstream sent no usage and our counter's numbers were charged."""
+        return usage_json(call)
 
     async def stream_response(self, call, data, created) -> StreamingHttpResponse:
         tokens = call.atokens(self.run)
@@ -247,22 +257,29 @@ class _MeteredView(JsonAPIView):
         def chunk(choice: dict) -> bytes:
             return _sse({**base, "choices": [choice]})
 
-        # A token's chunk differs from the next only in its text: encode the rest once.
-        marker = json.dumps(_PIECE).encode()
-        head, found, tail = chunk(self.stream_choice(_PIECE)).partition(marker)
-
-        def token_chunk(piece: str) -> bytes:
-            if not found:
-                return chunk(self.stream_choice(piece))
-            return head + json.dumps(piece).encode() + tail
-
-        for choice in self.opening_choices():
-            yield chunk(choice)
-        if first is not None:
-            yield token_chunk(first)
+        if first.__class__ is Relay:
+            # Pass-through: the upstream's chunks as it sent them (tool calls, logprobs,
+            # refusals, every choice), under this call's id and model.
+            yield _relayed(first, base)
             async for piece in tokens:
-                yield token_chunk(piece)
-        yield chunk(self.stream_choice(None, call.finish_reason or "stop"))
+                yield _relayed(piece, base)
+        else:
+            # A token's chunk differs from the next only in its text: encode the rest once.
+            marker = json.dumps(_PIECE).encode()
+            head, found, tail = chunk(self.stream_choice(_PIECE)).partition(marker)
+
+            def token_chunk(piece: str) -> bytes:
+                if not found:
+                    return chunk(self.stream_choice(piece))
+                return head + json.dumps(piece).encode() + tail
+
+            for choice in self.opening_choices():
+                yield chunk(choice)
+            if first is not None:
+                yield token_chunk(first)
+                async for piece in tokens:
+                    yield token_chunk(piece)
+            yield chunk(self.stream_choice(None, call.finish_reason or "stop"))
         if (data.get("stream_options") or {}).get("include_usage"):
             balance = None
             if call.billed:  # known from the settlement, else one query
@@ -294,6 +311,45 @@ def _sse(payload) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
+_OURS = ("id", "object", "created", "model")
+
+
+def _relayed(piece: Relay, base: dict) -> bytes:
+    """The SSE events of upstream chunks, each under our id, object, created and model."""
+    return b"".join(_sse({**base, **{k: v for k, v in chunk.items() if k not in _OURS}})
+                    for chunk in piece.chunks)
+
+
+def passed_through(call: services.MeteredCall, *, object_name: str, created: int,
+                   usage: dict) -> dict:
+    """A non-streamed upstream answer as it came (choices intact, tool calls, logprobs,
+    refusals, system_fingerprint...), under this call's id and model, with our usage."""
+    answer = {k: v for k, v in call.response.items() if k not in (*_OURS, "usage")}
+    return {"id": call.request_id, "object": object_name, "created": created,
+            "model": call.model.id, **answer, "usage": usage}
+
+
+def usage_json(call: services.MeteredCall) -> dict:
+    """See _MeteredView.usage."""
+    counts = call.token_counts()
+    prompt_tokens = call.charged_prompt_tokens
+    completion_tokens = call.completion_tokens
+    details = dict(call.usage.details or {}) if call.usage is not None else {}
+    details.setdefault("prompt_tokens_details", {"cached_tokens": counts.cached_input})
+    details.setdefault("completion_tokens_details", {"reasoning_tokens": counts.reasoning})
+    by_class = call.charge_details.by_class if call.charge_details else dict.fromkeys(
+        TOKEN_CLASSES, 0)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens, **details,
+             "cost": format_usd(call.cost_micros),
+             "cost_details": {name: format_usd(by_class[name]) for name in TOKEN_CLASSES}}
+    usage["prompt_tokens"], usage["completion_tokens"] = prompt_tokens, completion_tokens
+    usage["total_tokens"] = prompt_tokens + completion_tokens
+    if call.estimated:
+        usage["estimated"] = True
+    return usage
+
+
 DONE = b"data: [DONE]\n\n"
 _PIECE = "\x00tokenbank-piece\x00"  # stands for a token's text in a pre-encoded chunk
 
@@ -317,6 +373,9 @@ class ChatCompletionsView(_MeteredView):
         return Prompt(kind="chat", messages=messages)
 
     def render(self, call, data, created) -> dict:
+        if call.response is not None:
+            return passed_through(call, object_name="chat.completion", created=created,
+                                  usage=self.usage(call))
         return {
             "id": call.request_id, "object": "chat.completion", "created": created,
             "model": call.model.id,
@@ -351,6 +410,9 @@ class CompletionsView(_MeteredView):
         return Prompt(kind="completion", text=data["prompt"])
 
     def render(self, call, data, created) -> dict:
+        if call.response is not None:
+            return passed_through(call, object_name="text_completion", created=created,
+                                  usage=self.usage(call))
         return {
             "id": call.request_id, "object": "text_completion", "created": created,
             "model": call.model.id,
@@ -390,3 +452,28 @@ class InferenceView(_MeteredView):
                                "charged": format_usd(call.cost_micros),
                                "promotion": call.promotion_json()}
         return body
+
+
+class EmbeddingsView(_MeteredView):
+    """POST /v1/embeddings: OpenAI's shape, metered by input tokens."""
+
+    serializer_class = EmbeddingRequestSerializer
+    endpoint = "embeddings"
+    id_prefix = "emb"
+
+    @extend_schema(request=EmbeddingRequestSerializer, responses=OpenApiTypes.OBJECT,
+                   parameters=[IDEMPOTENCY_HEADER])
+    async def post(self, request):
+        return await super().post(request)
+
+    def build_prompt(self, data) -> Prompt:
+        return Prompt(kind="embedding", inputs=data["input"])
+
+    def render(self, call, data, created) -> dict:
+        usage = self.usage(call)
+        return {"object": "list", "data": (call.response or {}).get("data", []),
+                "model": call.model.id,
+                "usage": {"prompt_tokens": usage["prompt_tokens"],
+                          "total_tokens": usage["prompt_tokens"], "cost": usage["cost"],
+                          "cost_details": usage["cost_details"],
+                          **({"estimated": True} if call.estimated else {})}}

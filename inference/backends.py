@@ -16,12 +16,14 @@ Backends are configured in settings.INFERENCE_BACKENDS, keyed by the name an AiM
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import itertools
 import json
 import random
 import re
+import struct
 import threading
 import time
 import weakref
@@ -31,7 +33,13 @@ from dataclasses import dataclass, field
 import httpx
 from django.conf import settings
 
-from inference.exceptions import UpstreamError, UpstreamTimeout
+from credits.money import TokenCounts
+from inference.exceptions import (
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -42,16 +50,21 @@ def count_tokens(text: str) -> int:
 
 @dataclass
 class Prompt:
-    """What the customer sent: chat messages or a plain completion prompt."""
+    """What the customer sent: chat messages, a plain completion prompt, or the inputs of an
+    embedding (strings or token arrays)."""
 
-    kind: str  # "chat" or "completion"
+    kind: str  # "chat", "completion" or "embedding"
     messages: list[dict] = field(default_factory=list)
     text: str = ""
+    inputs: list = field(default_factory=list)
 
     @property
     def flat_text(self) -> str:
         if self.kind == "chat":
             return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+        if self.kind == "embedding":
+            return "\n".join(i if isinstance(i, str) else " ".join(map(str, i))
+                             for i in self.inputs)
         return self.text
 
     @property
@@ -63,18 +76,101 @@ class Prompt:
                 return message["content"]
         return self.flat_text
 
+    def count_tokens(self) -> int:
+        """Our counter's prompt tokens (a token array counts its ids)."""
+        if self.kind == "embedding":
+            return sum(count_tokens(i) if isinstance(i, str) else len(i) for i in self.inputs)
+        return count_tokens(self.flat_text)
+
 
 @dataclass
 class Usage:
+    """Tokens as the upstream reported them. As in OpenAI's usage object, `cached_tokens`
+    and `cache_write_tokens` are part of `prompt_tokens`, `reasoning_tokens` of
+    `completion_tokens`. `details` is the upstream's usage object as sent."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    details: dict | None = None
+
+    @classmethod
+    def from_openai(cls, usage: dict) -> Usage:
+        prompt = usage.get("prompt_tokens_details") or {}
+        completion = usage.get("completion_tokens_details") or {}
+        return cls(
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+            cached_tokens=_count(prompt.get("cached_tokens")),
+            cache_write_tokens=_count(prompt.get("cache_write_tokens")
+                                      or prompt.get("cache_creation_tokens")),
+            reasoning_tokens=_count(completion.get("reasoning_tokens")),
+            details=usage,
+        )
+
+    def token_counts(self) -> TokenCounts:
+        """The tokens by price class; details larger than their totals are capped (an upstream
+        cannot make a call cheaper by over-reporting its cache)."""
+        cached = min(self.cached_tokens, self.prompt_tokens)
+        written = min(self.cache_write_tokens, self.prompt_tokens - cached)
+        reasoning = min(self.reasoning_tokens, self.completion_tokens)
+        return TokenCounts(input=self.prompt_tokens - cached - written, cached_input=cached,
+                           cache_write=written, output=self.completion_tokens - reasoning,
+                           reasoning=reasoning)
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+class Relay(str):
+    """Upstream output passed on as the upstream sent it: `chunks`, its JSON objects (stream
+    chunks, or the one response of a non-streamed call). As a str it is the text they carry
+    (content, refusals, tool-call names and arguments), which our counter counts."""
+
+    chunks: list[dict]
+
+    def __new__(cls, text: str, chunks: list[dict]):
+        relay = super().__new__(cls, text)
+        relay.chunks = chunks
+        return relay
+
+
+def chunk_text(chunk: dict, *, key: str = "delta") -> str:
+    """The generated text one upstream chunk (key "delta") or answer (key "message") holds,
+    over every choice."""
+    parts = []
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("text"):
+            parts.append(str(choice["text"]))
+        message = choice.get(key)
+        if not isinstance(message, dict):
+            continue
+        for name in ("content", "refusal", "reasoning_content"):
+            if isinstance(message.get(name), str):
+                parts.append(message[name])
+        calls = list(message.get("tool_calls") or ())
+        if isinstance(message.get("function_call"), dict):
+            calls.append({"function": message["function_call"]})
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts.extend(str(function.get(n) or "") for n in ("name", "arguments"))
+    return "".join(parts)
 
 
 class TokenStream:
-    """Iterate for text pieces; afterwards `finish_reason` and `usage` (None: count yourself)."""
+    """Iterate for text pieces (str, or a Relay of upstream chunks); afterwards
+    `finish_reason` and `usage` (None: count yourself), and `attempts`, the upstreams tried."""
 
     finish_reason: str = "stop"
     usage: Usage | None = None
+    attempts: tuple = ()
+    upstream: str = ""
 
     def __iter__(self) -> Iterator[str]:
         raise NotImplementedError
@@ -98,6 +194,22 @@ _VOCAB = [
     "capture", "release", "budget", "forecast", "data", "cache", "queue", "worker", "engine",
     "value", "record", "time", "light", "shared", "simple", "clear", "steady",
 ]
+
+
+# Request fields the demo cannot serve, each with the values that ask nothing of it: any other
+# value is refused with a 400 naming the field and the model, never silently dropped.
+DEMO_CANNOT_SERVE: dict[str, tuple] = {
+    "tools": ([],), "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
+    "response_format": ({"type": "text"},), "logprobs": (False,), "top_logprobs": (0,),
+    "logit_bias": ({},), "n": (1,), "best_of": (1,), "echo": (False,), "suffix": ("",),
+    "audio": (), "modalities": (["text"],), "prediction": (), "reasoning_effort": (),
+    "web_search_options": (),
+}
+
+
+def _asks_for(value, neutral: tuple) -> bool:
+    return value is not None and not any(
+        type(value) is type(n) and value == n for n in neutral)
 
 
 class DemoTokenStream(TokenStream):
@@ -159,6 +271,38 @@ class DemoTokenStream(TokenStream):
         self._closed = True
 
 
+DEMO_EMBEDDING_DIMENSIONS = 64
+
+
+class AnswerStream(TokenStream):
+    """A whole answer at once (an embedding): one Relay holding the response."""
+
+    def __init__(self, response: dict, usage: Usage | None):
+        self.response, self.usage = response, usage
+
+    def __iter__(self) -> Iterator[str]:
+        yield Relay("", [self.response])
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        yield Relay("", [self.response])
+
+
+def demo_embedding(item, dimensions: int) -> list[float]:
+    """A unit vector determined by the input (a string or a token array)."""
+    seed = hashlib.sha256(json.dumps(item).encode()).digest()
+    rng = random.Random(int.from_bytes(seed[:8], "big"))
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+    return [round(v / norm, 8) for v in vector]
+
+
+def encode_embedding(vector: list[float], encoding_format: str | None):
+    """OpenAI's encodings: a list of floats, or base64 of little-endian float32s."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
 class DemoBackend:
     """Built in: no server needed. DEMO_BACKEND_TOKEN_DELAY_MS paces the tokens."""
 
@@ -166,35 +310,65 @@ class DemoBackend:
         self.config = config
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
-        return count_tokens(prompt.flat_text)
+        return prompt.count_tokens()
+
+    def unsupported(self, options: dict | None) -> str | None:
+        """The first request field this backend cannot serve, or None."""
+        for name, neutral in DEMO_CANNOT_SERVE.items():
+            if options and _asks_for(options.get(name), neutral):
+                return name
+        return None
 
     def generate(self, *, model_name: str, prompt: Prompt, max_tokens: int,
-                 options: dict | None = None) -> TokenStream:
+                 options: dict | None = None, stream: bool = True) -> TokenStream:
+        if prompt.kind == "embedding":
+            return self._embed(model_name, prompt, options or {})
         delay_ms = self.config.get("TOKEN_DELAY_MS", settings.DEMO_BACKEND_TOKEN_DELAY_MS)
         return DemoTokenStream(prompt, max_tokens, float(delay_ms) / 1000.0)
 
     agenerate = generate  # DemoTokenStream iterates both ways
 
+    def _embed(self, model_name: str, prompt: Prompt, options: dict) -> AnswerStream:
+        dimensions = options.get("dimensions") or DEMO_EMBEDDING_DIMENSIONS
+        data = [{"object": "embedding", "index": index,
+                 "embedding": encode_embedding(demo_embedding(item, dimensions),
+                                               options.get("encoding_format"))}
+                for index, item in enumerate(prompt.inputs)]
+        tokens = prompt.count_tokens()
+        return AnswerStream({"object": "list", "data": data, "model": model_name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                            Usage(prompt_tokens=tokens, completion_tokens=0))
+
 
 # --- OpenAI-compatible upstream ----------------------------------------------------
 
-_PASS_THROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
-
-
 class UpstreamTokenStream(TokenStream):
-    def __init__(self, client: httpx.Client, url: str, payload: dict, headers: dict, kind: str):
+    """One request to an OpenAI-compatible upstream, read synchronously.
+
+    Streamed, the upstream's chunks are passed on as they came (Relay), each carrying the
+    text our counter counts; chunks without text before the first that has some (the role
+    chunk) go out with it, so an error before the first token is still an HTTP status and a
+    reason to fall back. The upstream's usage chunk is read, not relayed (ours, with the
+    cost, replaces it). Not streamed: one Relay of the whole answer.
+    """
+
+    def __init__(self, client, url: str, payload: dict, headers: dict, kind: str):
         self.client = client
         self.url = url
         self.payload = payload
         self.headers = headers
         self.kind = kind
+        self.streamed = bool(payload.get("stream"))
         self.finish_reason = "stop"
         self.usage = None
         self._context = None
+        self._held: list[dict] = []
+        self._texted = False
+        self._finished = False
 
-    def _events(self, line: str) -> list[str] | None:
-        """The text pieces of one SSE line; None at the end of the stream. Sets
-        finish_reason and usage as they arrive; raises UpstreamError for an error event."""
+    def _line(self, line: str) -> list[Relay] | None:
+        """What one SSE line relays; None at the end of the stream. Sets finish_reason and
+        usage as they arrive; raises UpstreamError for an error event."""
         if not line.startswith("data:"):
             return []
         data = line[5:].strip()
@@ -205,49 +379,81 @@ class UpstreamTokenStream(TokenStream):
             chunk = json.loads(data)
         except ValueError:
             raise UpstreamError("The upstream model server sent malformed data.") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError("The upstream model server sent malformed data.")
         if chunk.get("error"):
             raise UpstreamError(
                 f"The upstream model server failed: {_upstream_message(chunk['error'])}"
             )
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-            self.usage = Usage(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-            )
-        pieces = []
-        for choice in chunk.get("choices") or []:
-            if self.kind == "chat":
-                piece = (choice.get("delta") or {}).get("content") or ""
-            else:
-                piece = choice.get("text") or ""
-            if choice.get("finish_reason"):
+        usage = chunk.pop("usage", None)
+        if isinstance(usage, dict):
+            self.usage = Usage.from_openai(usage)
+        choices = chunk.get("choices")
+        if not choices:
+            return []
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 self._finished = True
-            if piece:
-                pieces.append(piece)
-        return pieces
+        text = chunk_text(chunk)
+        if not text and not self._texted:
+            self._held.append(chunk)
+            return []
+        self._texted = self._texted or bool(text)
+        chunks, self._held = [*self._held, chunk], []
+        return [Relay(text, chunks)]
 
-    def _refused(self, response) -> UpstreamError:
-        return UpstreamError(f"The upstream model server answered {response.status_code}: "
-                             f"{_upstream_message(response.text)}")
+    def _leftover(self) -> list[Relay]:
+        """Chunks held for a first token that never came (an empty answer)."""
+        chunks, self._held = self._held, []
+        return [Relay("", chunks)] if chunks else []
+
+    def _answer(self, body: bytes) -> Relay:
+        """A non-streamed answer, whole."""
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise UpstreamError("The upstream model server sent malformed data.")
+        if isinstance(answer.get("usage"), dict):
+            self.usage = Usage.from_openai(answer["usage"])
+        choices = [c for c in answer.get("choices") or () if isinstance(c, dict)]
+        if choices:
+            self.finish_reason = choices[0].get("finish_reason") or "stop"
+        self._finished = True
+        return Relay(chunk_text(answer, key="message"), [answer])
+
+    def _refused(self, status: int, text: str) -> UpstreamError:
+        message = f"The upstream model server answered {status}: {_upstream_message(text)}"
+        if status >= 500 or status == 429:
+            return UpstreamUnavailable(message, status=status)
+        if status in (400, 422):
+            return UpstreamRefused(message)
+        return UpstreamError(message)
 
     def __iter__(self) -> Iterator[str]:
-        self._finished = False
         try:
             self._context = self.client.stream("POST", self.url, json=self.payload,
                                                headers=self.headers)
             response = self._context.__enter__()
             if response.status_code >= 400:
                 response.read()
-                raise self._refused(response)
+                raise self._refused(response.status_code, response.text)
+            if not self.streamed:
+                yield self._answer(response.read())
+                return
             for line in response.iter_lines():
-                pieces = self._events(line)
-                if pieces is None:
+                relays = self._line(line)
+                if relays is None:
                     break
-                yield from pieces
+                yield from relays
             if not self._finished:
                 raise UpstreamError("The upstream model server closed the stream early.")
+            yield from self._leftover()
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise UpstreamUnavailable(
+                f"Could not reach the upstream model server ({exc}).") from None
         except httpx.TimeoutException:
             raise UpstreamTimeout("The upstream model server timed out.") from None
         except httpx.HTTPError as exc:
@@ -266,26 +472,33 @@ class AsyncUpstreamTokenStream(UpstreamTokenStream):
     """The same stream read with httpx.AsyncClient: waiting for a token holds no thread."""
 
     async def __aiter__(self) -> AsyncIterator[str]:
-        self._finished = False
         try:
             self._context = self.client.stream("POST", self.url, json=self.payload,
                                                headers=self.headers)
             response = await self._context.__aenter__()
             if response.status_code >= 400:
                 await response.aread()
-                raise self._refused(response)
+                raise self._refused(response.status_code, response.text)
+            if not self.streamed:
+                yield self._answer(await response.aread())
+                return
             done = False
             async for line in _lines(response):
                 if done:
                     continue  # read to the end: the connection then goes back to the pool
-                pieces = self._events(line)
-                if pieces is None:
+                relays = self._line(line)
+                if relays is None:
                     done = True
                     continue
-                for piece in pieces:
-                    yield piece
+                for relay in relays:
+                    yield relay
             if not self._finished:
                 raise UpstreamError("The upstream model server closed the stream early.")
+            for relay in self._leftover():
+                yield relay
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise UpstreamUnavailable(
+                f"Could not reach the upstream model server ({exc}).") from None
         except httpx.TimeoutException:
             raise UpstreamTimeout("The upstream model server timed out.") from None
         except httpx.HTTPError as exc:
@@ -333,19 +546,25 @@ ASYNC_CLIENT_SHARDS = 8
 
 
 class OpenAICompatibleBackend:
-    """Streams from an upstream OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI)."""
+    """An upstream OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI). The client's
+    request goes through as sent, unknown fields included; we set only the model's upstream
+    name, the token limit we hold for, and streaming (with usage)."""
 
     def __init__(self, config: dict):
         self.base_url = config.get("BASE_URL", "").rstrip("/")
         self.api_key = config.get("API_KEY", "")
         timeout = float(config.get("TIMEOUT_SECONDS", 60))
-        self.timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+        connect = float(config.get("CONNECT_TIMEOUT_SECONDS") or min(timeout, 5.0))
+        self.timeout = httpx.Timeout(timeout, connect=connect)
         self.client = httpx.Client(
             timeout=self.timeout,
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         # An AsyncClient belongs to one event loop: one per loop (a worker process has one).
         self._async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:  # never the key
+        return f"<OpenAICompatibleBackend {self.base_url}>"
 
     def _async_client(self) -> httpx.AsyncClient:
         """One of ASYNC_CLIENT_SHARDS clients of this loop, in turn. httpcore's pool walks
@@ -364,41 +583,218 @@ class OpenAICompatibleBackend:
         return next(shards)
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
-        return count_tokens(prompt.flat_text)
+        return prompt.count_tokens()
+
+    def unsupported(self, options: dict | None) -> str | None:
+        return None  # the upstream decides (and answers 400 itself)
 
     def generate(self, *, model_name: str, prompt: Prompt, max_tokens: int,
-                 options: dict | None = None) -> TokenStream:
+                 options: dict | None = None, stream: bool = True) -> TokenStream:
         return UpstreamTokenStream(self.client, *self._request(model_name, prompt, max_tokens,
-                                                               options))
+                                                               options, stream))
 
     def agenerate(self, *, model_name: str, prompt: Prompt, max_tokens: int,
-                  options: dict | None = None) -> TokenStream:
+                  options: dict | None = None, stream: bool = True) -> TokenStream:
         return AsyncUpstreamTokenStream(self._async_client(), *self._request(
-            model_name, prompt, max_tokens, options))
+            model_name, prompt, max_tokens, options, stream))
 
     def _request(self, model_name: str, prompt: Prompt, max_tokens: int,
-                 options: dict | None) -> tuple[str, dict, dict, str]:
+                 options: dict | None, stream: bool) -> tuple[str, dict, dict, str]:
         if not self.base_url:
             raise UpstreamError("This model's upstream server is not configured.")
-        payload: dict = {
-            "model": model_name,
-            "max_tokens": max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if prompt.kind == "chat":
-            payload["messages"] = prompt.messages
-            url = f"{self.base_url}/chat/completions"
-        else:
-            payload["prompt"] = prompt.text
-            url = f"{self.base_url}/completions"
-        for name in _PASS_THROUGH:
-            if options and options.get(name) is not None:
-                payload[name] = options[name]
-        headers = {"Accept": "text/event-stream"}
+        payload = build_payload(model_name=model_name, prompt=prompt, max_tokens=max_tokens,
+                                body=options, stream=stream)
+        path = {"chat": "chat/completions", "completion": "completions",
+                "embedding": "embeddings"}[prompt.kind]
+        headers = {"Accept": "text/event-stream" if payload.get("stream") else "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        return url, payload, headers, prompt.kind
+        return f"{self.base_url}/{path}", payload, headers, prompt.kind
+
+
+def build_payload(*, model_name: str, prompt: Prompt, max_tokens: int, body: dict | None,
+                  stream: bool) -> dict:
+    """The upstream's request: the client's `body` as sent (every field, unknown ones too),
+    with the upstream's model name, our token limit in the field the client used, and
+    streaming with usage when the client streams."""
+    payload = dict(body or {})
+    payload["model"] = model_name
+    if prompt.kind == "embedding":
+        payload.setdefault("input", prompt.inputs)
+        for name in ("stream", "stream_options", "max_tokens"):
+            payload.pop(name, None)
+        return payload
+    if prompt.kind == "chat":
+        payload.setdefault("messages", prompt.messages)
+    else:
+        payload.setdefault("prompt", prompt.text)
+    if payload.get("max_completion_tokens") is not None and payload.get("max_tokens") is None:
+        payload["max_completion_tokens"] = max_tokens
+    else:
+        payload["max_tokens"] = max_tokens
+    payload["stream"] = stream
+    if stream:
+        payload["stream_options"] = {**(payload.get("stream_options") or {}),
+                                     "include_usage": True}
+    else:
+        payload.pop("stream_options", None)
+    return payload
+
+
+# --- routes: a model's deployments, tried in order --------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place to send a call: a backend, the model's name there, the upstream's name."""
+
+    backend: object
+    model_name: str
+    upstream: str
+
+
+class FallbackStream(TokenStream):
+    """The targets tried in order: a connect error, a 5xx or a 429 before the first piece
+    moves on to the next; once a piece was delivered, nothing does. `attempts` lists every
+    try: {"upstream", "model", "outcome" (served | unavailable | failed), "status", "error",
+    "ms"}."""
+
+    def __init__(self, targets: list[Target], request: dict):
+        self.targets = targets
+        self.request = request
+        self.attempts: list[dict] = []
+        self.current: TokenStream | None = None
+        self._pieces = None
+
+    @property
+    def finish_reason(self) -> str:
+        return self.current.finish_reason if self.current is not None else "stop"
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.current.usage if self.current is not None else None
+
+    @property
+    def upstream(self) -> str:
+        return self.attempts[-1]["upstream"] if self.current is not None else ""
+
+    def _attempt(self, target: Target, started: float, outcome: str,
+                 exc: BaseException | None = None) -> dict:
+        entry = {"upstream": target.upstream, "model": target.model_name, "outcome": outcome,
+                 "ms": int((time.monotonic() - started) * 1000)}
+        if exc is not None:
+            entry["error"] = str(exc)[:200]
+            if getattr(exc, "upstream_status", None):
+                entry["status"] = exc.upstream_status
+        self.attempts.append(entry)
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        last = len(self.targets) - 1
+        for index, target in enumerate(self.targets):
+            started = time.monotonic()
+            stream = target.backend.generate(model_name=target.model_name, **self.request)
+            pieces = self._pieces = iter(stream)
+            try:
+                first = next(pieces, _END)
+            except UpstreamUnavailable as exc:
+                self._attempt(target, started, "unavailable", exc)
+                if index < last:
+                    continue
+                raise
+            except Exception as exc:
+                self._attempt(target, started, "failed", exc)
+                raise
+            entry = self._attempt(target, started, "served")
+            self.current = stream
+            try:
+                if first is not _END:
+                    yield first
+                yield from pieces
+            except Exception as exc:
+                entry.update(outcome="failed", error=str(exc)[:200])
+                raise
+            return
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        last = len(self.targets) - 1
+        for index, target in enumerate(self.targets):
+            started = time.monotonic()
+            stream = target.backend.agenerate(model_name=target.model_name, **self.request)
+            pieces = self._pieces = aiter(stream)
+            try:
+                first = await anext(pieces, _END)
+            except UpstreamUnavailable as exc:
+                self._attempt(target, started, "unavailable", exc)
+                if index < last:
+                    continue
+                raise
+            except Exception as exc:
+                self._attempt(target, started, "failed", exc)
+                raise
+            entry = self._attempt(target, started, "served")
+            self.current = stream
+            try:
+                if first is not _END:
+                    yield first
+                async for piece in pieces:
+                    yield piece
+            except Exception as exc:
+                entry.update(outcome="failed", error=str(exc)[:200])
+                raise
+            return
+
+    def close(self) -> None:
+        pieces, self._pieces = self._pieces, None
+        if pieces is not None and hasattr(pieces, "close"):
+            pieces.close()
+
+    async def aclose(self) -> None:
+        pieces, self._pieces = self._pieces, None
+        if pieces is not None and hasattr(pieces, "aclose"):
+            await pieces.aclose()
+
+
+_END = object()
+
+
+class Route:
+    """How a model's calls are served: one backend (the demo, a settings backend) or its
+    deployments with fallback. Has a backend's interface."""
+
+    def __init__(self, targets: list[Target], *, fallback: bool):
+        if not targets:
+            raise UpstreamError("This model has no upstream to serve it.")
+        self.targets = targets
+        self.fallback = fallback
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        return self.targets[0].backend.count_prompt_tokens(prompt)
+
+    def unsupported(self, options: dict | None) -> str | None:
+        for target in self.targets:
+            name = target.backend.unsupported(options)
+            if name:
+                return name
+        return None
+
+    def generate(self, *, model_name: str = "", prompt: Prompt, max_tokens: int,
+                 options: dict | None = None, stream: bool = True) -> TokenStream:
+        request = {"prompt": prompt, "max_tokens": max_tokens, "options": options,
+                   "stream": stream}
+        if not self.fallback:  # no layer in between: the demo's tokens go straight through
+            target = self.targets[0]
+            return target.backend.generate(model_name=target.model_name, **request)
+        return FallbackStream(self.targets, request)
+
+    def agenerate(self, *, model_name: str = "", prompt: Prompt, max_tokens: int,
+                  options: dict | None = None, stream: bool = True) -> TokenStream:
+        request = {"prompt": prompt, "max_tokens": max_tokens, "options": options,
+                   "stream": stream}
+        if not self.fallback:
+            target = self.targets[0]
+            return target.backend.agenerate(model_name=target.model_name, **request)
+        return FallbackStream(self.targets, request)
 
 
 ENGINES = {"demo": DemoBackend, "openai_compatible": OpenAICompatibleBackend}
@@ -406,14 +802,19 @@ _instances: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
-def get_backend(name: str):
-    """The backend named `name` in settings.INFERENCE_BACKENDS (instances are reused)."""
-    config = settings.INFERENCE_BACKENDS.get(name)
+def backend_from_config(config: dict, *, name: str = ""):
+    """The backend a config describes ({"ENGINE": ..., ...}); instances are reused."""
     if config is None or config.get("ENGINE") not in ENGINES:
         raise UpstreamError(f"The backend {name!r} of this model is not configured.")
-    cache_key = (name, json.dumps(config, sort_keys=True, default=str))
+    # Hashed: the key's text holds the API key, and a dict key can end up in a debugger.
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
     with _lock:
-        backend = _instances.get(cache_key)
+        backend = _instances.get((name, digest))
         if backend is None:
-            backend = _instances[cache_key] = ENGINES[config["ENGINE"]](config)
+            backend = _instances[(name, digest)] = ENGINES[config["ENGINE"]](config)
     return backend
+
+
+def get_backend(name: str):
+    """The backend named `name` in settings.INFERENCE_BACKENDS (instances are reused)."""
+    return backend_from_config(settings.INFERENCE_BACKENDS.get(name), name=name)

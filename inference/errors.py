@@ -12,6 +12,7 @@ import logging
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
+from django.urls import reverse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -24,6 +25,13 @@ logger = logging.getLogger(__name__)
 def error_body(message: str, *, type: str = "invalid_request_error", code: str | None = None,
                param: str | None = None, **extra) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code, **extra}}
+
+
+def _with_buy_link(message: str, context) -> str:
+    """A 402's message ends with where to buy credits, as an address a developer can open."""
+    request = (context or {}).get("request")
+    url = reverse("billing:buy")
+    return f"{message} Buy credits at {request.build_absolute_uri(url) if request else url}"
 
 
 def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
@@ -62,14 +70,15 @@ def _validation_response(exc: drf.ValidationError) -> Response:
 def exception_handler(exc, context) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, InsufficientCreditsForCall):
-        body = error_body(exc.message, type=exc.type, code=exc.code, param=exc.param,
-                          affordable_tokens=exc.affordable_tokens)
+        body = error_body(_with_buy_link(exc.message, context), type=exc.type, code=exc.code,
+                          param=exc.param, affordable_tokens=exc.affordable_tokens)
         return Response(body, status=exc.status)
     if isinstance(exc, InferenceError):
-        return Response(error_body(exc.message, type=exc.type, code=exc.code, param=exc.param),
+        message = _with_buy_link(exc.message, context) if exc.status == 402 else exc.message
+        return Response(error_body(message, type=exc.type, code=exc.code, param=exc.param),
                         status=exc.status)
     if isinstance(exc, credit_errors.InsufficientCredits):
-        return Response(error_body(str(exc), type="insufficient_credits",
+        return Response(error_body(_with_buy_link(str(exc), context), type="insufficient_credits",
                                    code="insufficient_credits"), status=402)
     if isinstance(exc, credit_errors.IdempotencyConflict):
         return Response(error_body(str(exc), code=exc.code), status=409)

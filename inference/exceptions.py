@@ -60,6 +60,28 @@ class UpstreamError(InferenceError):
     code = "upstream_error"
 
 
+class UnsupportedParameter(InferenceError):
+    """A request field the model's backend cannot serve: refused, never silently dropped."""
+
+    code = "unsupported_parameter"
+
+
+class UpstreamRefused(UpstreamError):
+    """The upstream answered 400/422: the request itself is wrong for it (no fallback)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "upstream_invalid_request"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Connect error, 5xx or 429 before any output: the next deployment may serve the call."""
+
+    def __init__(self, message: str, *, status: int | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.upstream_status = status
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"

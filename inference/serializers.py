@@ -1,7 +1,7 @@
 """Request shapes of the OpenAI-compatible endpoints. Unknown fields are ignored (as the
 OpenAI SDK may send newer ones); known fields typed wrong are a 400."""
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -68,7 +68,8 @@ class _GenerationOptions(serializers.Serializer):
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
-    n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+    # n > 1 goes to upstreams that serve it; the demo backend refuses it by name.
+    n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=128)
     stop = StopField(required=False, allow_null=True)
     seed = serializers.IntegerField(required=False, allow_null=True)
     presence_penalty = serializers.FloatField(required=False, allow_null=True,
@@ -78,7 +79,56 @@ class _GenerationOptions(serializers.Serializer):
     user = serializers.CharField(required=False, allow_blank=True, max_length=256)
 
 
-class ChatCompletionRequestSerializer(_GenerationOptions):
+class _PassThroughFields(serializers.Serializer):
+    """OpenAI's request fields we do not act on but pass to the upstream as sent (the raw
+    body goes through, unknown fields included); declared here so their types are checked
+    and the schema documents them. A backend that cannot serve one refuses it by name."""
+
+    tools = serializers.ListField(child=serializers.DictField(), required=False,
+                                  allow_null=True)
+    tool_choice = serializers.JSONField(required=False, allow_null=True)
+    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
+    functions = serializers.ListField(child=serializers.DictField(), required=False,
+                                      allow_null=True)
+    function_call = serializers.JSONField(required=False, allow_null=True)
+    response_format = serializers.DictField(required=False, allow_null=True)
+    logit_bias = serializers.DictField(child=serializers.FloatField(min_value=-100,
+                                                                    max_value=100),
+                                       required=False, allow_null=True)
+    metadata = serializers.DictField(child=serializers.CharField(max_length=512),
+                                     required=False, allow_null=True)
+    reasoning_effort = serializers.CharField(required=False, allow_null=True, max_length=32)
+
+
+class ChatPassThroughFields(_PassThroughFields):
+    logprobs = serializers.BooleanField(required=False, allow_null=True)
+    top_logprobs = serializers.IntegerField(required=False, allow_null=True, min_value=0,
+                                            max_value=20)
+
+
+class CompletionPassThroughFields(serializers.Serializer):
+    logprobs = serializers.IntegerField(required=False, allow_null=True, min_value=0,
+                                        max_value=5)
+    echo = serializers.BooleanField(required=False, allow_null=True)
+    best_of = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                       max_value=20)
+    suffix = serializers.CharField(required=False, allow_null=True, allow_blank=True)
+    logit_bias = serializers.DictField(child=serializers.FloatField(min_value=-100,
+                                                                    max_value=100),
+                                       required=False, allow_null=True)
+
+
+# Real requests for the API reference (/api/docs/), instead of "model": "string".
+@extend_schema_serializer(examples=[
+    OpenApiExample("One reply", request_only=True, value={
+        "model": "demo-small", "max_tokens": 128,
+        "messages": [{"role": "user", "content": "Write a haiku about counting tokens."}]}),
+    OpenApiExample("Streamed, with usage", request_only=True, value={
+        "model": "demo-small", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "system", "content": "Answer in one sentence."},
+                     {"role": "user", "content": "What is a token?"}]}),
+])
+class ChatCompletionRequestSerializer(ChatPassThroughFields, _GenerationOptions):
     messages = MessageSerializer(many=True, allow_empty=False)
     max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
 
@@ -104,14 +154,64 @@ class PromptField(serializers.Field):
         return value
 
 
-class CompletionRequestSerializer(_GenerationOptions):
+@extend_schema_serializer(examples=[OpenApiExample("Complete a line", request_only=True, value={
+    "model": "demo-small", "prompt": "The ledger balanced because", "max_tokens": 32})])
+class CompletionRequestSerializer(CompletionPassThroughFields, _GenerationOptions):
     prompt = PromptField()
     max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, default=16)
 
 
+@extend_schema_serializer(examples=[OpenApiExample("A prompt", request_only=True, value={
+    "model": "demo-small", "prompt": "Say hello in French.", "max_tokens": 16})])
 class InferenceRequestSerializer(serializers.Serializer):
     """POST /api/inference: the simple, non-OpenAI endpoint."""
 
     model = serializers.CharField(max_length=100)
     prompt = serializers.CharField(allow_blank=False, trim_whitespace=False)
     max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
+@extend_schema_field({"oneOf": [
+    {"type": "string"},
+    {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2048},
+    {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+    {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+     "minItems": 1, "maxItems": 2048},
+]})
+class EmbeddingInputField(serializers.Field):
+    """OpenAI's embedding input: a string, a list of strings, a token array or a list of
+    token arrays; always a list of items inside."""
+
+    def to_internal_value(self, data) -> list:
+        if isinstance(data, str):
+            return [data]
+        if isinstance(data, list) and 0 < len(data) <= 2048:
+            if all(isinstance(item, str) for item in data):
+                return data
+            if all(_token_id(item) for item in data):
+                return [data]
+            if all(isinstance(item, list) and item and all(_token_id(t) for t in item)
+                   for item in data):
+                return data
+        raise serializers.ValidationError(
+            "input must be a string, a list of strings, a token array (integers) or a list "
+            "of token arrays, not empty, up to 2048 items.")
+
+    def to_representation(self, value):
+        return value
+
+
+def _token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class EmbeddingRequestSerializer(serializers.Serializer):
+    """POST /v1/embeddings."""
+
+    model = serializers.CharField(max_length=100)
+    input = EmbeddingInputField()
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False,
+                                              allow_null=True)
+    dimensions = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                          max_value=8192)
+    user = serializers.CharField(required=False, allow_blank=True, max_length=256)

@@ -25,19 +25,21 @@ from credits import selectors as credit_selectors
 from credits import services as credit_services
 from credits.exceptions import InsufficientCredits
 from credits.models import CreditAccount, CreditHold, HoldStatus
-from credits.money import format_usd
+from credits.money import CallCost, TokenCounts, format_usd
 from credits.promotion.status import call_promotion_outcome, promotion_status
-from credits.services import calculate_inference_cost
-from inference.backends import Prompt, Usage, count_tokens, get_backend
+from credits.services import calculate_inference_cost, price_call, worst_case_cost
+from inference.backends import Prompt, Relay, Usage, count_tokens
 from inference.exceptions import (
     InsufficientCreditsForCall,
     InvalidRequest,
     ModelNotFound,
     PromotionNotGranted,
     StreamTimeLimit,
+    UnsupportedParameter,
     UpstreamError,
 )
-from inference.models import AiModel, ModelPrice, UsageRecord, UsageStatus
+from inference.models import AiModel, ModelKind, ModelPrice, UsageRecord, UsageStatus
+from inference.routing import route_for
 from inference.signals import first_token_generated
 
 logger = logging.getLogger(__name__)
@@ -98,8 +100,9 @@ def resolve_priced_model(model_id: str) -> tuple[AiModel, ModelPrice | None]:
         latest = (f"(SELECT {{column}} FROM {prices} p WHERE p.model_id = m.id "
                   "AND p.effective_from <= %s ORDER BY p.effective_from DESC LIMIT 1)")
         columns = ("id", "input_price_per_million_micros", "output_price_per_million_micros",
-                   "effective_from")
-        aliases = ("price_pk", "price_in", "price_out", "price_from")
+                   "effective_from", *_CLASS_PRICES)
+        aliases = ("price_pk", "price_in", "price_out", "price_from",
+                   *(f"price_{c}" for c in _CLASS_PRICES))
         selects = ", ".join(
             f"{latest.format(column=c)} AS {a}" for c, a in zip(columns, aliases, strict=True))
         now = connection.ops.adapt_datetimefield_value(timezone.now())
@@ -118,7 +121,13 @@ def resolve_priced_model(model_id: str) -> tuple[AiModel, ModelPrice | None]:
         price_from = ModelPrice._meta.get_field("effective_from").to_python(price_from)
     return model, ModelPrice(pk=model.price_pk, model=model, effective_from=price_from,
                              input_price_per_million_micros=model.price_in,
-                             output_price_per_million_micros=model.price_out)
+                             output_price_per_million_micros=model.price_out,
+                             **{c: getattr(model, f"price_{c}") for c in _CLASS_PRICES})
+
+
+# The token-class prices beyond input and output (empty: the parent class's price).
+_CLASS_PRICES = ("cached_input_price_per_million_micros", "cache_write_price_per_million_micros",
+                 "reasoning_price_per_million_micros")
 
 
 def affordable_output_tokens(*, available_micros: int, prompt_tokens: int,
@@ -166,6 +175,11 @@ class MeteredCall:
     promotion_applied: bool = False
     first_token_ms: int | None = None
     settled: bool = False
+    # A non-streamed call's answer as the upstream sent it (pass-through), else None.
+    response: dict | None = None
+    charge_details: CallCost | None = None  # the settled charge, by token class
+    estimated: bool = False  # no upstream usage: the charge is our counter's
+    _stream: object = None  # what the backend returned: its attempts and upstream
     _balance_micros: int | None = None  # cached; settling replaces or clears it
     _journaled_pieces: int = 0
     _journaled_at: float | None = None  # time.monotonic() of the last journal write
@@ -181,6 +195,12 @@ class MeteredCall:
     @property
     def charged_prompt_tokens(self) -> int:
         return self.usage.prompt_tokens if self.usage else self.prompt_tokens
+
+    def token_counts(self) -> TokenCounts:
+        """The call's tokens by price class: the upstream's usage, else our counter's."""
+        if self.usage is not None:
+            return self.usage.token_counts()
+        return TokenCounts(input=self.prompt_tokens, output=self.completion_tokens)
 
     @property
     def held_micros(self) -> int:
@@ -212,15 +232,18 @@ class MeteredCall:
         stream = None
         status, error = UsageStatus.FAILED, ""
         try:
-            stream = self.backend.generate(**self._generation())
+            stream = self._stream = self.backend.generate(**self._generation())
             for piece in stream:
-                if not piece:
+                if piece:
+                    self._check_time_limit()
+                    if self.first_token_ms is None:
+                        self._on_first_token()
+                    self.pieces.append(piece)
+                    self._journal()
+                elif piece.__class__ is not Relay:
                     continue
-                self._check_time_limit()
-                if self.first_token_ms is None:
-                    self._on_first_token()
-                self.pieces.append(piece)
-                self._journal()
+                if piece.__class__ is Relay and not self.streamed:
+                    self.response = piece.chunks[-1]
                 yield piece
             self._finish(stream)
             status = UsageStatus.SUCCEEDED
@@ -240,26 +263,29 @@ class MeteredCall:
         stream = pieces = journal = None
         status, error = UsageStatus.FAILED, ""
         try:
-            stream = self.backend.agenerate(**self._generation())
+            stream = self._stream = self.backend.agenerate(**self._generation())
             pieces = aiter(stream)
             async for piece in pieces:
-                if not piece:
-                    continue
-                self._check_time_limit()
-                if self.first_token_ms is None:
-                    if self._first_token_needs_ledger():
-                        await run(self._on_first_token)  # the promotion decides before delivery
-                    else:
-                        self._on_first_token()  # no query: only the time is noted
-                self.pieces.append(piece)
-                # The journal is written beside the stream, not before the token leaves: one
-                # write in flight at a time, awaited before the settlement. A process killed
-                # while it is in flight loses at most the tokens since the previous write,
-                # as when it dies between two writes.
-                if journal is None or journal.done():
-                    progress = self._journal_due()
-                    if progress is not None:
-                        journal = asyncio.ensure_future(run(self._write_journal, *progress))
+                if piece:
+                    self._check_time_limit()
+                    if self.first_token_ms is None:
+                        if self._first_token_needs_ledger():
+                            await run(self._on_first_token)  # the promotion decides first
+                        else:
+                            self._on_first_token()  # no query: only the time is noted
+                    self.pieces.append(piece)
+                    # The journal is written beside the stream, not before the token leaves:
+                    # one write in flight at a time, awaited before the settlement. A process
+                    # killed while it is in flight loses at most the tokens since the
+                    # previous write, as when it dies between two writes.
+                    if journal is None or journal.done():
+                        progress = self._journal_due()
+                        if progress is not None:
+                            journal = asyncio.ensure_future(run(self._write_journal, *progress))
+                elif piece.__class__ is not Relay:
+                    continue  # an empty text piece; a Relay without text still goes out
+                if piece.__class__ is Relay and not self.streamed:
+                    self.response = piece.chunks[-1]
                 yield piece
             self._finish(stream)
             status = UsageStatus.SUCCEEDED
@@ -287,7 +313,8 @@ class MeteredCall:
 
     def _generation(self) -> dict:
         return {"model_name": self.model.upstream_name, "prompt": self.prompt,
-                "max_tokens": self.max_tokens, "options": self.options}
+                "max_tokens": self.max_tokens, "options": self.options,
+                "stream": self.streamed}
 
     def _finish(self, stream) -> None:
         self.finish_reason = stream.finish_reason or "stop"
@@ -376,7 +403,10 @@ class MeteredCall:
             return None  # nothing was delivered (a non-streaming call that fails sends no text)
         if status != UsageStatus.SUCCEEDED:
             self.usage = None  # count what was produced, by the documented rule
-        cost = self._cost(output_tokens=self.completion_tokens)
+        self.estimated = self.usage is None
+        self.charge_details = price_call(tokens=self.token_counts(),
+                                         prices=self.price.token_prices())
+        cost = self.charge_details.total_micros
         if cost > self.held_micros:
             logger.warning("Call %s cost %s micros over its hold of %s (upstream usage); "
                            "charging the hold", self.request_id, cost, self.held_micros)
@@ -429,6 +459,22 @@ class MeteredCall:
                          self.request_id, already + charged, charge)
         return already + charged
 
+    def _class_fields(self, produced: bool) -> dict:
+        """The usage record's token classes, class prices, estimate flag and upstream
+        attempts (the fields beyond plain input and output)."""
+        prices = self.price.token_prices()
+        counts = self.token_counts() if produced else TokenCounts()
+        return dict(
+            cached_tokens=counts.cached_input, cache_write_tokens=counts.cache_write,
+            reasoning_tokens=counts.reasoning,
+            cached_input_price_per_million_micros=prices.cached_input,
+            cache_write_price_per_million_micros=prices.cache_write,
+            reasoning_price_per_million_micros=prices.reasoning,
+            estimated=self.estimated and produced,
+            upstream=getattr(self._stream, "upstream", "")[:64],
+            attempts=list(getattr(self._stream, "attempts", ())),
+        )
+
     def _settle(self, *, status: str, error: str) -> None:
         """Capture or release the hold once, then write the usage record. Never raises:
         whatever fails here after delivery is logged loudly and the charge stands."""
@@ -459,12 +505,13 @@ class MeteredCall:
                 logger.exception("BILLING: settling hold %s of call %s failed (charge %s)",
                                  self.hold.pk, self.request_id, charge)
                 self.cost_micros = self._charge_without_hold(charge) if charge else 0
+        produced = bool(self.pieces) or status == UsageStatus.SUCCEEDED
         fields = dict(
             user_id=self.user.pk, api_key=self.api_key,
             model=self.model, endpoint=self.endpoint,
             hold_id=self.hold.pk if self.hold else None,
-            prompt_tokens=self.charged_prompt_tokens if self.pieces else self.prompt_tokens,
-            completion_tokens=self.completion_tokens if self.pieces else 0,
+            prompt_tokens=self.charged_prompt_tokens if produced else self.prompt_tokens,
+            completion_tokens=self.completion_tokens if produced else 0,
             input_price_per_million_micros=self.price.input_price_per_million_micros,
             output_price_per_million_micros=self.price.output_price_per_million_micros,
             cost_micros=self.cost_micros, held_micros=self.held_micros,
@@ -472,6 +519,7 @@ class MeteredCall:
             error=self.error, promotion_applied=self.promotion_applied,
             latency_ms=int((time.monotonic() - self.started_monotonic) * 1000),
             time_to_first_token_ms=self.first_token_ms, started_at=self.started_at,
+            **self._class_fields(produced),
         )
         try:
             try:
@@ -512,7 +560,8 @@ def start_call(
     if price is None:
         raise ModelNotFound(f"The model {model.id!r} has no price yet and cannot be called.",
                             param="model", code="model_not_priced")
-    backend = get_backend(model.backend)
+    backend = route_for(model)
+    check_servable(model=model, backend=backend, prompt=prompt, options=options)
     prompt_tokens = backend.count_prompt_tokens(prompt)
     if max_tokens is not None and max_tokens > model.max_output_tokens:
         raise InvalidRequest(
@@ -523,7 +572,10 @@ def start_call(
         raise InvalidRequest(
             f"This model's context is {model.context_length} tokens; the prompt has "
             f"{prompt_tokens} and max_tokens asks for {max_tokens or 'any'}.",
-            param="max_tokens" if room > 0 else "messages", code="context_length_exceeded")
+            param="max_tokens" if room > 0 else _prompt_param(prompt),
+            code="context_length_exceeded")
+    if prompt.kind == "embedding":
+        max_tokens = 0  # an embedding generates nothing: the prompt is the whole charge
     limit = max_tokens if max_tokens is not None else min(model.max_output_tokens, room)
     call = MeteredCall(
         request_id=request_id or new_request_id(), user=user, api_key=api_key, model=model,
@@ -533,11 +585,11 @@ def start_call(
     )
     if not call.billed:
         return call
-    worst = calculate_inference_cost(
-        input_tokens=prompt_tokens, output_tokens=limit,
-        input_price_per_million_micros=price.input_price_per_million_micros,
-        output_price_per_million_micros=price.output_price_per_million_micros,
-    )
+    # Every choice may run to the limit (n, and best_of for text completions), every token
+    # in its dearest class.
+    worst = worst_case_cost(prompt_tokens=prompt_tokens,
+                            output_tokens=limit * choices_generated(options),
+                            prices=price.token_prices())
     if worst > 0:
         try:
             call.hold = credit_services.authorize(
@@ -563,6 +615,33 @@ def start_call(
                 affordable_tokens=affordable,
             ) from exc
     return call
+
+
+def choices_generated(options: dict | None) -> int:
+    """How many completions the upstream generates for one call (n, best_of)."""
+    counts = [value for value in ((options or {}).get("n"), (options or {}).get("best_of"))
+              if isinstance(value, int) and not isinstance(value, bool) and value > 1]
+    return max(counts, default=1)
+
+
+def _prompt_param(prompt: Prompt) -> str:
+    return {"chat": "messages", "completion": "prompt", "embedding": "input"}[prompt.kind]
+
+
+def check_servable(*, model: AiModel, backend, prompt: Prompt, options: dict | None) -> None:
+    """Refuse, before anything is held, a call the model cannot serve: the wrong endpoint for
+    its kind, or a request field its backend cannot serve (a 400 naming the field and the
+    model; never silently dropped)."""
+    embedding = prompt.kind == "embedding"
+    if embedding != (model.kind == ModelKind.EMBEDDING):
+        where = "/v1/embeddings" if model.kind == ModelKind.EMBEDDING else (
+            "/v1/chat/completions or /v1/completions")
+        raise InvalidRequest(f"{model.id} is served by {where}, not this endpoint.",
+                             param="model", code="model_not_supported")
+    field_name = backend.unsupported(options)
+    if field_name:
+        raise UnsupportedParameter(
+            f"{field_name} is not supported by the model {model.id}.", param=field_name)
 
 
 def _withheld_suffix(user: User) -> str:

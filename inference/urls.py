@@ -9,6 +9,7 @@ v1_urlpatterns = [
     path("models", api.ModelListView.as_view(), name="v1-models"),
     path("chat/completions", api.ChatCompletionsView.as_view(), name="v1-chat-completions"),
     path("completions", api.CompletionsView.as_view(), name="v1-completions"),
+    path("embeddings", api.EmbeddingsView.as_view(), name="v1-embeddings"),
 ]
 
 api_urlpatterns = [

@@ -24,3 +24,8 @@ def seed_default_promotion() -> None:
     """The default first-token promotion, following the settings."""
     _migration("credits.migrations.0005_default_promotion_and_staff_groups").create_default_promotion(
         apps, None)
+
+
+def seed_upstreams_and_embeddings() -> None:
+    """The default upstream (following the settings) and the demo embedding model."""
+    _migration("inference.migrations.0006_default_upstream_and_demo_embeddings").seed(apps, None)

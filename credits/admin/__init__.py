@@ -7,6 +7,8 @@ their audit; promotions: promotions, variants, assignments, metrics; abuse: the 
 credit's abuse controls; customers: users and API keys.
 """
 
+from django.contrib import admin as _admin
+
 from credits.admin import (  # noqa: F401  (registers the admins)
     abuse,
     customers,
@@ -14,3 +16,8 @@ from credits.admin import (  # noqa: F401  (registers the admins)
     money_actions,
     promotions,
 )
+
+# The console says what it is (the default "Django administration" does not).
+_admin.site.site_header = "TokenBank credit console"
+_admin.site.site_title = "TokenBank console"
+_admin.site.index_title = "Customers, credit and promotions"

@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.template.response import TemplateResponse
 
-from credits.admin.toolkit import HistoryAdmin, money_column, usd
+from credits.admin.toolkit import HistoryAdmin, money_column
 from credits.models import EmailDomainRule, PromotionClaim, PromotionReview, ReviewStatus, SignupRecord
 from credits.promotion import review as reviews
 
@@ -42,7 +42,14 @@ class PromotionClaimAdmin(HistoryAdmin):
 
 
 class ClawBackForm(forms.Form):
-    reason = forms.CharField(max_length=200, help_text="Recorded on the VOID entry and the review.")
+    reason = forms.CharField(
+        max_length=200, label="Internal reason",
+        help_text="Staff and the audit only (the VOID entry's internal reason, the review); "
+                  "never shown to the customer.")
+    customer_note = forms.CharField(
+        max_length=255, required=False, label="Note to the customer",
+        help_text="Optional: what the customer reads in their history and the email we send. "
+                  "Empty: “Promotional credit reversed after review”.")
 
 
 @admin.register(PromotionReview)
@@ -70,13 +77,11 @@ class PromotionReviewAdmin(HistoryAdmin):
 
     granted = money_column("grant__amount_micros", "granted")
 
-    @admin.display(description="left")
-    def left(self, obj):
-        return "voided" if obj.grant.voided_at else usd(obj.grant.remaining_micros)
-
-    @admin.display(description="clawed back")
-    def clawed_back(self, obj):
-        return usd(obj.clawed_back_micros) if obj.status == ReviewStatus.CLAWED_BACK else ""
+    left = money_column("grant__remaining_micros", "left",
+                        instead=lambda r: "voided" if r.grant.voided_at else None)
+    clawed_back = money_column(
+        "clawed_back_micros", "clawed back",
+        instead=lambda r: None if r.status == ReviewStatus.CLAWED_BACK else "")
 
     def _each_flagged(self, request, queryset, do) -> int:
         done = 0
@@ -105,8 +110,9 @@ class PromotionReviewAdmin(HistoryAdmin):
         form = ClawBackForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
             reason = form.cleaned_data["reason"]
+            note = form.cleaned_data["customer_note"]
             done = self._each_flagged(request, queryset, lambda r: reviews.claw_back(
-                review=r, actor=request.user, reason=reason))
+                review=r, actor=request.user, reason=reason, customer_note=note))
             self.message_user(request, f"Clawed back {done} grant(s). Purchased credit is untouched.",
                               messages.SUCCESS)
             return None

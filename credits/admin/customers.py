@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.urls import reverse
@@ -11,11 +13,17 @@ from django.utils.html import format_html, format_html_join
 from accounts.admin import EmailUserChangeForm, EmailUserCreationForm
 from accounts.models import ApiKey, User
 from credits import money
-from credits.admin.money_actions import USER_ACTIONS, MoneyActionsMixin, grant_action_links
+from credits.admin.money_actions import (
+    USER_ACTIONS,
+    MoneyActionsMixin,
+    _viewer,
+    grant_action_links,
+)
 from credits.admin.toolkit import ReadOnlyAdmin, ReadOnlyInline, money_column, usd
 from credits.models import CreditGrant, CreditHold, HoldStatus, LedgerEntry
+from credits.promotion.status import eligibility_label, promotion_status
 from credits.promotion.terms import eligible_now_q
-from credits.selectors import get_user_credits
+from credits.selectors import get_user_credits, recent_charged_calls
 
 LATEST_ENTRIES = 15
 
@@ -57,7 +65,7 @@ class GrantInline(ReadOnlyInline):
     fk_name = "user"
     verbose_name_plural = "credit grants"
     fields = ["grant_id", "kind", "amount", "remaining", "held", "granted_at", "expires_at",
-              "voided_at", "promotion_variant", "description", "staff_actions"]
+              "voided_at", "promotion_variant", "description", "internal_reason", "staff_actions"]
     readonly_fields = fields
     ordering = ["-granted_at", "-id"]
 
@@ -69,9 +77,13 @@ class GrantInline(ReadOnlyInline):
     remaining = money_column("remaining_micros")
     held = money_column("held_micros")
 
+    @admin.display(description="customer reads")
+    def description(self, obj):
+        return obj.customer_description
+
     @admin.display(description="actions")
     def staff_actions(self, obj):
-        return grant_action_links(obj)
+        return grant_action_links(obj, _viewer.get())
 
 
 class ActiveHoldInline(ReadOnlyInline):
@@ -111,12 +123,12 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
     show_full_result_count = False
     inlines = [GrantInline, ActiveHoldInline, ApiKeyInline]
     readonly_fields = ["credit_summary", "latest_entries", "promotion", "first_token_at",
-                       "promotion_eligible", "promotion_claimed", "last_login", "date_joined",
+                       "eligible_now", "promotion_claimed", "last_login", "date_joined",
                        "email_normalized", "email_verified_at", "promotion_withheld_reason"]
     fieldsets = (
         (None, {"fields": ("email", "email_normalized", "email_verified_at", "password")}),
         ("Credit", {"fields": ("credit_summary", "latest_entries")}),
-        ("First-token promotion", {"fields": ("promotion", "first_token_at", "promotion_eligible",
+        ("First-token promotion", {"fields": ("promotion", "first_token_at", "eligible_now",
                                               "promotion_claimed", "promotion_withheld_reason")}),
         ("Personal info", {"fields": ("first_name", "last_name")}),
         ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups",
@@ -172,6 +184,14 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
             rows, link,
             reverse("admin:credits_staffaction_changelist") + f"?user_id={obj.pk}")
 
+    @admin.display(description="promotion eligible")
+    def eligible_now(self, obj):
+        """Computed when the page is shown, by the rule the list filter uses: a window
+        that closed a minute ago reads closed, whatever the stored flag says."""
+        if obj.pk is None:
+            return "—"
+        return eligibility_label(promotion_status(obj, now=timezone.now()), now=timezone.now())
+
     @admin.display(description="assigned promotion")
     def promotion(self, obj):
         assignment = getattr(obj, "promotion_assignment", None) if obj.pk else None
@@ -182,7 +202,39 @@ class UserAdmin(MoneyActionsMixin, DjangoUserAdmin):
     def get_inlines(self, request, obj):
         return self.inlines if obj is not None else []
 
+    def get_actions(self, request):
+        """The money actions first; deleting users (rarely right: their history protects
+        them) comes last, not as the first thing offered."""
+        actions = super().get_actions(request)
+        delete = actions.pop("delete_selected", None)
+        if delete is not None:
+            actions["delete_selected"] = delete
+        return actions
+
+    # The refund page: the customer's recent calls, each with its charge to prefill.
+    def money_initial(self, spec, request, targets) -> dict:
+        call = request.GET.get("call", "")
+        if spec.name != "refund" or len(targets) != 1 or not call:
+            return {}
+        for recent in recent_charged_calls(user_id=targets[0].pk):
+            if recent.request_id == call:
+                return {"usage_reference": call,
+                        "amount": money.format_usd(recent.refundable_micros)}
+        return {"usage_reference": call}
+
+    def money_extra_context(self, spec, request, targets) -> dict:
+        if spec.name != "refund" or len(targets) != 1:
+            return {}
+        base = self.money_action_url("refund", [targets[0].pk])
+        return {"recent_calls": [{
+            "request_id": c.request_id, "at": c.at,
+            "charged": usd(c.charged_micros), "refunded": usd(c.refunded_micros),
+            "refundable": usd(c.refundable_micros), "can_refund": c.refundable_micros > 0,
+            "pick_url": f"{base}&{urlencode({'call': c.request_id})}",
+        } for c in recent_charged_calls(user_id=targets[0].pk)]}
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        _viewer.set(request.user)
         extra_context = extra_context or {}
         extra_context["money_buttons"] = [
             {"label": spec.label, "url": self.money_action_url(name, [object_id])}

@@ -23,15 +23,17 @@ from credits.models import CreditGrant, CreditHold, LedgerEntry, Notification, S
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ExportableHistoryAdmin):
     list_display = ["id", "created_at", "user", "entry_type", "amount", "held_change",
-                    "balance_after", "grant_id", "actor", "description", "reference"]
+                    "balance_after", "grant_id", "actor", "description", "internal_reason",
+                    "reference"]
     list_filter = ["entry_type", UserIdFilter, ("created_at", admin.DateFieldListFilter),
                    ("actor", TinyUserFilter)]
-    search_fields = ["user__email", "reference", "operation_key", "description"]
+    search_fields = ["user__email", "reference", "operation_key", "description",
+                     "internal_reason"]
     list_select_related = ["user", "actor"]
     date_hierarchy = "created_at"
     csv_fields = ["id", "created_at", "user", "entry_type", "amount_usd", "held_change_usd",
-                  "balance_after_usd", "grant_id", "hold_id", "actor", "description", "reference",
-                  "operation_key"]
+                  "balance_after_usd", "grant_id", "hold_id", "actor", "description",
+                  "internal_reason", "reference", "operation_key"]
 
     amount = money_column("amount_micros", exact=True, sortable=True)
     held_change = money_column("held_change_micros", exact=True, zero="")
@@ -68,7 +70,8 @@ class GrantStateFilter(admin.SimpleListFilter):
 class CreditGrantAdmin(MoneyActionsMixin, ExportableHistoryAdmin):
     money_actions = GRANT_ACTIONS
     list_display = ["id", "user", "kind", "amount", "remaining", "held", "granted_at",
-                    "expires_at", "voided_at", "promotion_variant", "actor", "description"]
+                    "expires_at", "voided_at", "promotion_variant", "actor", "description",
+                    "internal_reason"]
     list_filter = ["kind", GrantStateFilter, UserIdFilter, ("granted_at", admin.DateFieldListFilter),
                    "promotion_variant"]
     search_fields = ["user__email", "description", "source_reference", "idempotency_key"]
@@ -76,7 +79,7 @@ class CreditGrantAdmin(MoneyActionsMixin, ExportableHistoryAdmin):
     date_hierarchy = "granted_at"
     csv_fields = ["id", "user", "kind", "amount_usd", "remaining_usd", "held_usd", "granted_at",
                   "expires_at", "voided_at", "promotion_variant", "actor", "description",
-                  "source_reference"]
+                  "internal_reason", "source_reference"]
 
     amount = money_column("amount_micros", sortable=True)
     remaining = money_column("remaining_micros", sortable=True)

@@ -7,6 +7,8 @@ of every staff action, with its approval, is the StaffAction admin here.
 
 from __future__ import annotations
 
+import contextvars
+import datetime as dt
 import re
 import secrets
 from collections.abc import Callable, Iterable
@@ -17,12 +19,11 @@ from functools import partial
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from accounts.models import User
@@ -57,12 +58,29 @@ class UsdField(forms.DecimalField):
         return None if cleaned is None else money.usd_to_micros(cleaned)
 
 
-class ReasonForm(forms.Form):
+class InternalReasonForm(forms.Form):
     reason = forms.CharField(
-        max_length=255, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        max_length=255, label="Internal reason",
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
         error_messages={"required": "A reason is required."},
-        help_text="Stored on the ledger entry and in the audit log.",
+        help_text="Staff and the audit only (the ledger entry's internal reason, the audit "
+                  "log); never shown to the customer.",
     )
+
+
+class ReasonForm(InternalReasonForm):
+    """An internal reason, and the note the customer reads."""
+
+    customer_note = forms.CharField(
+        max_length=255, required=False, label="Note to the customer",
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        help_text="Optional: what the customer reads in their credit history and in the "
+                  "email we send them.")
+
+    def set_customer_default(self, default: str) -> None:
+        field = self.fields["customer_note"]
+        field.widget.attrs["placeholder"] = default
+        field.help_text = (f"{field.help_text} Empty: “{default}”.")
 
 
 class GrantCreditForm(ReasonForm):
@@ -73,7 +91,7 @@ class GrantCreditForm(ReasonForm):
         required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         help_text="Optional (UTC). Empty: promotional credit expires after the promotion's "
                   "days; other kinds never.")
-    field_order = ["amount", "kind", "expires_at", "reason"]
+    field_order = ["amount", "kind", "expires_at", "reason", "customer_note"]
 
     def clean_expires_at(self):
         value = self.cleaned_data.get("expires_at")
@@ -86,7 +104,7 @@ class AdjustForm(ReasonForm):
     amount = UsdField(allow_negative=True,
                       help_text="USD: positive adds credit, negative takes it back "
                                 "(never below zero).")
-    field_order = ["amount", "reason"]
+    field_order = ["amount", "reason", "customer_note"]
 
     def clean_amount(self):
         value = self.cleaned_data.get("amount")
@@ -96,11 +114,12 @@ class AdjustForm(ReasonForm):
 
 
 class RefundForm(ReasonForm):
-    amount = UsdField()
     usage_reference = forms.CharField(
-        required=False, max_length=64, label="Usage record (request id)",
-        help_text="Optional: the request id of the call being refunded.")
-    field_order = ["amount", "usage_reference", "reason"]
+        required=False, max_length=64, label="Call (request id)",
+        help_text="Pick one of the customer's recent calls above (its charge is prefilled), or "
+                  "give a request id; empty: a refund not tied to a call.")
+    amount = UsdField()
+    field_order = ["usage_reference", "amount", "reason", "customer_note"]
 
     def clean_usage_reference(self):
         value = (self.cleaned_data.get("usage_reference") or "").strip()
@@ -114,7 +133,7 @@ class ChangeExpiryForm(ReasonForm):
         required=False, label="New expiry (UTC)",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     never = forms.BooleanField(required=False, label="Never expires")
-    field_order = ["expires_at", "never", "reason"]
+    field_order = ["expires_at", "never", "reason", "customer_note"]
 
     def clean(self):
         cleaned = super().clean()
@@ -132,22 +151,24 @@ GRANT_KIND_FILTER = [("", "All credit left"),
 class UserGrantsReasonForm(ReasonForm):
     grant_kind = forms.ChoiceField(choices=GRANT_KIND_FILTER, required=False,
                                    label="Grants", initial=GrantKind.PROMOTIONAL)
-    field_order = ["grant_kind", "reason"]
+    field_order = ["grant_kind", "reason", "customer_note"]
 
 
 class UserGrantsExpiryForm(ChangeExpiryForm):
     grant_kind = forms.ChoiceField(choices=GRANT_KIND_FILTER, required=False,
                                    label="Grants", initial=GrantKind.PROMOTIONAL)
-    field_order = ["grant_kind", "expires_at", "never", "reason"]
+    field_order = ["grant_kind", "expires_at", "never", "reason", "customer_note"]
 
 
 class DecisionForm(forms.Form):
-    note = forms.CharField(max_length=255, required=False,
+    note = forms.CharField(max_length=255, required=False, label="Internal note",
+                           help_text="Staff and the audit only.",
                            widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
 
 
 class RejectionForm(forms.Form):
-    note = forms.CharField(max_length=255, label="Reason",
+    note = forms.CharField(max_length=255, label="Internal reason",
+                           help_text="Staff and the audit only.",
                            error_messages={"required": "A reason is required."},
                            widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
 
@@ -163,6 +184,7 @@ class MoneyAction:
 
     def call_kwargs(self, data: dict) -> dict:
         mapping = {"amount": "amount_micros", "note": "note", "reason": "reason",
+                   "customer_note": "customer_note",
                    "kind": "kind", "expires_at": "expires_at",
                    "usage_reference": "usage_reference", "grant_kind": "grant_kind"}
         return {mapping[k]: v for k, v in data.items() if k in mapping}
@@ -172,6 +194,16 @@ class MoneyAction:
             return staff_actions.can_review(staff)
         return staff_actions.can_perform(staff, self.kind)
 
+    @property
+    def customer_default(self) -> str:
+        return staff_actions.CUSTOMER_NOTE_DEFAULTS.get(self.kind, "") if self.kind else ""
+
+    def make_form(self, data=None, initial=None) -> forms.Form:
+        form = self.form_class(data, initial=initial or {})
+        if isinstance(form, ReasonForm) and self.customer_default:
+            form.set_customer_default(self.customer_default)
+        return form
+
 
 USER_ACTIONS = {a.name: a for a in [
     MoneyAction("grant", "Grant credit", GrantCreditForm, staff_actions.grant_credit, "user",
@@ -180,7 +212,8 @@ USER_ACTIONS = {a.name: a for a in [
                 StaffActionKind.ADJUST),
     MoneyAction("refund", "Refund", RefundForm, staff_actions.refund_credit, "user",
                 StaffActionKind.REFUND),
-    MoneyAction("revoke_keys", "Revoke API keys", ReasonForm, staff_actions.revoke_api_keys,
+    MoneyAction("revoke_keys", "Revoke API keys", InternalReasonForm,
+                staff_actions.revoke_api_keys,
                 "user", StaffActionKind.REVOKE_KEYS),
     # The grant actions on every grant of the selected users that still has credit.
     MoneyAction("void_all", "Void credit left", UserGrantsReasonForm,
@@ -205,10 +238,6 @@ REVIEW_ACTIONS = {a.name: a for a in [
     MoneyAction("approve", "Approve", DecisionForm, staff_actions.approve, "action"),
     MoneyAction("reject", "Reject", RejectionForm, staff_actions.reject, "action"),
 ]}
-
-
-class _Preview(Exception):
-    pass
 
 
 class MoneyActionsMixin:
@@ -268,30 +297,36 @@ class MoneyActionsMixin:
             self.message_user(request, "Nothing selected.", messages.WARNING)
             return HttpResponseRedirect(self._money_return_url(request, targets))
         step = request.POST.get("_step", "") if request.method == "POST" else ""
-        form = spec.form_class(request.POST if step in ("preview", "confirm") else None)
+        bound = step in ("preview", "confirm")
+        form = spec.make_form(request.POST if bound else None,
+                              initial=None if bound else self.money_initial(spec, request, targets))
         confirming = False
+        effects: list[staff_actions.AccountEffect] = []
         # The confirmation page's one-time token is the submission's idempotency key: the
         # same page confirmed twice (a double click, a browser retry) applies once and shows
         # the first result. A confirm without a token (an old page) gets a key of its own.
         token = request.POST.get("_token", "") if step == "confirm" else ""
         if not _TOKEN.fullmatch(token):
             token = secrets.token_urlsafe(16)
-        if step in ("preview", "confirm") and form.is_valid():
+        # What this staff member cannot do is not offered (e.g. approving their own request).
+        refused = self.money_refusals(spec, request.user, targets)
+        if bound and form.is_valid():
             kwargs = spec.call_kwargs(form.cleaned_data)
             try:
-                with transaction.atomic():
+                if step == "preview":
+                    # A dry run with every check, rolled back: what each account will look like.
+                    effects = staff_actions.preview(targets, spec.perform, target=spec.target,
+                                                    staff=request.user, idempotency_key=token,
+                                                    **kwargs)
+                    confirming = True
+                else:
                     done = staff_actions.for_each(targets, spec.perform, target=spec.target,
                                                   staff=request.user, idempotency_key=token,
                                                   **kwargs)
-                    if step == "preview":
-                        raise _Preview  # a dry run: checked against the ledger, rolled back
-            except _Preview:
-                confirming = True
+                    self._report(request, done)
+                    return HttpResponseRedirect(self._money_return_url(request, targets))
             except CreditError as exc:
                 form.add_error(None, str(exc))
-            else:
-                self._report(request, done)
-                return HttpResponseRedirect(self._money_return_url(request, targets))
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -301,12 +336,29 @@ class MoneyActionsMixin:
             "targets": [self.describe_target(t) for t in targets],
             "ids": ",".join(str(t.pk) for t in targets),
             "confirming": confirming,
+            "refused": refused,
             "token": token if confirming else "",
-            "summary": _summary(form) if confirming else [],
+            "summary": _summary(form, spec) if confirming else [],
+            "effects": [_effect_row(e) for e in effects],
+            "waiting": [e for e in effects if e.waits],
+            "recent_calls": None,
+            "grant_kind_note": _expiry_note(spec, form, effects) if confirming else "",
             "next": request.POST.get("next") or request.GET.get("next", ""),
             "media": self.media + form.media,
+            **self.money_extra_context(spec, request, targets),
         }
         return TemplateResponse(request, "admin/credits/money_action.html", context)
+
+    def money_initial(self, spec: MoneyAction, request, targets) -> dict:
+        """The form's first values (a refund of a call picked from the list: its charge)."""
+        return {}
+
+    def money_extra_context(self, spec: MoneyAction, request, targets) -> dict:
+        return {}
+
+    def money_refusals(self, spec: MoneyAction, staff: User, targets) -> list[str]:
+        """Why `staff` cannot take this action on these targets (empty: they can)."""
+        return []
 
     def _report(self, request, done: list[StaffAction]) -> None:
         for action in done:
@@ -325,11 +377,15 @@ class MoneyActionsMixin:
         return reverse(f"admin:{self._url_name('changelist')}")
 
 
-def _summary(form: forms.Form) -> list[tuple[str, str]]:
+def _summary(form: forms.Form, spec: MoneyAction) -> list[tuple[str, str]]:
     rows = []
     for name, field in form.fields.items():
         value = form.cleaned_data.get(name)
-        if isinstance(field, UsdField) and value is not None:
+        if name == "customer_note" and not value:
+            shown = f"{spec.customer_default} (the default)"
+        elif name == "expires_at" and value is None and "never" not in form.fields:
+            shown = "The kind's default (the real date is below)"
+        elif isinstance(field, UsdField) and value is not None:
             shown = f"{money.display_usd(value)} (${money.format_usd(value)})"
         elif isinstance(field, forms.ChoiceField):
             shown = dict(field.choices).get(value, value)
@@ -341,17 +397,64 @@ def _summary(form: forms.Form) -> list[tuple[str, str]]:
     return rows
 
 
-def grant_action_links(grant: CreditGrant) -> str:
-    """Links to the per-grant staff actions (the pages check permissions)."""
+def _when(moment) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _effect_row(effect: staff_actions.AccountEffect) -> dict:
+    expiries = [("never expires" if e is None else f"expires {_when(e)}")
+                for e in effect.grant_expiries]
+    return {
+        "user": effect.user.email,
+        "balance_before": usd(effect.balance_before_micros),
+        "balance_after": usd(effect.balance_after_micros),
+        "available_before": usd(effect.available_before_micros),
+        "available_after": usd(effect.available_after_micros),
+        "changed": (effect.balance_after_micros != effect.balance_before_micros
+                    or effect.available_after_micros != effect.available_before_micros),
+        "expiries": "; ".join(expiries),
+        "results": effect.results,
+        "waits": effect.waits,
+        "when": (f"Waits for a second approver ({effect.waits_for})" if effect.waits
+                 else "Applied when you confirm"),
+    }
+
+
+def _expiry_note(spec: MoneyAction, form: forms.Form, effects) -> str:
+    """A grant that waits for approval and has no expiry of its own gets it counted from the
+    approval."""
+    if (spec.kind == StaffActionKind.GRANT and any(e.waits for e in effects)
+            and not form.cleaned_data.get("expires_at")
+            and any(x is not None for e in effects for x in e.grant_expiries)):
+        return ("The expiry shown is counted from now; it will be counted from the moment "
+                "the grant is approved.")
+    return ""
+
+
+def grant_action_links(grant: CreditGrant, staff: User | None = None,
+                       now: dt.datetime | None = None) -> str:
+    """Links to the per-grant staff actions this staff member may take on this grant (none
+    on a voided, expired or used-up grant)."""
+    now = now or timezone.now()
     if grant.voided_at is not None:
         return "voided"
+    if grant.expires_at is not None and grant.expires_at <= now:
+        return "expired"
+    if grant.remaining_micros == 0:
+        return "used up"
     base = "admin:credits_creditgrant_money_action"
     links = [(reverse(base, kwargs={"action": name}) + f"?ids={grant.pk}", spec.label)
-             for name, spec in GRANT_ACTIONS.items()]
-    return format_html_join(" · ", '<a href="{}">{}</a>', links)
+             for name, spec in GRANT_ACTIONS.items() if staff is None or spec.allowed(staff)]
+    return format_html_join(" · ", '<a href="{}">{}</a>', links) if links else "—"
 
 
 # --- the audit ---------------------------------------------------------------------------
+
+
+# The staff member viewing a page, for columns that offer only what they can do (a context
+# variable: the ModelAdmin is shared by every request).
+_viewer: contextvars.ContextVar[User | None] = contextvars.ContextVar("console_viewer",
+                                                                      default=None)
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -382,13 +485,15 @@ class StaffActionAdmin(MoneyActionsMixin, ExportableHistoryAdmin):
                     "requested_by", "decided_by", "decided_at", "result"]
     list_filter = [StatusFilter, "kind", UserIdFilter, ("requested_at", admin.DateFieldListFilter),
                    ("requested_by", TinyUserFilter), ("decision__decided_by", TinyUserFilter)]
-    search_fields = ["user__email", "reason", "requested_by__email", "decision__result"]
+    search_fields = ["user__email", "reason", "customer_note", "requested_by__email",
+                     "decision__result"]
     list_select_related = ["user", "requested_by", "decision__decided_by"]
     date_hierarchy = "requested_at"
     derived_fields = ["status", "decided_by", "decided_at", "decision_note", "result", "grant"]
     readonly_fields = ["review", *derived_fields]
     csv_fields = ["id", "requested_at", "kind", "status", "user", "amount_usd", "grant_id",
-                  "grant_kind", "expires_at", "usage_reference", "reason", "requested_by",
+                  "grant_kind", "expires_at", "usage_reference", "reason", "customer_note",
+                  "requested_by",
                   "approval_reason", "decided_by", "decided_at", "decision_note", "result"]
 
     amount = money_column("amount_micros")
@@ -411,13 +516,47 @@ class StaffActionAdmin(MoneyActionsMixin, ExportableHistoryAdmin):
                 f"asked by {action.requested_by.email}: “{action.reason}” "
                 f"({action.get_status_display()})")
 
+    def money_refusals(self, spec, staff, targets) -> list[str]:
+        refusals = []
+        for action in targets:
+            if spec.name == "approve":
+                why = staff_actions.may_decide(action=action, staff=staff)
+            elif action.decided is not None:
+                why = f"It is already {action.decided.outcome.lower()}."
+            elif action.requested_by_id != staff.pk and not staff_actions.can_perform(
+                    staff, action.kind, action.amount_micros):
+                why = "You do not have the permission this action needs."
+            else:
+                why = ""
+            if why:
+                refusals.append(f"#{action.pk}: {why}")
+        return refusals
+
+    def changelist_view(self, request, extra_context=None):
+        _viewer.set(request.user)  # the review column offers what this viewer can do
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        _viewer.set(request.user)
+        return super().change_view(request, object_id, form_url, extra_context)
+
     @admin.display(description="review")
     def review(self, obj):
+        """Only the decisions this staff member can take: the requester is offered a
+        withdrawal, never an approval."""
         if obj.status != StaffActionStatus.PENDING:
             return "—"
-        return format_html(
-            '<a class="button" href="{}">Approve…</a> <a class="button" href="{}">Reject…</a>',
-            self.money_action_url("approve", [obj.pk]), self.money_action_url("reject", [obj.pk]))
+        staff = _viewer.get()
+        buttons = []
+        if staff is not None and not staff_actions.may_decide(action=obj, staff=staff):
+            buttons.append((self.money_action_url("approve", [obj.pk]), "Approve…"))
+        if staff is not None and (obj.requested_by_id == staff.pk or staff_actions.can_perform(
+                staff, obj.kind, obj.amount_micros)):
+            label = "Withdraw…" if obj.requested_by_id == staff.pk else "Reject…"
+            buttons.append((self.money_action_url("reject", [obj.pk]), label))
+        if not buttons:
+            return "Waits for another staff member"
+        return format_html_join(" ", '<a class="button" href="{}">{}</a>', buttons)
 
     def get_fields(self, request, obj=None):
         return ["review", *[f.name for f in StaffAction._meta.fields], *self.derived_fields]

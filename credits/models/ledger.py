@@ -66,7 +66,10 @@ class CreditGrant(models.Model):
     granted_at = models.DateTimeField()
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
     voided_at = models.DateTimeField(null=True, blank=True)
+    # What the customer reads (a staff member's customer note, or the kind's default).
     description = models.CharField(max_length=255, blank=True)
+    # Staff only: why a staff member did this (never shown to the customer).
+    internal_reason = models.CharField(max_length=255, blank=True, default="")
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -117,6 +120,13 @@ class CreditGrant(models.Model):
     @property
     def free_micros(self) -> int:
         return self.remaining_micros - self.held_micros
+
+    @property
+    def customer_description(self) -> str:
+        """The grant's note as the customer may read it (see `customer_text`)."""
+        return customer_text(self.description, actor_id=self.actor_id,
+                             internal_reason=self.internal_reason,
+                             fallback=staff_grant_default(self.kind))
 
     def is_usable_at(self, moment) -> bool:
         return self.voided_at is None and (self.expires_at is None or self.expires_at > moment)
@@ -175,7 +185,10 @@ class LedgerEntry(models.Model):
     amount_micros = models.BigIntegerField()
     held_change_micros = models.BigIntegerField(default=0)
     balance_after_micros = models.BigIntegerField()
+    # What the customer reads (for a staff action: its customer note, or the kind's default).
     description = models.CharField(max_length=255, blank=True)
+    # Staff only: why a staff member did this (never shown to the customer).
+    internal_reason = models.CharField(max_length=255, blank=True, default="")
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -217,6 +230,13 @@ class LedgerEntry(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ImmutableEntryError("Ledger entries are append-only; write a correcting entry.")
+
+    @property
+    def customer_description(self) -> str:
+        """The line as the customer may read it (see `customer_text`)."""
+        return customer_text(self.description, actor_id=self.actor_id,
+                             internal_reason=self.internal_reason,
+                             fallback=staff_entry_default(self.entry_type, self.amount_micros))
 
 
 class HoldStatus(models.TextChoices):
@@ -350,3 +370,49 @@ class TakeBack(models.Model):
     @property
     def is_complete(self) -> bool:
         return self.pending_micros == 0
+
+
+# --- what customers read of a staff member's rows ---------------------------------------
+
+# The note a customer reads when a staff member wrote none (per grant kind / entry).
+STAFF_GRANT_DEFAULTS = {
+    GrantKind.ADJUSTMENT: "Credit from TokenBank support",
+    GrantKind.PROMOTIONAL: "Promotional credit from TokenBank",
+    GrantKind.PURCHASED: "Credit from TokenBank support",
+    GrantKind.REFERRAL: "Referral credit from TokenBank",
+    GrantKind.REFUND: "Refund from TokenBank support",
+}
+STAFF_ENTRY_DEFAULTS = {
+    EntryType.REFUND: "Refund from TokenBank support",
+    EntryType.VOID: "Credit removed by TokenBank support",
+    EntryType.ADJUSTMENT: "Balance correction by TokenBank support",
+    EntryType.EXPIRY_CHANGE: "Expiry date changed by TokenBank support",
+    EntryType.EXPIRY: "Credit expired",
+}
+STAFF_DEFAULT = "Change by TokenBank support"
+
+
+def staff_grant_default(kind: str) -> str:
+    return STAFF_GRANT_DEFAULTS.get(kind, STAFF_DEFAULT)
+
+
+def staff_entry_default(entry_type: str, amount_micros: int) -> str:
+    if entry_type == EntryType.GRANT:
+        return STAFF_GRANT_DEFAULTS[GrantKind.ADJUSTMENT]
+    if entry_type == EntryType.REFUND and amount_micros < 0:
+        return "Credit taken back by TokenBank support"
+    return STAFF_ENTRY_DEFAULTS.get(entry_type, STAFF_DEFAULT)
+
+
+def customer_text(description: str, *, actor_id: int | None, internal_reason: str,
+                  fallback: str) -> str:
+    """What a customer may read of a grant's or an entry's description.
+
+    Since internal reasons were split from customer notes, a staff member's row carries its
+    internal reason apart (`internal_reason`) and `description` is the customer note. Rows a
+    staff member wrote before (an actor, no internal reason) may hold an internal reason in
+    `description`; they are history and never rewritten, so the customer reads the kind's
+    default instead. Rows written by the system (no actor) read as written."""
+    if actor_id is None or internal_reason:
+        return description
+    return fallback

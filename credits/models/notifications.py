@@ -13,6 +13,12 @@ class NotificationEvent(models.TextChoices):
     CREDITS_EXPIRED = "CREDITS_EXPIRED", "Credits expired"
     LOW_BALANCE = "LOW_BALANCE", "Low balance"
     BALANCE_EXHAUSTED = "BALANCE_EXHAUSTED", "Balance exhausted"
+    # A staff member changed the account (credits.staff_actions, a clawback): the customer
+    # note is what they read.
+    CREDIT_ADDED = "CREDIT_ADDED", "Credit added"
+    CREDIT_REFUNDED = "CREDIT_REFUNDED", "Refund"
+    CREDIT_REMOVED = "CREDIT_REMOVED", "Credit removed"
+    EXPIRY_CHANGED = "EXPIRY_CHANGED", "Expiry changed"
 
 
 class Notification(models.Model):

@@ -85,7 +85,11 @@ class StaffAction(AppendOnlyModel):
     grant_kind = models.CharField(max_length=16, choices=GrantKind.choices, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     usage_reference = models.CharField(max_length=200, blank=True)
-    reason = models.CharField(max_length=255)
+    reason = models.CharField(max_length=255, help_text="Internal: staff and the audit only.")
+    customer_note = models.CharField(
+        max_length=255, blank=True, default="",
+        help_text="What the customer reads (history line, notification); empty: the kind's "
+                  "default (credits.staff_actions.CUSTOMER_NOTE_DEFAULTS).")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )

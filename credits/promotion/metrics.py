@@ -4,8 +4,12 @@ Selectors only (reads). Everything is aggregated in the database, a handful of
 grouped queries whatever the number of users: sign-ups and first tokens in the
 window, the median and p90 time from registration to the first token,
 promotional credit granted / used / expired / voided, and retention after the
-promotional credit ran out. The cohort is the users who signed up in the date
-range; their credit is counted whenever it moved.
+promotional credit ran out. The cohort is the customers (staff accounts are not sign-ups)
+who signed up in the date range; their credit is counted whenever it moved. The credit
+columns count only the grants the promotion made (not a staff member's goodwill grant of
+promotional kind), and "used" is what calls spent (a staff adjustment that took promotional
+credit back counts with the voided credit, not as use). `daily_trend` gives the same
+cohort day by day.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from django.db.models import (
     Subquery,
     Sum,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncDate
 
 from accounts.models import User
 from credits import money
@@ -41,13 +45,27 @@ from credits.models import (
     LedgerEntry,
     PromotionVariant,
 )
-from credits.models.promotions import settings_terms, terms_for
+from credits.models.promotions import FIRST_TOKEN_PROMOTION_KEY, settings_terms, terms_for
 
 GroupKey = tuple[int | None, int | None]  # (promotion id, variant id)
 
-# Debits that spend promotional credit (a REFUND entry is credit taken back).
-SPENDING_TYPES = [EntryType.USAGE, EntryType.CAPTURE, EntryType.ADJUSTMENT, EntryType.REFUND]
+# What calls spent of the promotion's credit; credit taken away otherwise (a void, a staff
+# adjustment, a take-back) counts as removed ("voided").
+SPENDING_TYPES = [EntryType.USAGE, EntryType.CAPTURE]
+REMOVING_TYPES = [EntryType.VOID, EntryType.ADJUSTMENT, EntryType.REFUND]
 PAID_CALL_TYPES = [EntryType.USAGE, EntryType.CAPTURE]
+
+
+def customers():
+    """Sign-ups: staff accounts are not."""
+    return User.objects.filter(is_staff=False, is_superuser=False)
+
+
+def promotion_grants_q(prefix: str = "") -> Q:
+    """The grants the first-token promotion made (its award's key): not a staff member's
+    grant of promotional kind."""
+    return Q(**{f"{prefix}kind": GrantKind.PROMOTIONAL,
+                f"{prefix}idempotency_key": FIRST_TOKEN_PROMOTION_KEY})
 
 
 class SecondsBetween(Func):
@@ -144,7 +162,7 @@ class VariantMetrics:
             "promotional granted": money.format_usd(self.granted_micros),
             "promotional used": money.format_usd(self.used_micros),
             "promotional expired": money.format_usd(self.expired_micros),
-            "promotional voided": money.format_usd(self.voided_micros),
+            "promotional voided or taken back": money.format_usd(self.voided_micros),
             "promotional outstanding": money.format_usd(self.outstanding_micros),
             "utilization %": pct(self.utilization),
             "ran out of promotional credit": str(self.ran_out),
@@ -176,7 +194,7 @@ def promotion_metrics(*, start: dt.date, end: dt.date,
 def _promotion_metrics(*, start: dt.date, end: dt.date,
                        promotion_id: int | None) -> list[VariantMetrics]:
     since, until = _day_bounds(start, end)
-    cohort = User.objects.filter(date_joined__gte=since, date_joined__lt=until)
+    cohort = customers().filter(date_joined__gte=since, date_joined__lt=until)
     if promotion_id is not None:
         cohort = cohort.filter(promotion_assignment__promotion_id=promotion_id)
     pid, vid = "promotion_assignment__promotion_id", "promotion_assignment__variant_id"
@@ -197,8 +215,8 @@ def _promotion_metrics(*, start: dt.date, end: dt.date,
     _time_to_first_token(cohort, rows, pid, vid)
 
     # Promotional credit, by what moved it (one query over the entries).
-    entries = LedgerEntry.objects.filter(
-        grant__kind=GrantKind.PROMOTIONAL, user__in=cohort.values("pk"))
+    entries = LedgerEntry.objects.filter(promotion_grants_q("grant__"),
+                                         user__in=cohort.values("pk"))
     upid, uvid = f"user__{pid}", f"user__{vid}"
 
     def moved(*types) -> Coalesce:
@@ -206,7 +224,7 @@ def _promotion_metrics(*, start: dt.date, end: dt.date,
 
     for r in (entries.order_by().values(upid, uvid)
               .annotate(granted=moved(EntryType.GRANT), used=moved(*SPENDING_TYPES),
-                        expired=moved(EntryType.EXPIRY), voided=moved(EntryType.VOID))):
+                        expired=moved(EntryType.EXPIRY), voided=moved(*REMOVING_TYPES))):
         row = _row(rows, r[upid], r[uvid])
         row.granted_micros, row.used_micros = r["granted"], -r["used"]
         row.expired_micros, row.voided_micros = -r["expired"], -r["voided"]
@@ -294,9 +312,9 @@ def _retention(cohort, rows, upid: str, uvid: str) -> None:
     paid_call = LedgerEntry.objects.filter(
         user_id=OuterRef("user_id"), entry_type__in=PAID_CALL_TYPES, amount_micros__lt=0,
         created_at__gte=OuterRef("ran_out_at"),
-    ).exclude(grant__kind=GrantKind.PROMOTIONAL)
+    ).exclude(promotion_grants_q("grant__"))
     grants = (
-        CreditGrant.objects.filter(kind=GrantKind.PROMOTIONAL, remaining_micros=0,
+        CreditGrant.objects.filter(promotion_grants_q(), remaining_micros=0,
                                    user__in=cohort.values("pk"))
         .annotate(ran_out_at=ran_out_at)
         .annotate(came_back=Exists(bought) | Exists(paid_call))
@@ -308,3 +326,71 @@ def _retention(cohort, rows, upid: str, uvid: str) -> None:
     ):
         row = _row(rows, r[upid], r[uvid])
         row.ran_out, row.retained = r["ran_out"], r["retained"]
+
+
+@dataclass(frozen=True)
+class TrendDay:
+    day: dt.date
+    signups: int
+    first_tokens_in_window: int
+    granted_micros: int  # promotion credit granted that day (to the whole cohort)
+    used_micros: int  # promotion credit calls spent that day
+
+
+def daily_trend(*, start: dt.date, end: dt.date,
+                promotion_id: int | None = None) -> list[TrendDay]:
+    """The cohort of `promotion_metrics`, one point per UTC day from `start` to `end`: who
+    signed up that day and how many of them reached a first token in their window, and the
+    promotion's credit granted and spent that day. Two grouped queries."""
+    since, until = _day_bounds(start, end)
+    cohort = customers().filter(date_joined__gte=since, date_joined__lt=until)
+    if promotion_id is not None:
+        cohort = cohort.filter(promotion_assignment__promotion_id=promotion_id)
+    rows = _rows_for_variants(promotion_id)
+    in_window = Q(first_token_at__isnull=False) & _window_condition(rows, prefix="")
+    people = {r["day"]: r for r in (
+        cohort.annotate(day=TruncDate("date_joined", tzinfo=dt.UTC)).order_by().values("day")
+        .annotate(signups=Count("pk"), in_window=Count("pk", filter=in_window)))}
+    credit = {r["day"]: r for r in (
+        LedgerEntry.objects.filter(promotion_grants_q("grant__"), user__in=cohort.values("pk"),
+                                   created_at__gte=since, created_at__lt=until)
+        .annotate(day=TruncDate("created_at", tzinfo=dt.UTC)).order_by().values("day")
+        .annotate(granted=Coalesce(Sum("amount_micros",
+                                       filter=Q(entry_type=EntryType.GRANT)), 0),
+                  used=Coalesce(Sum("amount_micros", filter=Q(entry_type__in=SPENDING_TYPES)),
+                                0)))}
+    days = []
+    day = start
+    while day <= end:
+        p, c = people.get(day, {}), credit.get(day, {})
+        days.append(TrendDay(day=day, signups=p.get("signups", 0),
+                             first_tokens_in_window=p.get("in_window", 0),
+                             granted_micros=c.get("granted", 0), used_micros=-c.get("used", 0)))
+        day += dt.timedelta(days=1)
+    return days
+
+
+@dataclass(frozen=True)
+class Today:
+    """The console's front page: today's (UTC) numbers."""
+
+    signups: int
+    first_tokens_in_window: int
+    promotional_outstanding_micros: int  # promotional credit customers can still spend
+
+
+def today(*, now: dt.datetime) -> Today:
+    """Customers who signed up today and who generated their first token today within their
+    own window; the promotional credit outstanding now (unexpired, not voided, all users).
+    Three queries."""
+    start = dt.datetime.combine(now.astimezone(dt.UTC).date(), dt.time.min, tzinfo=dt.UTC)
+    rows = _rows_for_variants(None)
+    signups = customers().filter(date_joined__gte=start, date_joined__lte=now).count()
+    first = customers().filter(first_token_at__gte=start, first_token_at__lte=now).filter(
+        _window_condition(rows, prefix="")).count()
+    outstanding = (CreditGrant.objects.filter(kind=GrantKind.PROMOTIONAL, voided_at__isnull=True,
+                                              remaining_micros__gt=0)
+                   .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+                   .aggregate(total=Coalesce(Sum("remaining_micros"), 0))["total"])
+    return Today(signups=signups, first_tokens_in_window=first,
+                 promotional_outstanding_micros=outstanding)

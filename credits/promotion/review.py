@@ -8,7 +8,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import User
-from credits import services
+from credits import notices, services
 from credits.exceptions import GrantNotActive
 from credits.models import EntryType, LedgerEntry, PromotionReview, ReviewStatus
 
@@ -21,11 +21,17 @@ def confirm_review(*, review: PromotionReview, actor: User, note: str = "") -> P
         return _decide(locked, status=ReviewStatus.CONFIRMED, actor=actor, note=note)
 
 
-def claw_back(*, review: PromotionReview, actor: User, reason: str) -> PromotionReview:
-    """Void what is left of the flagged promotional grant (a VOID entry carrying
-    `reason` and the staff member). Only that grant is touched: purchased or other
+CLAWBACK_CUSTOMER_NOTE = "Promotional credit reversed after review"
+
+
+def claw_back(*, review: PromotionReview, actor: User, reason: str,
+              customer_note: str = "") -> PromotionReview:
+    """Void what is left of the flagged promotional grant (a VOID entry carrying the
+    staff member, the internal `reason` for staff only, and the `customer_note` the customer
+    reads, CLAWBACK_CUSTOMER_NOTE when empty). Only that grant is touched: purchased or other
     credit never is. Credit held by an in-flight call is voided when the call settles;
-    credit already spent stays spent. `clawed_back_micros` records what was voided now."""
+    credit already spent stays spent. `clawed_back_micros` records what was voided now.
+    The customer is told (a CREDIT_REMOVED notice, after the commit)."""
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError("A reason is required to claw credit back.")
@@ -33,7 +39,11 @@ def claw_back(*, review: PromotionReview, actor: User, reason: str) -> Promotion
         locked = _lock_flagged(review)
         voided = 0
         try:
-            services.void_grant(grant=locked.grant_id, reason=f"Clawback: {reason}", actor=actor)
+            services.void_grant(grant=locked.grant_id, actor=actor,
+                                reason=(customer_note or "").strip()[:255]
+                                or CLAWBACK_CUSTOMER_NOTE,
+                                internal_reason=f"Clawback: {reason}")
+            notices.enqueue_staff_notice(user_id=locked.user_id, kind="CLAWBACK")
             voided = LedgerEntry.objects.filter(
                 grant_id=locked.grant_id, entry_type=EntryType.VOID,
                 operation_key=f"void:{locked.grant_id}",

@@ -60,6 +60,21 @@ def promotion_status(user: User, *, now: dt.datetime | None = None) -> Promotion
     )
 
 
+def eligibility_label(status: PromotionStatus, *, now: dt.datetime) -> str:
+    """The console's one line on it, computed from `status` (read at `now`): the same rule as
+    the user list's "eligible now" filter (credits.promotion.terms.eligible_now_q)."""
+    deadline = status.deadline.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if status.claimed:
+        return "Claimed (earned with a first token)"
+    if status.eligible:
+        return f"Eligible now ✓ — the window closes {deadline} ({int(status.seconds_remaining)} s left)"
+    if status.withheld_reason:
+        return f"Not eligible: {status.withheld_reason}"
+    if now > status.deadline:
+        return f"Not eligible: the window closed {deadline}"
+    return "Not eligible"
+
+
 def withheld_reason(user: User, *, terms_active: bool, terms_amount_micros: int) -> str:
     """What to tell the user about a promotion they are not (or not yet) getting.
     No query unless their credit waits for an email verification."""

@@ -33,7 +33,7 @@ from credits.services.holds import (
     release,
     release_stale_holds,
 )
-from credits.services.pricing import calculate_inference_cost
+from credits.services.pricing import calculate_inference_cost, price_call, worst_case_cost
 from credits.services.reconcile import Mismatch, verify_balances
 from credits.services.results import UnitFailure
 from credits.services.takebacks import (
@@ -48,7 +48,8 @@ __all__ = [
     "DebitResult", "ExpiryRun", "HoldSweep", "Mismatch", "Settlement", "SweptHold",
     "TakeBackResult", "TakeBackReversal", "UnitFailure", "add_credit", "adjust_credit",
     "authorize", "back_pending_holds", "burn_down_order", "calculate_inference_cost", "capture",
-    "change_grant_expiry", "expire_credits", "grant_locked", "record_progress", "release",
+    "change_grant_expiry", "expire_credits", "grant_locked", "price_call", "record_progress",
+    "release",
     "release_stale_holds", "reverse_take_back", "take_back_credit", "use_credits",
-    "verify_balances", "void_grant",
+    "verify_balances", "void_grant", "worst_case_cost",
 ]

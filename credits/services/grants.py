@@ -41,8 +41,12 @@ def add_credit(
     idempotency_key: str | None = None,
     source_reference: str = "",
     now: dt.datetime | None = None,
+    internal_reason: str = "",
 ) -> CreditGrant:
     """Grant credit as a new lot, with a GRANT entry (a REFUND entry for a REFUND grant).
+
+    `description` is what the customer reads; `internal_reason` (a staff member's why) is
+    kept on the grant and its entry for staff only.
 
     Promotional credit expires PROMOTION_EXPIRY_DAYS after the grant unless
     `expires_at` says otherwise; other kinds never expire by default.
@@ -66,14 +70,15 @@ def add_credit(
         return grant_locked(
             locked, amount_micros=amount_micros, kind=kind, description=description, actor=actor,
             expires_at=expires_at, idempotency_key=idempotency_key,
-            source_reference=source_reference, now=now,
+            source_reference=source_reference, now=now, internal_reason=internal_reason,
         )
 
 
 def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, description: str,
                  actor, expires_at: dt.datetime | None, idempotency_key: str | None,
                  source_reference: str, now: dt.datetime,
-                 promotion_variant_id: int | None = None) -> CreditGrant:
+                 promotion_variant_id: int | None = None,
+                 internal_reason: str = "") -> CreditGrant:
     """add_credit's body, for a caller that already holds the account's lock (`lock_account`)
     in its own transaction: the promotion's award."""
     key = idempotency_key or f"grant:{uuid.uuid4().hex}"
@@ -87,11 +92,11 @@ def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, descr
     grant = CreditGrant.objects.create(
         user_id=account.user_id, kind=kind, amount_micros=amount_micros, remaining_micros=0,
         granted_at=now, expires_at=expires_at, description=description[:255], actor=actor,
-        idempotency_key=key, source_reference=source_reference,
+        internal_reason=internal_reason[:255], idempotency_key=key, source_reference=source_reference,
         promotion_variant_id=promotion_variant_id,
     )
     writer = LedgerWriter(account, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
-                          reference=source_reference)
+                          reference=source_reference, internal_reason=internal_reason)
     # Credit given back is a REFUND entry, so statements list it under refunds, not grants.
     entry_type = EntryType.REFUND if kind == GrantKind.REFUND else EntryType.GRANT
     writer.write(entry_type, grant=grant, amount=amount_micros,
@@ -138,9 +143,11 @@ def adjust_credit(
     idempotency_key: str | None = None,
     expires_at: dt.datetime | None = None,
     now: dt.datetime | None = None,
+    internal_reason: str = "",
 ) -> CreditGrant | DebitResult:
     """A staff correction: positive adds an ADJUSTMENT grant, negative debits.
 
+    `reason` is the line the customer reads; `internal_reason` is for staff only.
     A negative adjustment never takes the balance below zero (InsufficientCredits).
     """
     if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or amount_micros == 0:
@@ -149,14 +156,16 @@ def adjust_credit(
     if amount_micros > 0:
         return add_credit(user=user, amount_micros=amount_micros, kind=GrantKind.ADJUSTMENT,
                           description=reason, actor=actor, expires_at=expires_at,
-                          idempotency_key=idempotency_key, now=now)
+                          idempotency_key=idempotency_key, now=now,
+                          internal_reason=internal_reason)
     return _debit(user=user, amount_micros=-amount_micros, entry_type=EntryType.ADJUSTMENT,
                   reference="", description=reason, idempotency_key=idempotency_key,
-                  actor=actor, now=now_or(now))
+                  actor=actor, now=now_or(now), internal_reason=internal_reason)
 
 
 def _debit(*, user: User | int, amount_micros: int, entry_type: str, reference: str,
-           description: str, idempotency_key: str | None, actor, now: dt.datetime) -> DebitResult:
+           description: str, idempotency_key: str | None, actor, now: dt.datetime,
+           internal_reason: str = "") -> DebitResult:
     operation_key = f"debit:{idempotency_key}" if idempotency_key else f"debit:{uuid.uuid4().hex}"
     with transaction.atomic():
         locked = lock_account(user)
@@ -166,7 +175,7 @@ def _debit(*, user: User | int, amount_micros: int, entry_type: str, reference: 
                 return replay
         grants = lock_open_grants(locked.user_id)
         writer = LedgerWriter(locked, operation_key=operation_key, now=now, actor=actor,
-                         reference=reference)
+                              reference=reference, internal_reason=internal_reason)
         writer.sweep_expired(grants)
         usable = usable_grants(grants, now)
         available = sum(g.free_micros for g in usable)
@@ -210,9 +219,11 @@ def void_grant(
     reason: str,
     actor: User | None = None,
     now: dt.datetime | None = None,
+    internal_reason: str = "",
 ) -> CreditGrant:
     """Void what is left of a grant (VOID entry). Credit held by an in-flight call
-    is voided when that hold settles. Raises GrantNotActive if already voided."""
+    is voided when that hold settles. Raises GrantNotActive if already voided.
+    `reason` is the line the customer reads; `internal_reason` is for staff only."""
     reason = require_text(reason, name="reason")
     now = now_or(now)
     with transaction.atomic():
@@ -220,7 +231,8 @@ def void_grant(
         grant_id = locked_grant.pk
         if locked_grant.voided_at is not None:
             raise GrantNotActive(f"Grant #{grant_id} was already voided.")
-        writer = LedgerWriter(locked, operation_key=f"void:{grant_id}", now=now, actor=actor)
+        writer = LedgerWriter(locked, operation_key=f"void:{grant_id}", now=now, actor=actor,
+                              internal_reason=internal_reason)
         free = locked_grant.free_micros
         locked_grant.voided_at = now
         if free > 0:
@@ -238,8 +250,10 @@ def change_grant_expiry(
     reason: str,
     actor: User | None = None,
     now: dt.datetime | None = None,
+    internal_reason: str = "",
 ) -> CreditGrant:
-    """Move a grant's expiry (None: never expires).
+    """Move a grant's expiry (None: never expires). `reason` is the line the customer reads;
+    `internal_reason` is for staff only.
 
     The grant row holds the current expiry; the history is an EXPIRY_CHANGE entry
     of amount 0 carrying the actor, the reason and the old and new expiry. An
@@ -265,7 +279,7 @@ def change_grant_expiry(
         change = f"expiry:{old.isoformat() if old else 'never'}->" + (
             expires_at.isoformat() if expires_at else "never")
         writer = LedgerWriter(locked, operation_key=f"expiry-change:{uuid.uuid4().hex}", now=now,
-                         actor=actor, reference=change)
+                              actor=actor, reference=change, internal_reason=internal_reason)
         writer.write(EntryType.EXPIRY_CHANGE, grant=locked_grant, amount=0, description=reason)
         writer.sweep_expired([locked_grant])
         writer.flush()

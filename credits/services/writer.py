@@ -26,8 +26,10 @@ class LedgerWriter:
     """Collects the entries of one service call and keeps the cached totals in step."""
 
     def __init__(self, account: CreditAccount, *, operation_key: str, now: dt.datetime,
-                 actor=None, reference: str = ""):
+                 actor=None, reference: str = "", internal_reason: str = ""):
         self.account = account
+        # Staff only, on every entry of the call (the customer reads `description`).
+        self.internal_reason = internal_reason[:255]
         self.operation_key = operation_key
         self.now = now
         self.actor = actor
@@ -73,6 +75,7 @@ class LedgerWriter:
                 held_change_micros=held_change,
                 balance_after_micros=self.account.balance_micros,
                 description=description[:255],
+                internal_reason=self.internal_reason,
                 actor=self.actor,
                 reference=self.reference,
                 operation_key=self.operation_key,

@@ -15,7 +15,7 @@
     var parts = [];
     if (m) parts.push(m + (m === 1 ? " minute" : " minutes"));
     if (s || !m) parts.push(s + (s === 1 ? " second" : " seconds"));
-    return parts.join(" ") + " left to earn the $20 credit";
+    return parts.join(" ") + " left to earn the free credit";
   }
 
   /*
@@ -26,20 +26,32 @@
    * [data-countdown-clock], optional [data-countdown-active]/[data-countdown-ended] panes
    * and a polite live region [data-countdown-announce] (announced each minute and near the end,
    * not every second).
+   * Urgency: the root gets .is-amber under 60 s and .is-urgent under 30 s; a [data-countdown-bar]
+   * shrinks with the time left of data-window-ms; with [data-countdown-title] the tab's title
+   * starts with the time left ("2:59 left · ...").
    */
+  var AMBER_SECONDS = 60, RED_SECONDS = 30;
   function Countdown(root) {
     var deadline = Number(root.getAttribute("data-deadline-ms"));
     var serverNow = Number(root.getAttribute("data-server-now-ms"));
     if (!deadline || !serverNow) return null;
     var offset = serverNow - Date.now();
+    var windowMs = Number(root.getAttribute("data-window-ms")) || 0;
     var clocks = root.querySelectorAll("[data-countdown-clock]");
+    var bars = root.querySelectorAll("[data-countdown-bar]");
+    var titled = root.hasAttribute("data-countdown-title");
+    var baseTitle = document.title;
     var announce = root.querySelector("[data-countdown-announce]");
     var lastAnnounced = null;
     var timer = null;
     var api = {
       ended: false,
       remainingMs: function () { return deadline - (Date.now() + offset); },
-      stop: function () { if (timer) clearInterval(timer); timer = null; }
+      stop: function () {
+        if (timer) clearInterval(timer);
+        timer = null;
+        if (titled) document.title = baseTitle;
+      }
     };
 
     function setPane(ended) {
@@ -52,7 +64,24 @@
       var label = formatRemaining(ms);
       clocks.forEach(function (el) { if (el.textContent !== label) el.textContent = label; });
       var secs = Math.max(0, Math.ceil(ms / 1000));
-      root.classList.toggle("is-urgent", secs > 0 && secs <= 30);
+      root.classList.toggle("is-amber", secs > RED_SECONDS && secs <= AMBER_SECONDS);
+      root.classList.toggle("is-urgent", secs > 0 && secs <= RED_SECONDS);
+      if (windowMs > 0) {
+        var left = Math.max(0, Math.min(1, ms / windowMs));
+        bars.forEach(function (bar) {
+          // The first paint shows the time left at once; later ticks glide.
+          if (!bar.dataset.ready) bar.style.transition = "none";
+          bar.style.transform = "scaleX(" + left.toFixed(4) + ")";
+          if (!bar.dataset.ready) {
+            bar.dataset.ready = "1";
+            requestAnimationFrame(function () { requestAnimationFrame(function () { bar.style.transition = ""; }); });
+          }
+        });
+      }
+      if (titled && secs > 0) {
+        var title = label + " left · " + baseTitle;
+        if (document.title !== title) document.title = title;
+      }
       if (announce && secs > 0 && (secs % 60 === 0 || secs === 30 || secs === 10) && secs !== lastAnnounced) {
         lastAnnounced = secs;
         announce.textContent = spoken(secs);
@@ -62,7 +91,8 @@
         api.stop();
         root.classList.add("is-ended");
         setPane(true);
-        if (announce) announce.textContent = "The $20 first-token offer has ended.";
+        root.classList.remove("is-amber", "is-urgent");
+        if (announce) announce.textContent = "The first-token offer has ended.";
         root.dispatchEvent(new CustomEvent("countdown:ended", { bubbles: true }));
       }
     }
@@ -151,7 +181,27 @@
     }
   };
 
+  /* The phone's compact header: the Menu button opens and closes the nav. */
+  function initNavToggle() {
+    var toggle = document.querySelector("[data-nav-toggle]");
+    if (!toggle) return;
+    var nav = document.getElementById(toggle.getAttribute("aria-controls"));
+    toggle.addEventListener("click", function () {
+      var open = toggle.getAttribute("aria-expanded") !== "true";
+      toggle.setAttribute("aria-expanded", open ? "true" : "false");
+      nav.classList.toggle("is-open", open);
+    });
+    document.addEventListener("keydown", function (e) {
+      if (e.key === "Escape" && toggle.getAttribute("aria-expanded") === "true") {
+        toggle.setAttribute("aria-expanded", "false");
+        nav.classList.remove("is-open");
+        toggle.focus();
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    initNavToggle();
     document.querySelectorAll("[data-countdown-root]").forEach(function (root) { Countdown(root); });
     initCopyButtons(document);
     initTabs(document);

@@ -21,14 +21,18 @@
   var banner = document.getElementById("offer");
   var celebration = document.getElementById("celebration");
 
-  /* Exact, as credits.money.display_usd: "20.000000" -> "$20.00", "19.999874" -> "$19.999874". */
-  function displayUsd(text) {
+  /* A headline, as credits.money.headline_usd: dollars and cents rounded DOWN, so the page
+     never shows more than there is: "19.999989" -> "$19.99", "20.000000" -> "$20.00". */
+  function headlineUsd(text) {
     var m = /^(-?)(\d+)(?:\.(\d{1,6}))?$/.exec(String(text || "").trim());
     if (!m) return text;
-    var frac = ((m[3] || "") + "000000").slice(0, 6).replace(/0+$/, "");
-    while (frac.length < 2) frac += "0";
-    var dollars = m[2].replace(/^0+(?=\d)/, "").replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-    return m[1] + "$" + dollars + "." + frac;
+    var frac = Number(((m[3] || "") + "000000").slice(0, 6));
+    var cents = Number(m[2]) * 100 + Math.floor(frac / 10000);
+    if (m[1] && frac % 10000) cents += 1; // a debt rounds away from zero: floor, like the server
+    if (cents === 0) return "$0.00";
+    var dollars = String(Math.floor(cents / 100)).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+    var c = cents % 100;
+    return m[1] + "$" + dollars + "." + (c < 10 ? "0" : "") + c;
   }
 
   function markStep(name, status) {
@@ -45,7 +49,7 @@
     banner.querySelectorAll("[data-pane]").forEach(function (el) {
       el.hidden = el.getAttribute("data-pane") !== name;
     });
-    banner.querySelectorAll(".countdown-clock").forEach(function (el) { el.hidden = name !== "in_window"; });
+    banner.querySelectorAll(".countdown-timer").forEach(function (el) { el.hidden = name !== "in_window"; });
     banner.classList.toggle("is-won", name === "claimed");
     banner.classList.toggle("is-ended", name === "ended");
     banner.setAttribute("data-state", name);
@@ -68,27 +72,39 @@
     setTimeout(function () { box.innerHTML = ""; }, 4000);
   }
 
+  function setBalance(el, balanceText) {
+    el.textContent = headlineUsd(balanceText);
+    el.title = "Exactly $" + balanceText;
+  }
+
+  /* The celebration takes the banner's place in the same slot, held at its height: the reply
+     the visitor is reading does not move, and the page does not scroll. */
   function celebrate(balanceText) {
     if (state.celebrated) return;
     state.celebrated = true;
     if (banner.tbCountdown) banner.tbCountdown.stop();
+    var slot = document.querySelector("[data-offer-slot]");
+    if (slot) slot.style.minHeight = slot.offsetHeight + "px";
     showPane("claimed");
-    celebration.querySelector("[data-celebration-balance]").textContent = displayUsd(balanceText);
+    if (balanceText != null) setBalance(celebration.querySelector("[data-celebration-balance]"), balanceText);
+    banner.hidden = true;
     celebration.hidden = false;
+    if (slot && celebration.offsetHeight < slot.offsetHeight) celebration.classList.add("fills-slot");
     if (!reducedMotion) celebration.classList.add("is-animated");
     confetti();
-    celebration.scrollIntoView({ behavior: reducedMotion ? "auto" : "smooth", block: "center" });
+    var pill = document.querySelector("[data-nav-balance]");
+    if (pill) pill.classList.add("is-new");
   }
 
   function applyCredits(data) {
     var promo = data.promotion || {};
     var balanceLabel = document.querySelector("[data-balance-label]");
     if (data.balance != null) {
-      if (balanceLabel) balanceLabel.textContent = "Balance " + displayUsd(data.balance);
+      if (balanceLabel) balanceLabel.textContent = "Balance " + headlineUsd(data.balance);
       var pill = document.querySelector("[data-nav-balance]");
-      if (pill) pill.textContent = displayUsd(data.balance);
+      if (pill) setBalance(pill, data.balance);
       // The celebration shows the balance after the call that earned it, as the pill does.
-      celebration.querySelector("[data-celebration-balance]").textContent = displayUsd(data.balance);
+      setBalance(celebration.querySelector("[data-celebration-balance]"), data.balance);
     }
     var entries = (data.entries && data.entries.results) || data.entries || [];
     var spent = entries.some(function (e) {
@@ -125,7 +141,9 @@
   }
 
   function poll() {
-    if (state.polling || document.hidden) return;
+    if (document.hidden) return;
+    // A poll asked for while one is in flight runs after it (the call's settled balance).
+    if (state.polling) { state.pollAgain = true; return; }
     state.polling = true;
     fetch(config.creditsUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { return r.ok ? r.json() : null; })
@@ -134,6 +152,7 @@
       .then(function () {
         state.polling = false;
         if (state.promotion === "ended" && Date.now() - state.endedAt > POLL_AFTER_END_MS) stopPolling();
+        if (state.pollAgain) { state.pollAgain = false; poll(); }
       });
   }
 
@@ -167,6 +186,20 @@
     return (err && (err.message || err.detail)) || "The request failed (HTTP " + status + ").";
   }
 
+  /* The message as text, its https:// or http:// addresses as links (never as HTML). */
+  function appendLinked(parent, text) {
+    String(text).split(/(https?:\/\/[^\s]+[^\s.,;)])/).forEach(function (part, i) {
+      if (i % 2) {
+        var link = document.createElement("a");
+        link.href = part;
+        link.textContent = part;
+        parent.appendChild(link);
+      } else if (part) {
+        parent.appendChild(document.createTextNode(part));
+      }
+    });
+  }
+
   function setBusy(busy) {
     generateBtn.disabled = busy;
     generateBtn.textContent = busy ? "Generating…" : "Generate";
@@ -182,14 +215,30 @@
     box.setAttribute("role", "alert");
     box.setAttribute("data-playground-error", String(status));
     var p = document.createElement("p");
-    p.textContent = errorMessage(status, body);
+    if (status === 402) {
+      var lead = document.createElement("strong");
+      lead.textContent = state.promotion === "ended" ? "Out of credit: the free-credit offer has ended. "
+        : "Out of credit. ";
+      p.appendChild(lead);
+    }
+    appendLinked(p, errorMessage(status, body));
     box.appendChild(p);
     if (status === 402 && config.buyUrl) {
+      var actions = document.createElement("span");
+      actions.className = "row";
       var a = document.createElement("a");
       a.className = "btn btn-sm btn-primary";
       a.href = config.buyUrl;
       a.textContent = "Buy credits";
-      box.appendChild(a);
+      actions.appendChild(a);
+      if (config.docsUrl) {
+        var d = document.createElement("a");
+        d.className = "btn btn-sm btn-secondary";
+        d.href = config.docsUrl;
+        d.textContent = "What the errors mean";
+        actions.appendChild(d);
+      }
+      box.appendChild(actions);
     }
     meta.appendChild(box);
   }

@@ -76,15 +76,37 @@ def test_history_is_paginated_filtered_by_type_and_newest_first(signed_in, membe
     fund(member, usd=10)
     for i in range(30):
         services.use_credits(user=member, amount_micros=1000 + i, reference=f"r{i}")
-    first = page(signed_in)
-    assert "Page 1 of 2" in first and "31 entries" in first
+    # The default view: the grant stays in sight; the day's 30 charges are one summed row.
+    default = page(signed_in)
+    assert history_rows(default) == [("Usage", "-$0.030435"), ("Grant", "+$10.00")]
+    assert "30 API calls on" in default and "Page 1 of" not in default
+    first = page(signed_in, type="USAGE")
+    assert "Page 1 of 2" in first and "30 entries" in first
     assert "-$0.001029" in first  # newest debit first
-    second = page(signed_in, page=2)
-    assert "Page 2 of 2" in second and "+$10.00" in second
+    second = page(signed_in, type="USAGE", page=2)
+    assert "Page 2 of 2" in second and "-$0.001<" in second
     grants_only = page(signed_in, type="GRANT")
     rows = grants_only[grants_only.index("data-history"):]
     assert "+$10.00" in rows and "-$0.00" not in rows
     assert "Page 1 of" not in grants_only
+
+
+def test_two_hundred_micro_charges_do_not_bury_grants_and_purchases(signed_in, member, fund):
+    """Money in and out stays row by row; usage is one row per UTC day with its count and sum."""
+    fund(member, usd=10, kind=GrantKind.PURCHASED, description="Credit pack $10")
+    for i in range(200):
+        services.use_credits(user=member, amount_micros=7, reference=f"m{i}")
+    fund(member, usd=5, kind=GrantKind.ADJUSTMENT, description="Goodwill from support")
+    html = page(signed_in)
+    rows = history_rows(html)
+    assert rows == [("Grant", "+$5.00"), ("Usage", "-$0.0014"), ("Grant", "+$10.00")]
+    assert "200 API calls on" in html
+    assert "Goodwill from support" in html and "Credit pack $10" in html
+    day = timezone.now().date().isoformat()
+    assert f"/billing/usage/?start={day}&amp;end={day}" in html  # the day's calls, one click away
+    # The summed row's balance after is the balance after that day's last charge.
+    table = html[html.index("data-history"):]
+    assert "$9.9986<" in table
 
 
 def test_csv_export_streams_every_entry_and_honours_the_filter(signed_in, member, fund):
@@ -106,7 +128,8 @@ def test_csv_export_streams_every_entry_and_honours_the_filter(signed_in, member
 def history_rows(html: str) -> list[tuple[str, str]]:
     """(type label, amount) of each row of the history table."""
     table = html[html.index("data-history"):html.index("</table>", html.index("data-history"))]
-    return re.findall(r'<span class="badge">([^<]+)</span></td>\s*<td class="num mono[^"]*">([^<]+)<', table)
+    return re.findall(r'<span class="badge">([^<]+)</span></td>\s*<td class="num mono[^"]*"[^>]*>([^<]+)<',
+                      table)
 
 
 def test_metered_calls_read_as_usage_and_holds_show_only_when_asked(signed_in, member, fund):
@@ -118,8 +141,8 @@ def test_metered_calls_read_as_usage_and_holds_show_only_when_asked(signed_in, m
         "GRANT", "HOLD", "CAPTURE", "USAGE"}
 
     default = page(signed_in)
-    assert history_rows(default) == [("Usage", "-$0.50"), ("Usage", "-$0.000011"),
-                                     ("Grant", "+$20.00")]
+    assert history_rows(default) == [("Usage", "-$0.500011"), ("Grant", "+$20.00")]  # one day
+    assert history_rows(page(signed_in, type="USAGE")) == [("Usage", "-$0.50"), ("Usage", "-$0.000011")]
     assert "held +" not in default
     assert page(signed_in, type="USAGE").count('<span class="badge">Usage</span>') == 2
     with_holds = history_rows(page(signed_in, type="HOLDS"))
@@ -144,13 +167,18 @@ def test_csv_export_keeps_every_entry_with_its_raw_type(signed_in, member, fund)
     assert [r["type"] for r in usage_rows] == ["CAPTURE"]
 
 
-def test_balances_show_every_micro_dollar_spent(signed_in, member, fund):
+def test_headline_balance_rounds_down_to_the_cent_and_rows_keep_every_micro_dollar(
+    signed_in, member, fund
+):
     fund(member, usd=20)
     services.use_credits(user=member, amount_micros=11, reference="r1")
     html = page(signed_in)
-    assert re.search(r"data-balance>\$19\.999989<", html)
-    assert re.search(r"data-available>\$19\.999989<", html)
-    assert re.search(r"data-nav-balance[^>]*>\s*\$19\.999989\s*<", html)
+    # The hero and the nav chip read like money, rounded down: never "$20.00" for $19.999989.
+    assert re.search(r'data-balance title="Exactly \$19\.999989">\$19\.99<', html)
+    assert re.search(r"data-nav-balance[^>]*>\s*\$19\.99\s*<", html)
+    assert 'Exactly <span class="mono">$19.999989</span>' in html
+    assert re.search(r"data-available>\$19\.999989<", html)  # the breakdown stays exact
+    assert "-$0.000011" in html[html.index("data-history"):]  # and so do the rows
     assert "$20.00<" not in html[:html.index("data-grants")]
 
 
@@ -236,3 +264,14 @@ def test_revoke_key_marks_it_revoked_and_other_users_keys_are_out_of_reach(
     assert key.revoked_at is not None
     assert "revoked" in page(signed_in)
     assert signed_in.get(reverse("accounts:revoke_key", args=[key.pk])).status_code == 405
+
+
+def test_request_log_shows_cached_and_reasoning_tokens_and_estimated_charges(signed_in, member):
+    exact = make_usage(member, n=1, prompt_tokens=1000, completion_tokens=300)
+    type(exact).objects.filter(pk=exact.pk).update(cached_tokens=600, reasoning_tokens=200)
+    make_usage(member, n=2, prompt_tokens=9, completion_tokens=4)
+    type(exact).objects.filter(request_id__endswith="-2").update(estimated=True)
+    html = page(signed_in)
+    log = html[html.index("data-usage-log"):html.index("data-grants")]
+    assert "600 cached" in log and "200 reasoning" in log
+    assert log.count("data-estimated") == 1 and "estimated</span>" in log

@@ -31,7 +31,9 @@ def test_support_grant_within_limit_is_applied_with_actor_and_reason_on_the_entr
     assert action.status == StaffActionStatus.APPLIED
     assert user.credit_balance == 25 * USD
     entry = LedgerEntry.objects.get(user=user, entry_type=EntryType.GRANT)
-    assert entry.actor == support and entry.description == "Ticket 42: outage"
+    # The reason is internal (issue 15); the customer reads the kind's default note.
+    assert entry.actor == support and entry.internal_reason == "Ticket 42: outage"
+    assert entry.description == "Credit from TokenBank support"
     assert action.grant.idempotency_key == f"staff-action:{action.pk}"
     assert_books_balance(user.pk)
 
@@ -93,7 +95,8 @@ def test_negative_adjustment_takes_credit_back(finance, user, fund):
     user.refresh_from_db()
     assert user.credit_balance == 6 * USD and action.status == StaffActionStatus.APPLIED
     entry = LedgerEntry.objects.get(user=user, entry_type=EntryType.ADJUSTMENT)
-    assert entry.actor == finance and entry.description == "Duplicate purchase"
+    assert entry.actor == finance and entry.internal_reason == "Duplicate purchase"
+    assert entry.customer_description == "Balance correction by TokenBank support"
     assert_books_balance(user.pk)
 
 
@@ -147,7 +150,9 @@ def test_change_expiry_moves_it_and_leaves_an_entry_of_zero(finance, user, fund)
     grant.refresh_from_db()
     assert grant.expires_at == later and action.status == StaffActionStatus.APPLIED
     trace = LedgerEntry.objects.get(grant=grant, entry_type=EntryType.EXPIRY_CHANGE)
-    assert trace.amount_micros == 0 and trace.actor == finance and trace.description == "Goodwill"
+    assert trace.amount_micros == 0 and trace.actor == finance
+    assert trace.internal_reason == "Goodwill"
+    assert trace.customer_description == "Expiry date changed by TokenBank support"
     assert trace.reference.endswith("->" + later.isoformat())
     assert_books_balance(user.pk)
 

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from inference.models import AiModel, ModelPrice
-from tests.seeds import seed_demo_models
+from tests.seeds import seed_demo_models, seed_upstreams_and_embeddings
 
 # --- a real OpenAI-compatible upstream on loopback ---------------------------------------
 
@@ -44,11 +44,14 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(payload)
             return
+        chat = self.path.endswith("/chat/completions")
+        pieces = ["Hello", " from", " upstream", "!"]
+        if not body.get("stream"):
+            self._answer_whole(chat, pieces, mode)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        chat = self.path.endswith("/chat/completions")
-        pieces = ["Hello", " from", " upstream", "!"]
         for index, piece in enumerate(pieces):
             if mode == "die_after_two" and index == 2:
                 return  # connection closes: no finish, no [DONE]
@@ -66,6 +69,26 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             self._sse({"id": "up-1", "choices": [],
                        "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}})
         self._sse("[DONE]")
+
+
+    def _answer_whole(self, chat: bool, pieces: list[str], mode: str) -> None:
+        """A non-streamed request: one JSON answer (die_after_two: the connection drops)."""
+        if mode in ("die_after_two", "error_event"):
+            return
+        text = "".join(pieces)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text},
+                   "logprobs": None, "finish_reason": "stop"} if chat else
+                  {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"})
+        answer = {"id": "up-1", "object": "chat.completion" if chat else "text_completion",
+                  "created": 1, "model": "tiny", "choices": [choice]}
+        if mode != "no_usage":
+            answer["usage"] = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+        payload = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +135,7 @@ def spender(make_user):
 @pytest.fixture
 def demo_models(transactional_db):
     seed_demo_models()
+    seed_upstreams_and_embeddings()
 
 
 @pytest.fixture

@@ -88,19 +88,57 @@ def test_unreachable_upstream_is_an_upstream_error(settings):
         list(stream)
 
 
+def test_usage_details_split_the_tokens_into_price_classes_and_cannot_exceed_their_totals():
+    from credits.money import TokenCounts
+    from inference.backends import Usage
+
+    usage = Usage.from_openai({"prompt_tokens": 100, "completion_tokens": 40,
+                               "prompt_tokens_details": {"cached_tokens": 70,
+                                                         "cache_write_tokens": 20},
+                               "completion_tokens_details": {"reasoning_tokens": 30}})
+    assert usage.token_counts() == TokenCounts(input=10, cached_input=70, cache_write=20,
+                                               output=10, reasoning=30)
+    greedy = Usage.from_openai({"prompt_tokens": 10, "completion_tokens": 5,
+                                "prompt_tokens_details": {"cached_tokens": 500},
+                                "completion_tokens_details": {"reasoning_tokens": "9"}})
+    assert greedy.token_counts() == TokenCounts(input=0, cached_input=10, output=5)
+
+
+def test_the_upstream_gets_the_request_as_sent_with_our_limit_and_its_model_name():
+    from inference.backends import build_payload
+
+    body = {"model": "ours", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}], "top_k": 3,
+            "max_completion_tokens": 50, "stream_options": {"include_usage": False}}
+    streamed = build_payload(model_name="theirs", prompt=_chat("hi"), max_tokens=50, body=body,
+                             stream=True)
+    assert streamed == {**body, "model": "theirs", "stream": True,
+                        "stream_options": {"include_usage": True}}
+    whole = build_payload(model_name="theirs", prompt=_chat("hi"), max_tokens=4096,
+                          body={"model": "ours", "messages": []}, stream=False)
+    assert whole == {"model": "theirs", "messages": [], "max_tokens": 4096, "stream": False}
+    assert body["model"] == "ours"  # the client's body is not changed
+
+
 @pytest.mark.django_db
-def test_async_upstream_stream_yields_the_same_pieces_and_usage_as_the_sync_one(upstream):
-    import asyncio
+def test_a_streamed_tool_call_is_relayed_whole_with_its_text_counted(upstream):
+    from inference.backends import Relay, UpstreamTokenStream
 
-    async def read():
-        stream = get_backend("loopback").agenerate(model_name="tiny", prompt=_chat("Hi"),
-                                                   max_tokens=7)
-        return [piece async for piece in stream], stream
-
-    pieces, stream = asyncio.run(read())
-    assert "".join(pieces) == "Hello from upstream!"
-    assert stream.finish_reason == "stop"
-    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (11, 5)
+    stream = UpstreamTokenStream(None, "", {"stream": True}, {}, "chat")
+    lines = [
+        'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}',
+        'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1",'
+        '"function":{"name":"get_weather","arguments":""}}]}}]}',
+        'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,'
+        '"function":{"arguments":"{}"}}]}}]}',
+        'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}',
+        'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}',
+    ]
+    relays = [r for line in lines for r in stream._line(line)]
+    assert all(isinstance(r, Relay) for r in relays)
+    assert [str(r) for r in relays] == ["get_weather", "{}", ""]
+    assert len(relays[0].chunks) == 2  # the role chunk goes out with the first token
+    assert stream.finish_reason == "tool_calls" and stream.usage.completion_tokens == 4
 
 
 def test_sse_lines_are_split_on_bytes_across_chunk_boundaries():

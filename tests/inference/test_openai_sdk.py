@@ -23,8 +23,10 @@ def customer(make_user, fund, demo_models):
 def test_sdk_lists_models_with_prices(sdk, customer):
     models = sdk(customer[1]).models.list()
     ids = [m.id for m in models.data]
-    assert ids == ["demo-large", "demo-medium", "demo-small"]
-    assert models.data[2].model_extra["pricing"]["output_per_million"] == "0.600000"
+    assert ids == ["demo-embed", "demo-large", "demo-medium", "demo-small"]
+    pricing = models.data[3].model_extra["pricing"]
+    assert pricing["output_per_million"] == pricing["reasoning_per_million"] == "0.600000"
+    assert pricing["cached_input_per_million"] == pricing["input_per_million"] == "0.150000"
 
 
 def test_sdk_chat_completion_plain_and_streamed_agree_and_both_are_billed(sdk, customer):

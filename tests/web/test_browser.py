@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from credits.models import CreditGrant, GrantKind
-from credits.money import display_usd
+from credits.money import format_usd, headline_usd
 from inference.models import UsageRecord
 from tests.browser import SHOTS, needs_chromium
 
@@ -64,15 +64,18 @@ def test_sign_up_generate_first_token_earns_20_and_dashboard_shows_it(page):
     celebration = page.locator("#celebration")
     expect(celebration).to_be_visible()
     expect(celebration).to_contain_text("$20 credited")
-    expect(page.locator("[data-celebration-balance]")).to_have_text(re.compile(r"^\$(20\.00|19\.\d{2,6})$"))
+    expect(page.locator("[data-celebration-balance]")).to_have_text(re.compile(r"^\$19\.\d\d$"))
     expect(page.locator(".progress-list li.is-done")).to_have_count(4)
     expect(page.locator("#offer")).to_have_attribute("data-state", "claimed")
     user = User.objects.get(email="e2e-happy@example.com")
-    # Every figure on the page is the exact balance after the call (no "$20.00" rounding).
-    exact = display_usd(User.objects.get(pk=user.pk).credit_balance)
-    assert exact != "$20.00"
-    expect(page.locator("[data-celebration-balance]")).to_have_text(exact)
-    expect(page.locator("[data-nav-balance]")).to_have_text(exact)
+    # Headlines read like money, rounded down (issue 15): "$19.99" for $19.999…, never "$20.00";
+    # the exact balance after the call is in their title.
+    balance = User.objects.get(pk=user.pk).credit_balance
+    assert balance < 20_000_000
+    expect(page.locator("[data-celebration-balance]")).to_have_text(headline_usd(balance))
+    expect(page.locator("[data-nav-balance]")).to_have_text(headline_usd(balance))
+    expect(page.locator("[data-celebration-balance]")).to_have_attribute(
+        "title", "Exactly $" + format_usd(balance))
     page.wait_for_timeout(600)  # let the pop-in animation settle for the screenshot
     shot(page, "04-onboarding-celebration")
 

@@ -93,6 +93,9 @@ def test_every_page_passes_the_content_security_policy(page, live_server, settin
     watch.visit("/billing/", "dashboard")
     page.get_by_role("button", name=re.compile("Create key")).click()
     watch.check("dashboard-new-key")
+    watch.visit("/billing/usage/", "usage")
+    watch.visit("/billing/usage/?group=model&start=2020-01-01&end=2020-01-31", "usage-by-model")
+    watch.visit("/docs/", "docs")
 
     # Buying credit in test mode: the buy page, the test checkout, the page that waits.
     watch.visit("/billing/buy/", "buy")
@@ -124,4 +127,4 @@ def test_every_page_passes_the_content_security_policy(page, live_server, settin
     watch.visit("/api/docs/", "api-docs")
 
     assert watch.problems == [], "\n".join(watch.problems)
-    assert len(watch.visited) >= 18
+    assert len(watch.visited) >= 21

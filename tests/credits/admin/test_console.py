@@ -77,7 +77,9 @@ def test_grant_shows_a_confirmation_then_applies_once(as_staff, support, user):
     assert user.credit_balance == 12_500_000
     assert any("Granted $12.50" in m for m in messages_of(done))
     entry = LedgerEntry.objects.get(user=user)
-    assert entry.actor == support and entry.description == "Ticket 7"
+    # The reason is internal (issue 15): the customer's line is the kind's default note.
+    assert entry.actor == support and entry.internal_reason == "Ticket 7"
+    assert entry.customer_description == "Credit from TokenBank support"
 
 
 def test_staff_without_permission_get_403_on_every_action(as_staff, bare_staff, user, fund):
@@ -249,12 +251,15 @@ def test_four_eyes_in_admin(client, finance, finance2, user, settings):
     action = StaffAction.objects.get()
     assert action.status == StaffActionStatus.PENDING
     page = client.get(reverse("admin:credits_staffaction_change", args=[action.pk]))
-    assert b"Approve" in page.content and b"Reject" in page.content
+    # The requester is offered a withdrawal, never an approval (issue 15).
+    assert b"Approve\xe2\x80\xa6" not in page.content and b"Withdraw" in page.content
     approve = (reverse("admin:credits_staffaction_money_action", kwargs={"action": "approve"})
                + f"?ids={action.pk}")
     own = submit(client, approve, "confirm", note="")
     assert any("second staff member" in e for e in errors_of(own))
     client.force_login(finance2)
+    page = client.get(reverse("admin:credits_staffaction_change", args=[action.pk]))
+    assert b"Approve\xe2\x80\xa6" in page.content and b"Reject\xe2\x80\xa6" in page.content
     assert submit(client, approve, "confirm", note="Checked").status_code == 302
     again = submit(client, approve, "confirm", note="Twice?")
     assert any("already applied" in e for e in errors_of(again))

@@ -59,7 +59,9 @@ def test_clawback_voids_only_the_unused_promotional_credit(live, register, fund,
     assert review.decided_by.email == "finance@tokenbank.test" and review.note == "farmed sign-ups"
     void = LedgerEntry.objects.get(entry_type=EntryType.VOID)
     assert (void.grant_id, void.amount_micros) == (grant.pk, -17 * USD)
-    assert "farmed sign-ups" in void.description
+    # The reason is internal (issue 15): the customer reads the clawback's default note.
+    assert "farmed sign-ups" in void.internal_reason
+    assert void.customer_description == "Promotional credit reversed after review"
     purchased.refresh_from_db()
     assert purchased.remaining_micros == 10 * USD
     assert get_user_credits(user=user).balance_micros == 10 * USD
