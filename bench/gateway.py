@@ -68,7 +68,11 @@ def upstream_app(tokens: int, delay_s: float):
         request = json.loads(body or b"{}")
         count = min(tokens, int(request.get("max_tokens") or tokens))
         chat = scope["path"].endswith("/chat/completions")
-        usage = {"prompt_tokens": 12, "completion_tokens": count, "total_tokens": 12 + count}
+        # Usage as TokenBank counts it (inference.backends' rule), as a real upstream's
+        # tokenizer would agree with itself: the hold's estimate then covers the charge.
+        prompt_tokens = _count_prompt_tokens(request, chat)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count,
+                 "total_tokens": prompt_tokens + count}
 
         def choice(text=None, finish=None):
             if chat:
@@ -106,6 +110,19 @@ def upstream_app(tokens: int, delay_s: float):
     return app
 
 
+def _count_prompt_tokens(request: dict, chat: bool) -> int:
+    """inference.backends' counting rule (a token is `\\w+` or one other non-space character;
+    chat prompts as "role: content" lines), without importing Django here."""
+    import re
+
+    if chat:
+        text = "\n".join(f"{m.get('role')}: {m.get('content') or ''}"
+                         for m in request.get("messages") or [])
+    else:
+        text = request.get("prompt") or ""
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
 def serve_upstream(port: int, tokens: int, delay_ms: float) -> None:
     import uvicorn
 
@@ -130,7 +147,9 @@ def server_env(args, *, billing: bool, upstream_port: int) -> dict:
            "SECURE_SSL_REDIRECT": "false",  # loopback over plain HTTP
            "API_RATE_LIMIT_PER_MINUTE": "0",
            "UPSTREAM_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
-           "INFERENCE_BILLING_ENABLED": "true" if billing else "false"}
+           "INFERENCE_BILLING_ENABLED": "true" if billing else "false",
+           # The servers' pool, as given to the bench (never the bench process's own).
+           "DB_POOL_MAX_SIZE": args.pool_size}
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     else:
@@ -305,7 +324,7 @@ def prepare(args, env: dict) -> list[str]:
         subprocess.run([str(BIN / "python"), "manage.py", *command], cwd=ROOT, env=env,
                        check=True)
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "SECRET_KEY", "DEBUG")})
-    os.environ["DB_POOL_MAX_SIZE"] = "2"  # this process only reads and checks
+    os.environ["DB_POOL_MAX_SIZE"] = "2"  # this process only reads and checks (not the servers')
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
@@ -370,6 +389,7 @@ def main() -> int:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.pool_size = os.environ.get("DB_POOL_MAX_SIZE", "8")
     if args.serve_upstream:
         serve_upstream(args.serve_upstream, args.tokens, args.delay_ms)
         return 0
@@ -436,7 +456,7 @@ def main() -> int:
           f"{args.seconds:g} s per level; PostgreSQL; {os.cpu_count()} CPUs shared by the "
           f"clients, the upstream, the database and the server.")
     print(f"Procfile web: {procfile_web(8000)}; pool per process: "
-          f"DB_POOL_MAX_SIZE={os.environ.get('DB_POOL_MAX_SIZE', '8 (default)')}")
+          f"DB_POOL_MAX_SIZE={args.pool_size}")
     header = (f"{'server':<34}{'streams':>8}{'done/s':>9}{'ttft p50':>10}{'ttft p99':>10}"
               f"{'total p50':>11}{'total p99':>11}{'cpu ms':>8}{'pg conns':>9}{'errors':>8}")
     print(header)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
@@ -72,6 +73,16 @@ class ModelListView(JsonAPIView):
         return Response({"object": "list", "data": data})
 
 
+@dataclass
+class Begun:
+    """What the pre-stream step produced: a started call, or a stored reply to replay."""
+
+    data: dict
+    call: services.MeteredCall | None = None
+    record: object = None  # the claimed Idempotency-Key, if any
+    replay: object = None
+
+
 def _class_pricing(price) -> dict:
     """The other token classes' prices (defaults resolved)."""
     prices = price.token_prices()
@@ -90,6 +101,7 @@ class _MeteredView(JsonAPIView):
     endpoint = ""
     id_prefix = "gen"
     chunk_object = ""  # the `object` of each streamed chunk
+    answer_reads_database = False  # render() needs a query (runs as a ledger step then)
 
     def build_prompt(self, data) -> Prompt:
         raise NotImplementedError
@@ -98,8 +110,10 @@ class _MeteredView(JsonAPIView):
         raise NotImplementedError
 
     async def dispatch(self, request, *args, **kwargs):
-        """DRF's dispatch, awaited. Authentication, permissions and throttles (database
-        and cache reads) are one ledger step; exceptions become the API's error envelope."""
+        """DRF's dispatch, awaited. Authentication, permissions, throttles, validation and
+        the call's start (the hold) are one ledger step (`begin`): one thread hop and one
+        pooled connection before the upstream is asked; exceptions become the API's error
+        envelope."""
         self.args, self.kwargs = args, kwargs
         self.asgi = isinstance(request, ASGIRequest)
         self.run = services.ledger_runner(asgi=self.asgi)
@@ -107,8 +121,8 @@ class _MeteredView(JsonAPIView):
         self.request = request
         self.headers = self.default_response_headers
         try:
-            await self.run(self.initial, request, *args, **kwargs)
             if request.method.lower() != "post":
+                await self.run(self.initial, request, *args, **kwargs)
                 raise MethodNotAllowed(request.method)
             response = await self.post(request, *args, **kwargs)
         except Exception as exc:
@@ -116,7 +130,11 @@ class _MeteredView(JsonAPIView):
         self.response = self.finalize_response(request, response, *args, **kwargs)
         return self.response
 
-    async def post(self, request):
+    def begin(self, request) -> Begun:
+        """The pre-stream phase, synchronously, in one ledger step: DRF's checks, the
+        serializer, the Idempotency-Key claim (non-streaming calls), the hold, and for a
+        stream the balance its headers show."""
+        self.initial(request)
         serializer = self.serializer_class(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -125,21 +143,38 @@ class _MeteredView(JsonAPIView):
         record = None
         idempotency_key = request.headers.get("Idempotency-Key")
         if idempotency_key is not None and not stream:
-            record, replay = await self.run(
-                idempotency.claim_idempotency_key, user=request.user, key=idempotency_key,
-                endpoint=self.endpoint, body=request.data, request_id=request_id)
+            record, replay = idempotency.claim_idempotency_key(
+                user=request.user, key=idempotency_key, endpoint=self.endpoint,
+                body=request.data, request_id=request_id)
             if replay is not None:
-                return Response(replay.body, status=replay.status_code,
-                                headers={**replay.headers, "Idempotent-Replayed": "true"})
-        created = int(time.time())
+                return Begun(data=data, replay=replay)
         try:
-            call = await self.run(
-                services.start_call, user=request.user, api_key=_api_key(request),
+            call = services.start_call(
+                user=request.user, api_key=_api_key(request),
                 model_id=data["model"], prompt=self.build_prompt(data),
                 max_tokens=data.get("max_tokens"), endpoint=self.endpoint, streamed=stream,
                 # The request as sent: every field goes through to the upstream.
                 options=request.data, request_id=request_id,
             )
+            if stream and call.billed:
+                call.balance_micros()  # for the headers, on this step's connection
+        except Exception:
+            if record is not None:
+                # A call refused before it started is released uncharged: the key may be retried.
+                idempotency.forget_idempotency_key(record=record)
+            raise
+        return Begun(data=data, call=call, record=record)
+
+    async def post(self, request):
+        begun = await self.run(self.begin, request)
+        if begun.replay is not None:
+            replay = begun.replay
+            return Response(replay.body, status=replay.status_code,
+                            headers={**replay.headers, "Idempotent-Replayed": "true"})
+        data, call, record = begun.data, begun.call, begun.record
+        stream = bool(data.get("stream"))
+        created = int(time.time())
+        try:
             if stream:
                 return await self.stream_response(call, data, created)
             async for _ in call.atokens(self.run):
@@ -151,7 +186,10 @@ class _MeteredView(JsonAPIView):
             raise
         # The call is settled (charged): from here on a failure keeps the key, or a retry pays again.
         try:
-            body, headers = await self.run(self.answer, call, data, created)
+            if self.answer_reads_database or not call.balance_known:
+                body, headers = await self.run(self.answer, call, data, created)
+            else:
+                body, headers = self.answer(call, data, created)  # no query: no thread hop
         except Exception:
             if record is not None:
                 await self.run(idempotency.refuse_replays, record=record, status_code=500)
@@ -196,7 +234,9 @@ class _MeteredView(JsonAPIView):
         if call.billed:
             # Headers leave before generation: nothing is charged yet (the worst case is
             # held). The final charge is in the last chunk's `usage.cost` / `credits.charged`.
-            response["X-Credits-Balance"] = format_usd(await self.run(call.balance_micros))
+            response["X-Credits-Balance"] = format_usd(
+                call.balance_micros() if call.balance_known  # read by begin()
+                else await self.run(call.balance_micros))
             response["X-Credits-Charged"] = format_usd(0)
             response["X-Credits-Held"] = format_usd(call.held_micros)
         if call.promotion_applied:
@@ -224,15 +264,27 @@ class _MeteredView(JsonAPIView):
             async for piece in tokens:
                 yield _relayed(piece, base)
         else:
+            # A token's chunk differs from the next only in its text: encode the rest once.
+            marker = json.dumps(_PIECE).encode()
+            head, found, tail = chunk(self.stream_choice(_PIECE)).partition(marker)
+
+            def token_chunk(piece: str) -> bytes:
+                if not found:
+                    return chunk(self.stream_choice(piece))
+                return head + json.dumps(piece).encode() + tail
+
             for choice in self.opening_choices():
                 yield chunk(choice)
             if first is not None:
-                yield chunk(self.stream_choice(first))
+                yield token_chunk(first)
                 async for piece in tokens:
-                    yield chunk(self.stream_choice(piece))
+                    yield token_chunk(piece)
             yield chunk(self.stream_choice(None, call.finish_reason or "stop"))
         if (data.get("stream_options") or {}).get("include_usage"):
-            balance = await self.run(call.balance_micros) if call.billed else None
+            balance = None
+            if call.billed:  # known from the settlement, else one query
+                balance = (call.balance_micros() if call.balance_known
+                           else await self.run(call.balance_micros))
             yield _sse(self.final_usage_chunk(call, base, balance))
         yield DONE
 
@@ -299,6 +351,7 @@ def usage_json(call: services.MeteredCall) -> dict:
 
 
 DONE = b"data: [DONE]\n\n"
+_PIECE = "\x00tokenbank-piece\x00"  # stands for a token's text in a pre-encoded chunk
 
 
 class ChatCompletionsView(_MeteredView):
@@ -378,6 +431,7 @@ class InferenceView(_MeteredView):
     serializer_class = InferenceRequestSerializer
     endpoint = "inference"
     id_prefix = "gen"
+    answer_reads_database = True  # the promotion's status
 
     @extend_schema(request=InferenceRequestSerializer, responses=OpenApiTypes.OBJECT,
                    parameters=[IDEMPOTENCY_HEADER])

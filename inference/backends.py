@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -481,10 +482,14 @@ class AsyncUpstreamTokenStream(UpstreamTokenStream):
             if not self.streamed:
                 yield self._answer(await response.aread())
                 return
-            async for line in response.aiter_lines():
+            done = False
+            async for line in _lines(response):
+                if done:
+                    continue  # read to the end: the connection then goes back to the pool
                 relays = self._line(line)
                 if relays is None:
-                    break
+                    done = True
+                    continue
                 for relay in relays:
                     yield relay
             if not self._finished:
@@ -511,6 +516,18 @@ class AsyncUpstreamTokenStream(UpstreamTokenStream):
                 await context.__aexit__(None, None, None)
 
 
+async def _lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of an SSE body: httpx's aiter_lines costs several generator layers and a
+    text decoder per chunk; the events are UTF-8 lines, split here on the bytes."""
+    rest = b""
+    async for data in response.aiter_bytes():
+        *lines, rest = (rest + data).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+    if rest:
+        yield rest.rstrip(b"\r").decode("utf-8", "replace")
+
+
 def _upstream_message(payload) -> str:
     if isinstance(payload, str):
         try:
@@ -523,6 +540,9 @@ def _upstream_message(payload) -> str:
             return str(inner.get("message") or inner)[:200]
         return str(inner)[:200]
     return str(payload)[:200]
+
+
+ASYNC_CLIENT_SHARDS = 8
 
 
 class OpenAICompatibleBackend:
@@ -547,14 +567,20 @@ class OpenAICompatibleBackend:
         return f"<OpenAICompatibleBackend {self.base_url}>"
 
     def _async_client(self) -> httpx.AsyncClient:
+        """One of ASYNC_CLIENT_SHARDS clients of this loop, in turn. httpcore's pool walks
+        all its connections (and checks each idle socket) whenever a request starts or
+        ends, so one pool of hundreds of streams costs more per token than the streams'
+        own work; shards keep each pool short."""
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._async_clients[loop] = httpx.AsyncClient(
-                timeout=self.timeout,
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            )
-        return client
+        shards = self._async_clients.get(loop)
+        if shards is None:
+            shards = self._async_clients[loop] = (itertools.cycle([
+                httpx.AsyncClient(
+                    timeout=self.timeout,
+                    limits=httpx.Limits(max_connections=1000 // ASYNC_CLIENT_SHARDS,
+                                        max_keepalive_connections=200 // ASYNC_CLIENT_SHARDS))
+                for _ in range(ASYNC_CLIENT_SHARDS)]))
+        return next(shards)
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         return prompt.count_tokens()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import functools
 import logging
@@ -206,6 +207,11 @@ class MeteredCall:
     def held_micros(self) -> int:
         return self.hold.amount_micros if self.hold else 0
 
+    @property
+    def balance_known(self) -> bool:
+        """Whether balance_micros() answers without a query."""
+        return self._balance_micros is not None
+
     def balance_micros(self) -> int:
         """The user's balance after this call's settlement (before it, while streaming)."""
         if self._balance_micros is None:
@@ -255,7 +261,7 @@ class MeteredCall:
         connection; each ledger step (first token, settlement) goes through `run`. A client
         that goes away cancels the task (or closes this generator): the call settles for what
         was delivered, in `finally`, shielded from a second cancellation."""
-        stream = pieces = None
+        stream = pieces = journal = None
         status, error = UsageStatus.FAILED, ""
         try:
             stream = self._stream = self.backend.agenerate(**self._generation())
@@ -264,11 +270,19 @@ class MeteredCall:
                 if piece:
                     self._check_time_limit()
                     if self.first_token_ms is None:
-                        await run(self._on_first_token)
+                        if self._first_token_needs_ledger():
+                            await run(self._on_first_token)  # the promotion decides first
+                        else:
+                            self._on_first_token()  # no query: only the time is noted
                     self.pieces.append(piece)
-                    progress = self._journal_due()
-                    if progress is not None:
-                        await run(self._write_journal, *progress)
+                    # The journal is written beside the stream, not before the token leaves:
+                    # one write in flight at a time, awaited before the settlement. A process
+                    # killed while it is in flight loses at most the tokens since the
+                    # previous write, as when it dies between two writes.
+                    if journal is None or journal.done():
+                        progress = self._journal_due()
+                        if progress is not None:
+                            journal = asyncio.ensure_future(run(self._write_journal, *progress))
                 elif piece.__class__ is not Relay:
                     continue  # an empty text piece; a Relay without text still goes out
                 if piece.__class__ is Relay and not self.streamed:
@@ -283,7 +297,20 @@ class MeteredCall:
             if pieces is not None:
                 with contextlib.suppress(Exception):
                     await pieces.aclose()  # stops the upstream read now
-            await asyncio.shield(run(self._settle, status=status, error=error))
+            await asyncio.shield(self._settle_after(journal, run, status=status, error=error))
+
+    async def _settle_after(self, journal: asyncio.Future | None, run: LedgerRunner, *,
+                            status: str, error: str) -> None:
+        if journal is not None:
+            with contextlib.suppress(Exception):
+                await journal  # never raises; its UPDATE lands before the settlement locks
+        await run(self._settle, status=status, error=error)
+
+    def _first_token_needs_ledger(self) -> bool:
+        """Whether the first token needs the database: the user's first token ever (the
+        stamp and the promotion) or a hold that relied on the pending promotion."""
+        return self.billed and (self.user.first_token_at is None or (
+            self.hold is not None and self.hold.pending_promotion_micros > 0))
 
     def _generation(self) -> dict:
         return {"model_name": self.model.upstream_name, "prompt": self.prompt,
@@ -665,8 +692,11 @@ def ledger_runner(*, asgi: bool) -> LedgerRunner:
     pool = _ledger_pool
 
     async def on_ledger_pool(fn, *args, **kwargs):
-        return await sync_to_async(_returning_connection(fn), thread_sensitive=False,
-                                   executor=pool)(*args, **kwargs)
+        # run_in_executor, not sync_to_async: the same thread pool without asgiref's
+        # per-call bookkeeping (this runs several times per call).
+        context = contextvars.copy_context()
+        step = functools.partial(context.run, _returning_connection(fn), *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(pool, step)
     return on_ledger_pool
 
 

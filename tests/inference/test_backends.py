@@ -139,3 +139,19 @@ def test_a_streamed_tool_call_is_relayed_whole_with_its_text_counted(upstream):
     assert [str(r) for r in relays] == ["get_weather", "{}", ""]
     assert len(relays[0].chunks) == 2  # the role chunk goes out with the first token
     assert stream.finish_reason == "tool_calls" and stream.usage.completion_tokens == 4
+
+
+def test_sse_lines_are_split_on_bytes_across_chunk_boundaries():
+    import asyncio
+
+    from inference.backends import _lines
+
+    class Chunked:
+        async def aiter_bytes(self):
+            for part in (b"data: {\"a\"", b": \"\xc3", b"\xa9\"}\r\n\r", b"\ndata: [DONE]"):
+                yield part
+
+    async def read():
+        return [line async for line in _lines(Chunked())]
+
+    assert asyncio.run(read()) == ['data: {"a": "é"}', "", "data: [DONE]"]
