@@ -1,12 +1,13 @@
 from rest_framework import serializers
 
+from accounts.fields import StrictCharField
 from accounts.models import ApiKey
 
 
 class RegisterSerializer(serializers.Serializer):
     # Shapes only; the rules (format, uniqueness, strength) are in accounts.services.
-    email = serializers.CharField(max_length=254, trim_whitespace=True)
-    password = serializers.CharField(max_length=128, trim_whitespace=False)
+    email = StrictCharField(max_length=254, trim_whitespace=True)
+    password = StrictCharField(max_length=128, trim_whitespace=False)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -21,4 +22,4 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
