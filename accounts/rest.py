@@ -9,6 +9,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.throttles import finish_rate_limited
+
 
 class AlwaysJsonNegotiation(DefaultContentNegotiation):
     """Answer JSON (or the SSE stream the body asked for) whatever `Accept` says, as
@@ -34,7 +36,8 @@ class JsonAPIView(APIView):
     content_negotiation_class = AlwaysJsonNegotiation
 
     def finalize_response(self, request, response, *args, **kwargs):
-        return with_request_id(super().finalize_response(request, response, *args, **kwargs))
+        response = super().finalize_response(request, response, *args, **kwargs)
+        return with_request_id(finish_rate_limited(request, response))
 
 
 class JsonErrors:
