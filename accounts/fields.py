@@ -59,11 +59,14 @@ class StrictBooleanField(serializers.BooleanField):
 
 
 class StrictCharField(serializers.CharField):
-    """A JSON string only: no 123."""
+    """A JSON string only: no 123. max_length bounds the string as sent (the schema's
+    maxLength), not what is left after trimming its whitespace."""
 
     def to_internal_value(self, data):
         if not isinstance(data, str):
             _refuse(self, "a string", data)
+        if self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
         return super().to_internal_value(data)
 
 

@@ -3,7 +3,10 @@
 
 import uuid
 
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from rest_framework import serializers
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -28,12 +31,66 @@ def with_request_id(response):
     return response
 
 
+class ErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """OpenAI's error envelope, as inference.errors writes it (some errors add fields)."""
+
+    error = ErrorDetailSerializer()
+
+
+# Documented on every operation (the schema says what the server does: see the schemathesis
+# test); "default" covers the rarer ones (403, 405, 409, 413, 415, 5xx), same envelope.
+ERROR_RESPONSES = {
+    "400": "Invalid request: a field is missing or typed wrong (`param` names it).",
+    "401": "No API key, or an invalid or revoked one.",
+    "402": "Not enough credit for the call's worst case (metered calls).",
+    "404": "Unknown URL, object or model.",
+    "429": "Rate limit reached (see the Retry-After header).",
+    "default": "Any other error, in the same envelope.",
+}
+STREAM_DESCRIPTION = ("With `\"stream\": true`: server-sent events, one `data: {chunk}` per "
+                      "event, ending with `data: [DONE]`.")
+
+
+class ApiAutoSchema(AutoSchema):
+    """drf-spectacular's schema plus what every operation can answer: the error envelope for
+    ERROR_RESPONSES, and `text/event-stream` beside JSON where the view streams
+    (`chunk_object`, the OpenAI endpoints with `stream`)."""
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        if direction != "response":
+            return responses
+        for code, description in ERROR_RESPONSES.items():
+            if code not in responses:
+                responses[code] = self._get_response_for_code(
+                    OpenApiResponse(ErrorSerializer, description=description), code,
+                    direction=direction)
+        if getattr(self.view, "chunk_object", "") and "200" in responses:
+            # OpenAPI 3.0: the schema of a text/event-stream is the schema of one event.
+            responses["200"].setdefault("content", {})["text/event-stream"] = {"schema": {
+                "type": "object", "description": STREAM_DESCRIPTION, "required": ["data"],
+                "properties": {
+                    "data": {"type": "string", "description": (
+                        "One JSON chunk (`chat.completion.chunk` or `text_completion`; the "
+                        "last may carry `usage`, or an `error` object), or `[DONE]`.")},
+                    "event": {"type": "string"}, "id": {"type": "string"}}}}
+        return responses
+
+
 class JsonAPIView(APIView):
     """JSON out; JSON in through the API-wide parser (REST_FRAMEWORK's DEFAULT_PARSER_CLASSES:
     accounts.parsers.JSONParser, which refuses hostile JSON with a 400)."""
 
     renderer_classes = [JSONRenderer]
     content_negotiation_class = AlwaysJsonNegotiation
+    schema = ApiAutoSchema()
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -21,5 +21,21 @@ class ApiKeySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ApiKeyListSerializer(serializers.Serializer):
+    """GET /api/keys: the keys under `data`, as OpenAI lists things."""
+
+    data = ApiKeySerializer(many=True)
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    """POST /api/keys: the new key, its secret shown this once."""
+
+    key = serializers.CharField(read_only=True)
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields
+
+
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
