@@ -19,9 +19,10 @@ never started (a 400, a 402) gives its whole reservation back.
 Every metered answer carries OpenAI's headers (`rate_limit_headers`); over a limit the answer is
 a 429 in the envelope with `Retry-After`. Session calls (no key) count per user.
 
-Without Redis (the database cache, for development) only requests are counted, through Django's
-cache and not atomically. If Redis cannot be reached, calls go through and a warning is logged
-at most once a minute per process: the API must keep answering when Redis is down.
+Without Redis (the database cache, for development) only requests are counted, through
+Django's cache, not atomically and without the headers. If Redis cannot be reached, calls go
+through and a warning is logged at most once a minute per process: the API must keep
+answering when Redis is down.
 """
 
 from __future__ import annotations
@@ -199,26 +200,23 @@ def admit(request) -> RateLimitState | None:
     if request_limit <= 0 and token_limit <= 0:
         return None
     state = RateLimitState(request_limit=max(0, request_limit), token_limit=max(0, token_limit))
+    client = _redis_client()
+    if client is None:  # the database cache: requests only, not atomic, no headers
+        if request_limit <= 0:
+            return None
+        allowed, wait = hit(ident, limit=request_limit)
+        if allowed:
+            return None
+        state.token_limit, state.admitted, state.limited = 0, False, "requests"
+        state.requests_used, state.reset_ms = request_limit, wait * 1000
+        return state
+    # Reading the body may refuse it (400, 413, 415): that answer stands, nothing counted.
+    cost = estimate_tokens(request.data, limit=token_limit) if token_limit > 0 else 0
+    state.window_key = f"ratelimit:{ident}:minute"
     try:
-        client = _redis_client()
-        if client is None:  # the database cache: requests only, not atomic
-            if request_limit <= 0:
-                return None
-            allowed, wait = hit(ident, limit=request_limit)
-            state.token_limit = 0
-            state.admitted, state.reset_ms = allowed, wait * 1000
-            state.requests_used = request_limit if not allowed else 0
-            state.limited = "" if allowed else "requests"
-            return state
-        cost = estimate_tokens(request.data, limit=token_limit) if token_limit > 0 else 0
-        state.window_key = f"ratelimit:{ident}:minute"
         admitted, used_requests, used_tokens, reset_ms, start = client.register_script(_ADMIT)(
             keys=[state.window_key], args=[WINDOW_MS, state.request_limit, state.token_limit, cost])
-    except Throttled:
-        raise
-    except Exception as exc:  # Redis down (or the body unreadable): fail open
-        if getattr(exc, "status_code", None):  # a ParseError of the body: the view says it
-            raise
+    except Exception as exc:  # Redis is down: fail open
         _warn_once(exc)
         return None
     state.admitted = bool(admitted)
