@@ -4,7 +4,6 @@ Included by config/urls.py under /api/ (URL names: api-keys, api-key-detail).
 """
 
 from django.urls import path
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -13,7 +12,9 @@ from accounts import services
 from accounts.models import ApiKey
 from accounts.rest import JsonAPIView
 from accounts.serializers import (
+    ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
+    ApiKeyListSerializer,
     ApiKeySerializer,
 )
 
@@ -21,12 +22,12 @@ from accounts.serializers import (
 class ApiKeyListView(JsonAPIView):
     """GET /api/keys: the user's keys (never the secrets). POST: a new key, secret shown once."""
 
-    @extend_schema(responses=ApiKeySerializer(many=True))
+    @extend_schema(responses=ApiKeyListSerializer)
     def get(self, request):
         keys = ApiKey.objects.filter(user=request.user)
         return Response({"data": ApiKeySerializer(keys, many=True).data})
 
-    @extend_schema(request=ApiKeyCreateSerializer, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer})
     def post(self, request):
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -39,7 +40,7 @@ class ApiKeyListView(JsonAPIView):
 class ApiKeyDetailView(JsonAPIView):
     """DELETE /api/keys/<id>: revoke the key at once."""
 
-    @extend_schema(responses=ApiKeySerializer)
+    @extend_schema(responses={200: ApiKeySerializer})
     def delete(self, request, pk: int):
         key = ApiKey.objects.filter(pk=pk, user=request.user).first()
         if key is None:

@@ -111,6 +111,16 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Per-key overrides of RATE_LIMIT_REQUESTS_PER_MINUTE / RATE_LIMIT_TOKENS_PER_MINUTE
+    # (accounts.throttles): empty = the setting, 0 = no limit for this key.
+    rate_limit_requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, verbose_name="requests per minute",
+        help_text="Empty: the site's default (RATE_LIMIT_REQUESTS_PER_MINUTE). 0: no limit.")
+    rate_limit_tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, verbose_name="tokens per minute",
+        help_text="Empty: the site's default (RATE_LIMIT_TOKENS_PER_MINUTE). 0: no limit. "
+                  "A call counts its prompt and max_tokens when admitted, its real usage "
+                  "once it ends.")
 
     objects = ApiKeyQuerySet.as_manager()
 

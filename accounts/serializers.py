@@ -1,12 +1,13 @@
 from rest_framework import serializers
 
+from accounts.fields import StrictCharField
 from accounts.models import ApiKey
 
 
 class RegisterSerializer(serializers.Serializer):
     # Shapes only; the rules (format, uniqueness, strength) are in accounts.services.
-    email = serializers.CharField(max_length=254, trim_whitespace=True)
-    password = serializers.CharField(max_length=128, trim_whitespace=False)
+    email = StrictCharField(max_length=254, trim_whitespace=True)
+    password = StrictCharField(max_length=128, trim_whitespace=False)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -20,5 +21,21 @@ class ApiKeySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ApiKeyListSerializer(serializers.Serializer):
+    """GET /api/keys: the keys under `data`, as OpenAI lists things."""
+
+    data = ApiKeySerializer(many=True)
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    """POST /api/keys: the new key, its secret shown this once."""
+
+    key = serializers.CharField(read_only=True)
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields
+
+
 class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")

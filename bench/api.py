@@ -61,7 +61,7 @@ def server_env(args, *, billing: bool) -> dict:
         "LOG_LEVEL": "WARNING",
         "SECURE_SSL_REDIRECT": "false",  # loopback over plain HTTP
         "DEMO_BACKEND_TOKEN_DELAY_MS": str(getattr(args, "token_delay_ms", 0)),
-        "API_RATE_LIMIT_PER_MINUTE": "1000000",
+        "RATE_LIMIT_REQUESTS_PER_MINUTE": "0", "RATE_LIMIT_TOKENS_PER_MINUTE": "0",  # no limits
         "INFERENCE_BILLING_ENABLED": "true" if billing else "false",
     }
     if args.redis_url:

@@ -145,7 +145,7 @@ def server_env(args, *, billing: bool, upstream_port: int) -> dict:
            "SECRET_KEY": "bench-only-secret-key-not-for-production-use-0123456789",
            "ALLOWED_HOSTS": "127.0.0.1,localhost", "LOG_LEVEL": "WARNING",
            "SECURE_SSL_REDIRECT": "false",  # loopback over plain HTTP
-           "API_RATE_LIMIT_PER_MINUTE": "0",
+           "RATE_LIMIT_REQUESTS_PER_MINUTE": "0", "RATE_LIMIT_TOKENS_PER_MINUTE": "0",
            "UPSTREAM_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
            "INFERENCE_BILLING_ENABLED": "true" if billing else "false",
            # The servers' pool, as given to the bench (never the bench process's own).

@@ -132,7 +132,7 @@ def api_docs(request):
         "base_url": request.build_absolute_uri("/v1"),
         "demo_model": demo,
         "models": models,
-        "rate_limit": getattr(settings, "API_RATE_LIMIT_PER_MINUTE", 0),
+        "rate_limit": getattr(settings, "RATE_LIMIT_REQUESTS_PER_MINUTE", 0),
         "buy_url": request.build_absolute_uri(reverse("billing:buy")),
         "keys_url": reverse("billing:dashboard") + "#keys",
     })

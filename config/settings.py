@@ -379,7 +379,11 @@ INFERENCE_BACKENDS = {
 UPSTREAM_ROUTES_CACHE_SECONDS = env.float("UPSTREAM_ROUTES_CACHE_SECONDS", default=10)
 # Bench only: False skips holds, charges, usage records and the promotion.
 INFERENCE_BILLING_ENABLED = env.bool("INFERENCE_BILLING_ENABLED", default=True)
-API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=120)  # per key; 0 = off
+# Per API key (an admin override per key; 0 = off), counted atomically in Redis
+# (accounts/throttles.py). API_RATE_LIMIT_PER_MINUTE is the old name of the first.
+RATE_LIMIT_REQUESTS_PER_MINUTE = env.int(
+    "RATE_LIMIT_REQUESTS_PER_MINUTE", default=env.int("API_RATE_LIMIT_PER_MINUTE", default=120))
+RATE_LIMIT_TOKENS_PER_MINUTE = env.int("RATE_LIMIT_TOKENS_PER_MINUTE", default=1_000_000)
 REGISTER_RATE_LIMIT_PER_HOUR = env.int("REGISTER_RATE_LIMIT_PER_HOUR", default=20)  # per address
 
 SPECTACULAR_SETTINGS = {

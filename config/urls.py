@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.defaults import server_error as html_server_error
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from accounts.rest import DocsView, SchemaView
 from accounts.urls import auth_patterns
 from billing import onboarding, usage_views
 from inference.errors import api_not_found, api_server_error
@@ -21,9 +21,9 @@ urlpatterns = [
     path("api/", include("accounts.api")),
     path("api/", include("credits.api")),
     path("api/", include(api_urlpatterns)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/schema/", SchemaView.as_view(), name="api-schema"),
     # Split: the init script is served from its own URL, so the page needs no inline script (CSP).
-    path("api/docs/", SpectacularSwaggerSplitView.as_view(
+    path("api/docs/", DocsView.as_view(
         url_name="api-schema", template_name="api/swagger_ui.html"), name="api-docs"),
 ]
 

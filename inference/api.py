@@ -20,7 +20,7 @@ from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.response import Response
 
 from accounts.rest import JsonAPIView
-from accounts.throttles import ApiKeyRateThrottle
+from accounts.throttles import ApiKeyRateThrottle, count_actual_tokens
 from credits.money import TOKEN_CLASSES, format_usd
 from inference import idempotency, services
 from inference.backends import Prompt, Relay
@@ -156,6 +156,8 @@ class _MeteredView(JsonAPIView):
                 # The request as sent: every field goes through to the upstream.
                 options=request.data, request_id=request_id,
             )
+            # The key's tokens-per-minute count takes the real usage once the call ends.
+            count_actual_tokens(request, lambda: call.charged_prompt_tokens + call.completion_tokens)
             if stream and call.billed:
                 call.balance_micros()  # for the headers, on this step's connection
         except Exception:

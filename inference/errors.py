@@ -13,9 +13,11 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from accounts.rest import with_request_id
 from credits import exceptions as credit_errors
 from inference.exceptions import InferenceError, InsufficientCreditsForCall
 
@@ -137,14 +139,17 @@ def exception_handler(exc, context) -> Response:
                                type="server_error", code="internal_error"), status=500)
 
 
+# Exempt: an unknown URL answers 404 to any method, never Django's HTML CSRF page (a bearer
+# client sends no CSRF token; nothing here reads a session or changes anything).
+@csrf_exempt
 def api_not_found(request, *args, **kwargs) -> JsonResponse:
-    return JsonResponse(
+    return with_request_id(JsonResponse(
         error_body(f"Unknown URL: {request.method} {request.path}", code="not_found"), status=404
-    )
+    ))
 
 
 def api_server_error(request, *args, **kwargs) -> JsonResponse:
-    return JsonResponse(
+    return with_request_id(JsonResponse(
         error_body("The server had an error while processing your request.",
                    type="server_error", code="internal_error"), status=500
-    )
+    ))

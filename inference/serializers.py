@@ -1,8 +1,17 @@
 """Request shapes of the OpenAI-compatible endpoints. Unknown fields are ignored (as the
-OpenAI SDK may send newer ones); known fields typed wrong are a 400."""
+OpenAI SDK may send newer ones); known fields typed wrong are a 400 naming the parameter:
+the strict fields of accounts.fields, as OpenAI does not coerce "5" to 5 or "yes" to true."""
 
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
+
+from accounts.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictFloatField,
+    StrictIntegerField,
+)
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -37,13 +46,13 @@ class ContentField(serializers.Field):
 
 
 class MessageSerializer(serializers.Serializer):
-    role = serializers.ChoiceField(choices=ROLES)
+    role = StrictChoiceField(choices=ROLES)
     content = ContentField(required=False, allow_null=True, default="")
-    name = serializers.CharField(required=False, max_length=64)
+    name = StrictCharField(required=False, max_length=64)
 
 
 class StreamOptionsSerializer(serializers.Serializer):
-    include_usage = serializers.BooleanField(required=False, default=False)
+    include_usage = StrictBooleanField(required=False, default=False)
 
 
 @extend_schema_field({"oneOf": [{"type": "string"},
@@ -62,21 +71,21 @@ class StopField(serializers.Field):
 
 
 class _GenerationOptions(serializers.Serializer):
-    model = serializers.CharField(max_length=100)
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    stream = serializers.BooleanField(required=False, default=False)
+    model = StrictCharField(max_length=100)
+    max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    stream = StrictBooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
-    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
-    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    temperature = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
     # n > 1 goes to upstreams that serve it; the demo backend refuses it by name.
-    n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=128)
+    n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=128)
     stop = StopField(required=False, allow_null=True)
-    seed = serializers.IntegerField(required=False, allow_null=True)
-    presence_penalty = serializers.FloatField(required=False, allow_null=True,
+    seed = StrictIntegerField(required=False, allow_null=True)
+    presence_penalty = StrictFloatField(required=False, allow_null=True,
                                               min_value=-2, max_value=2)
-    frequency_penalty = serializers.FloatField(required=False, allow_null=True,
+    frequency_penalty = StrictFloatField(required=False, allow_null=True,
                                                min_value=-2, max_value=2)
-    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    user = StrictCharField(required=False, allow_blank=True, max_length=256)
 
 
 class _PassThroughFields(serializers.Serializer):
@@ -87,33 +96,33 @@ class _PassThroughFields(serializers.Serializer):
     tools = serializers.ListField(child=serializers.DictField(), required=False,
                                   allow_null=True)
     tool_choice = serializers.JSONField(required=False, allow_null=True)
-    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
+    parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
     functions = serializers.ListField(child=serializers.DictField(), required=False,
                                       allow_null=True)
     function_call = serializers.JSONField(required=False, allow_null=True)
     response_format = serializers.DictField(required=False, allow_null=True)
-    logit_bias = serializers.DictField(child=serializers.FloatField(min_value=-100,
+    logit_bias = serializers.DictField(child=StrictFloatField(min_value=-100,
                                                                     max_value=100),
                                        required=False, allow_null=True)
-    metadata = serializers.DictField(child=serializers.CharField(max_length=512),
+    metadata = serializers.DictField(child=StrictCharField(max_length=512),
                                      required=False, allow_null=True)
-    reasoning_effort = serializers.CharField(required=False, allow_null=True, max_length=32)
+    reasoning_effort = StrictCharField(required=False, allow_null=True, max_length=32)
 
 
 class ChatPassThroughFields(_PassThroughFields):
-    logprobs = serializers.BooleanField(required=False, allow_null=True)
-    top_logprobs = serializers.IntegerField(required=False, allow_null=True, min_value=0,
+    logprobs = StrictBooleanField(required=False, allow_null=True)
+    top_logprobs = StrictIntegerField(required=False, allow_null=True, min_value=0,
                                             max_value=20)
 
 
 class CompletionPassThroughFields(serializers.Serializer):
-    logprobs = serializers.IntegerField(required=False, allow_null=True, min_value=0,
+    logprobs = StrictIntegerField(required=False, allow_null=True, min_value=0,
                                         max_value=5)
-    echo = serializers.BooleanField(required=False, allow_null=True)
-    best_of = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+    echo = StrictBooleanField(required=False, allow_null=True)
+    best_of = StrictIntegerField(required=False, allow_null=True, min_value=1,
                                        max_value=20)
-    suffix = serializers.CharField(required=False, allow_null=True, allow_blank=True)
-    logit_bias = serializers.DictField(child=serializers.FloatField(min_value=-100,
+    suffix = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    logit_bias = serializers.DictField(child=StrictFloatField(min_value=-100,
                                                                     max_value=100),
                                        required=False, allow_null=True)
 
@@ -130,7 +139,7 @@ class CompletionPassThroughFields(serializers.Serializer):
 ])
 class ChatCompletionRequestSerializer(ChatPassThroughFields, _GenerationOptions):
     messages = MessageSerializer(many=True, allow_empty=False)
-    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
 
     def validate(self, attrs):
         if attrs.get("max_tokens") is None and attrs.get("max_completion_tokens") is not None:
@@ -158,7 +167,7 @@ class PromptField(serializers.Field):
     "model": "demo-small", "prompt": "The ledger balanced because", "max_tokens": 32})])
 class CompletionRequestSerializer(CompletionPassThroughFields, _GenerationOptions):
     prompt = PromptField()
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, default=16)
+    max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1, default=16)
 
 
 @extend_schema_serializer(examples=[OpenApiExample("A prompt", request_only=True, value={
@@ -166,9 +175,9 @@ class CompletionRequestSerializer(CompletionPassThroughFields, _GenerationOption
 class InferenceRequestSerializer(serializers.Serializer):
     """POST /api/inference: the simple, non-OpenAI endpoint."""
 
-    model = serializers.CharField(max_length=100)
-    prompt = serializers.CharField(allow_blank=False, trim_whitespace=False)
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    model = StrictCharField(max_length=100)
+    prompt = StrictCharField(allow_blank=False, trim_whitespace=False)
+    max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
 
 
 @extend_schema_field({"oneOf": [
@@ -208,10 +217,10 @@ def _token_id(value) -> bool:
 class EmbeddingRequestSerializer(serializers.Serializer):
     """POST /v1/embeddings."""
 
-    model = serializers.CharField(max_length=100)
+    model = StrictCharField(max_length=100)
     input = EmbeddingInputField()
-    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False,
+    encoding_format = StrictChoiceField(choices=["float", "base64"], required=False,
                                               allow_null=True)
-    dimensions = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+    dimensions = StrictIntegerField(required=False, allow_null=True, min_value=1,
                                           max_value=8192)
-    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    user = StrictCharField(required=False, allow_blank=True, max_length=256)

@@ -252,5 +252,10 @@ class ApiKeyAdmin(ReadOnlyAdmin):
     list_filter = [("created_at", admin.DateFieldListFilter), ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "user__email", "name"]
     list_select_related = ["user"]
-    fields = ["user", "name", "masked", "created_at", "last_used_at", "revoked_at"]
-    readonly_fields = fields
+    fields = ["user", "name", "masked", "created_at", "last_used_at", "revoked_at",
+              "rate_limit_requests_per_minute", "rate_limit_tokens_per_minute"]
+    readonly_fields = ["user", "name", "masked", "created_at", "last_used_at", "revoked_at"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Only the key's rate limits can change (accounts.throttles reads them per call).
+        return request.user.has_perm("accounts.change_apikey")

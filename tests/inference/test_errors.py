@@ -86,7 +86,7 @@ def test_unknown_urls_and_wrong_methods_answer_json(api, client):
 
 @pytest.mark.django_db
 def test_rate_limit_per_key_is_429_with_retry_after(api, user, fund, settings, client_for):
-    settings.API_RATE_LIMIT_PER_MINUTE = 2
+    settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 2
     fund(user, 1)
     assert api.post(CHAT, _chat(), format="json").status_code == 200
     assert api.post(CHAT, _chat(), format="json").status_code == 200
@@ -103,7 +103,7 @@ def test_rate_limit_per_key_is_429_with_retry_after(api, user, fund, settings, c
 @pytest.mark.django_db
 def test_rate_limiter_fails_open_when_the_cache_is_down(api, user, fund, settings, caplog):
     fund(user, 1)
-    settings.API_RATE_LIMIT_PER_MINUTE = 1
+    settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 1
     settings.CACHES = {"default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": "redis://127.0.0.1:9/0",  # nothing listens there

@@ -76,7 +76,7 @@ def test_two_hundred_concurrent_streams_finish_each_charged_once_on_a_bounded_po
         live_server, make_user, fund, settings):
     seed_demo_models()
     settings.DEMO_BACKEND_TOKEN_DELAY_MS = 25  # each stream lasts about 0.6 s: all overlap
-    settings.API_RATE_LIMIT_PER_MINUTE = 0
+    settings.RATE_LIMIT_REQUESTS_PER_MINUTE = settings.RATE_LIMIT_TOKENS_PER_MINUTE = 0
     users = [make_user(promotion_eligible=False) for _ in range(20)]
     secrets = []
     for user in users:
