@@ -9,7 +9,7 @@ import datetime as dt
 from celery import shared_task
 
 from credits import notifications, sweeps
-from credits.promotion import award, verification
+from credits.promotion import award, triggers, verification
 
 _IDEMPOTENT = {"acks_late": True, "reject_on_worker_lost": True}
 
@@ -69,3 +69,11 @@ def notify_promotion_paused(promotion_ids: list[int]) -> int:
 def send_verification_email(user_id: int) -> bool:
     """The sign-up's email-verification link (PROMOTION_REQUIRE_EMAIL_VERIFICATION)."""
     return verification.send_verification_email_to(user_id=user_id)
+
+
+@shared_task(**_IDEMPOTENT)
+def evaluate_promotions(user_id: int) -> int:
+    """Award the user's milestones whose triggers are true and settle their referral;
+    returns the grants made (milestones and referral)."""
+    done = triggers.evaluate_promotions(user_id=user_id)
+    return len(done.milestone_grants) + (2 if done.referral.rewarded_now else 0)

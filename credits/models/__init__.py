@@ -20,8 +20,17 @@ from credits.models.ledger import (
     LedgerEntryQuerySet,
     TakeBack,
 )
+from credits.models.milestones import ExpiryRule, PromotionTier, TierAward, TierList, TierTrigger
 from credits.models.notifications import Notification, NotificationEvent
 from credits.models.promotions import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
+from credits.models.referrals import (
+    PaymentFingerprint,
+    Referral,
+    ReferralCode,
+    ReferralCondition,
+    ReferralProgram,
+    ReferralStatus,
+)
 from credits.models.staff import (
     StaffAction,
     StaffActionDecision,
@@ -31,11 +40,43 @@ from credits.models.staff import (
 from credits.models.sweeps import Sweep, SweepFailure
 
 __all__ = [
-    "CreditAccount", "CreditGrant", "CreditHold", "DomainRuleAction", "EmailDomainRule", "EntryType",
+    "CreditAccount",
+    "CreditGrant",
+    "CreditHold",
+    "DomainRuleAction",
+    "EmailDomainRule",
+    "EntryType",
+    "ExpiryRule",
     "GrantKind",
-    "HoldStatus", "ImmutableEntryError", "LedgerEntry", "LedgerEntryQuerySet", "Notification",
-    "NotificationEvent", "Promotion", "PromotionAssignment", "PromotionClaim", "PromotionKind",
-    "PromotionReview", "PromotionVariant", "ReviewStatus", "SignupRecord", "StaffAction",
-    "StaffActionDecision", "StaffActionKind", "StaffActionStatus", "Sweep", "SweepFailure",
+    "HoldStatus",
+    "ImmutableEntryError",
+    "LedgerEntry",
+    "LedgerEntryQuerySet",
+    "Notification",
+    "NotificationEvent",
+    "PaymentFingerprint",
+    "Promotion",
+    "PromotionAssignment",
+    "PromotionClaim",
+    "PromotionKind",
+    "PromotionReview",
+    "PromotionTier",
+    "PromotionVariant",
+    "Referral",
+    "ReferralCode",
+    "ReferralCondition",
+    "ReferralProgram",
+    "ReferralStatus",
+    "ReviewStatus",
+    "SignupRecord",
+    "StaffAction",
+    "StaffActionDecision",
+    "StaffActionKind",
+    "StaffActionStatus",
+    "Sweep",
+    "SweepFailure",
     "TakeBack",
+    "TierAward",
+    "TierList",
+    "TierTrigger",
 ]
