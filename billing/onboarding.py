@@ -23,6 +23,7 @@ from billing.labels import minutes_seconds
 from credits import money
 from credits.promotion import messages as messages_text
 from credits.promotion import referrals, verification
+from credits.promotion.milestones import milestone_progress
 from credits.promotion.terms import live_promotion, settings_terms, terms_for
 from credits.selectors import get_user_credits
 
@@ -124,6 +125,7 @@ def onboarding(request):
         "has_credit": credits.available_micros > 0,
         "buy_url": buy_url,
         "verification": verification.pending_verification(user=user),
+        "milestones": milestone_progress(user=user),
     })
 
 

@@ -48,20 +48,22 @@ class PromotionForm(UsdTermsForm):
     class Meta:
         model = Promotion
         fields = ["name", "kind", "is_active", "active_from", "active_to", "amount_usd",
-                  "window_seconds", "expiry_days"]
+                  "window_seconds", "expiry_days", "expiry_rule", "extension_days",
+                  "expiry_cap_days", "tier_list"]
 
 
 class VariantForm(UsdTermsForm):
     class Meta:
         model = PromotionVariant
-        fields = ["name", "weight", "amount_usd", "window_seconds", "expiry_days"]
+        fields = ["name", "weight", "amount_usd", "window_seconds", "expiry_days", "tier_list"]
 
 
 class PromotionVariantInline(admin.TabularInline):
     model = PromotionVariant
     form = VariantForm
     extra = 0
-    fields = ["name", "weight", "amount_usd", "window_seconds", "expiry_days", "assigned"]
+    fields = ["name", "weight", "amount_usd", "window_seconds", "expiry_days", "tier_list",
+              "assigned"]
     readonly_fields = ["assigned"]
 
     @admin.display(description="users assigned")
