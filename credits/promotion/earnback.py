@@ -1,7 +1,7 @@
 """What each promotion earns back, per promotion and variant, over a sign-up cohort.
 
-Selectors only (reads), aggregated in the database: four grouped queries whatever the
-cohort's size (bench/metrics.py times them on 100,000 users).
+Selectors only (reads), aggregated in the database: five grouped queries whatever the
+cohort's size (plus three for the referrals row) (bench/metrics.py times them on 100,000 users).
 
 - promotional credit granted, used (spent on calls, or taken back), expired;
 - conversion: users whose first purchase came within 7 and 30 days of signing up;
@@ -27,7 +27,6 @@ from django.db.models import (
     DateTimeField,
     Exists,
     F,
-    IntegerField,
     Max,
     Min,
     OuterRef,
@@ -120,8 +119,8 @@ def _bounds(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
 def earnback_metrics(*, start: dt.date, end: dt.date,
                      promotion_id: int | None = None) -> list[EarnBack]:
     """One row per (promotion, variant) of the users who signed up from `start` to `end`
-    (inclusive, UTC days), and one for the referral programme. Four queries (five with
-    the referrals row), in one read transaction."""
+    (inclusive, UTC days), and one for the referral programme. Five grouped queries (and up
+    to three for the referrals row), in one read transaction."""
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
@@ -143,29 +142,18 @@ def _earnback(*, start: dt.date, end: dt.date, promotion_id: int | None) -> list
                 "No promotion assigned" if key[0] is None else f"Promotion #{key[0]}"))
         return rows[key]
 
-    # 1. Sign-ups, conversion and revenue (one query; purchases as correlated subqueries).
-    purchases = CreditGrant.objects.filter(user_id=OuterRef("pk"), kind=GrantKind.PURCHASED)
-    first_paid = Subquery(purchases.order_by().values("user_id").annotate(m=Min("granted_at"))
-                          .values("m"), output_field=DateTimeField())
-    revenue = Subquery(
-        purchases.filter(granted_at__lte=OuterRef("date_joined") + dt.timedelta(days=30))
-        .order_by().values("user_id").annotate(s=Sum("amount_micros")).values("s"),
-        output_field=IntegerField())
-    users = cohort.order_by().annotate(first_paid=first_paid, revenue=Coalesce(revenue, 0))
-    within = {d: Q(first_paid__lte=F("date_joined") + dt.timedelta(days=d)) for d in (7, 30)}
-    for r in users.values(pid, vid).annotate(
-            signups=Count("pk"), paying_7d=Count("pk", filter=within[7]),
-            paying_30d=Count("pk", filter=within[30]), revenue_30d=Sum("revenue")):
-        target = row((r[pid], r[vid]))
-        target.signups, target.paying_7d, target.paying_30d = (
-            r["signups"], r["paying_7d"], r["paying_30d"])
-        target.revenue_30d_micros = r["revenue_30d"] or 0
+    # 1. Sign-ups (one query), then conversion and revenue: one row per paying user of the
+    # cohort, from their PURCHASED grants (one query), bucketed here.
+    for r in cohort.order_by().values(pid, vid).annotate(signups=Count("pk")):
+        row((r[pid], r[vid])).signups = r["signups"]
+    upid, uvid = f"user__{pid}", f"user__{vid}"
+    for key, first_paid, joined, revenue in _payers(cohort, upid, uvid):
+        _add_payer(row(key), first_paid, joined, revenue)
 
     # 2. Promotional credit, by what moved it (one query over the entries).
     def moved(*types) -> Coalesce:
         return Coalesce(Sum("amount_micros", filter=Q(entry_type__in=types)), 0)
 
-    upid, uvid = f"user__{pid}", f"user__{vid}"
     for r in (LedgerEntry.objects.filter(grant__kind=GrantKind.PROMOTIONAL,
                                          user__in=cohort.values("pk"))
               .order_by().values(upid, uvid)
@@ -211,25 +199,11 @@ def _referral_row(cohort) -> EarnBack:
     """The cohort's referred users and their referrals' REFERRAL grants (two queries)."""
     result = EarnBack(promotion_id=None, variant_id=None, label="Referral programme")
     referred = cohort.filter(referral__isnull=False)
-    purchases = CreditGrant.objects.filter(user_id=OuterRef("pk"), kind=GrantKind.PURCHASED)
-    first_paid = Subquery(purchases.order_by().values("user_id").annotate(m=Min("granted_at"))
-                          .values("m"), output_field=DateTimeField())
-    revenue = Subquery(
-        purchases.filter(granted_at__lte=OuterRef("date_joined") + dt.timedelta(days=30))
-        .order_by().values("user_id").annotate(s=Sum("amount_micros")).values("s"),
-        output_field=IntegerField())
-    agg = referred.order_by().annotate(first_paid=first_paid, revenue=Coalesce(revenue, 0)
-                                       ).aggregate(
-        signups=Count("pk"),
-        paying_7d=Count("pk", filter=Q(first_paid__lte=F("date_joined") + dt.timedelta(days=7))),
-        paying_30d=Count("pk", filter=Q(first_paid__lte=F("date_joined")
-                                        + dt.timedelta(days=30))),
-        revenue=Sum("revenue"))
-    if not agg["signups"]:
+    result.signups = referred.count()
+    if not result.signups:
         return result
-    result.signups, result.paying_7d, result.paying_30d = (
-        agg["signups"], agg["paying_7d"], agg["paying_30d"])
-    result.revenue_30d_micros = agg["revenue"] or 0
+    for _key, first_paid, joined, revenue in _payers(referred, None, None):
+        _add_payer(result, first_paid, joined, revenue)
     referrals = Referral.objects.filter(referred__in=referred.values("pk"))
     grant_ids = Q(grant_id__in=referrals.values("referrer_grant_id")) | Q(
         grant_id__in=referrals.values("referred_grant_id"))
@@ -240,6 +214,28 @@ def _referral_row(cohort) -> EarnBack:
     result.granted_micros, result.used_micros = moved["granted"], -moved["used"]
     result.expired_micros = -moved["expired"]
     return result
+
+
+def _payers(cohort, upid: str | None, uvid: str | None):
+    """(group key, first purchase, sign-up, revenue within 30 days) per paying user."""
+    fields = ["user_id", "user__date_joined"] + ([upid, uvid] if upid else [])
+    rows = (CreditGrant.objects.filter(kind=GrantKind.PURCHASED, user__in=cohort.values("pk"))
+            .order_by().values(*fields)
+            .annotate(first=Min("granted_at"), revenue=Coalesce(Sum(
+                "amount_micros", filter=Q(granted_at__lte=F("user__date_joined")
+                                          + dt.timedelta(days=30))), 0)))
+    for r in rows.iterator():
+        key = (r[upid], r[uvid]) if upid else REFERRALS
+        yield key, r["first"], r["user__date_joined"], r["revenue"]
+
+
+def _add_payer(target: EarnBack, first_paid: dt.datetime, joined: dt.datetime,
+               revenue: int) -> None:
+    if first_paid <= joined + dt.timedelta(days=7):
+        target.paying_7d += 1
+    if first_paid <= joined + dt.timedelta(days=30):
+        target.paying_30d += 1
+    target.revenue_30d_micros += revenue
 
 
 def _labelled_rows(promotion_id: int | None) -> dict[GroupKey, EarnBack]:
