@@ -64,7 +64,7 @@ def cohort(db):
 
 
 def test_earnback_per_variant_matches_the_hand_built_cohort(cohort):
-    promotion, a, b = cohort
+    promotion, _a, _b = cohort
     rows = {r.label: r for r in earnback_metrics(start=DAY0.date(), end=DAY0.date(),
                                                  promotion_id=promotion.pk)}
     ra, rb = rows["AB / A"], rows["AB / B"]
