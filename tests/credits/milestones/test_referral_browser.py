@@ -8,7 +8,6 @@ import pytest
 from accounts.models import User
 from credits.models import CreditGrant, GrantKind, Referral, ReferralStatus
 from credits.promotion import referrals
-from tests.billing.conftest import demo_models, packages, test_provider  # noqa: F401
 from tests.browser import SHOTS, needs_chromium
 
 PASSWORD = "a-long-passphrase-42"
