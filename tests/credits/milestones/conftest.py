@@ -4,10 +4,10 @@ import pytest
 from django.utils import timezone
 
 from credits.models import Promotion, PromotionTier, PromotionVariant, TierList
-from tests.books import USD
 
 # The promotion rooms' abuse settings and sign-up helpers serve these tests too.
 from tests.billing.conftest import demo_models, packages, test_provider  # noqa: F401
+from tests.books import USD
 from tests.credits.promotion.conftest import _abuse_settings, register  # noqa: F401
 
 
