@@ -177,3 +177,16 @@ def test_a_paid_call_evaluates_only_while_a_usage_tier_is_open(ladder, fund):
     spend(user, 2 * USD, user.date_joined + dt.timedelta(hours=1), tokens=200_000)
     evaluate_milestones(user=user)
     assert milestones.has_open_usage_tier(user.pk) is False
+
+
+def test_dashboard_and_onboarding_show_the_next_milestone_and_its_progress(ladder, client):
+    user = joined()
+    credit(user)
+    spend(user, USD // 4, user.date_joined + dt.timedelta(minutes=1), tokens=25_000)
+    record_first_token(user_id=user.pk, at=user.date_joined + dt.timedelta(seconds=30))
+    client.force_login(user)
+    for url in ("/billing/", "/accounts/onboarding/"):
+        html = client.get(url).content.decode()
+        assert "Next: 100,000 tokens within 7 days" in html, url
+        assert "25,000 of 100,000 tokens" in html
+        assert 'value="25"' in html
