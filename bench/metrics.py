@@ -239,11 +239,11 @@ def main() -> None:
     query = {"start": start.isoformat(), "end": end.isoformat()}
 
     def page():
-        response = client.get(url, query)
+        response = client.get(url, query, secure=True)
         assert response.status_code == 200
 
     timed("metrics admin page (HTML)", page, args.runs)
-    timed("metrics CSV export", lambda: client.get(url, {**query, "format": "csv"}), args.runs)
+    timed("metrics CSV export", lambda: client.get(url, {**query, "format": "csv"}, secure=True), args.runs)
 
     # What each promotion earns back (credits.promotion.earnback), over the same cohort.
     from credits.promotion.earnback import earnback_metrics
@@ -258,8 +258,9 @@ def main() -> None:
     timed(f"earnback_metrics over {args.users} users",
           lambda: earnback_metrics(start=start, end=end), args.runs)
     earnback_url = reverse("admin:credits_promotion_earnback")
-    timed("earn-back admin page (HTML)", lambda: client.get(earnback_url, query), args.runs)
-    timed("earn-back CSV export", lambda: client.get(earnback_url, {**query, "format": "csv"}),
+    timed("earn-back admin page (HTML)", lambda: client.get(earnback_url, query, secure=True), args.runs)
+    timed("earn-back CSV export", lambda: client.get(earnback_url, {**query, "format": "csv"},
+                                                 secure=True),
           args.runs)
 
 
