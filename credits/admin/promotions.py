@@ -20,7 +20,7 @@ from django.utils import timezone
 from credits import money
 from credits.admin.toolkit import ExportableHistoryAdmin, usd
 from credits.exports import csv_writer
-from credits.models import Promotion, PromotionAssignment, PromotionVariant
+from credits.models import ExpiryRule, Promotion, PromotionAssignment, PromotionVariant
 from credits.promotion import metrics
 from credits.promotion import terms as promotions
 
@@ -45,6 +45,13 @@ class UsdTermsForm(forms.ModelForm):
 
 
 class PromotionForm(UsdTermsForm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["expiry_rule"].required = False  # empty: today's fixed expiry
+
+    def clean_expiry_rule(self):
+        return self.cleaned_data.get("expiry_rule") or ExpiryRule.FIXED
+
     class Meta:
         model = Promotion
         fields = ["name", "kind", "is_active", "active_from", "active_to", "amount_usd",

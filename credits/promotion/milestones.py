@@ -22,10 +22,12 @@ idempotency key "promotion:tier:<id>".
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
@@ -42,6 +44,8 @@ from credits.models import (
     LedgerEntry,
     PromotionAssignment,
     PromotionTier,
+    Referral,
+    ReferralStatus,
     SignupRecord,
     TierAward,
     TierTrigger,
@@ -291,12 +295,46 @@ def has_open_usage_tier(user_id: int) -> bool:
     return len(open_ids) > TierAward.objects.filter(user_id=user_id, tier_id__in=open_ids).count()
 
 
+USAGE_TIERS_CACHE_KEY = "credits:milestones:usage-tiers-exist"
+USAGE_TIERS_CACHE_SECONDS = 60
+
+
+def usage_tiers_exist() -> bool:
+    """Is there any TOKENS or SPEND tier at all? Cached (a minute; cleared when a tier is
+    saved), so a paid call costs no query while no promotion counts usage."""
+    try:
+        cached = cache.get(USAGE_TIERS_CACHE_KEY)
+    except Exception:  # the cache is down: ask the database
+        cached = None
+    if cached is not None:
+        return cached
+    exists = PromotionTier.objects.filter(trigger__in=USAGE_TRIGGERS).exists()
+    with contextlib.suppress(Exception):
+        cache.set(USAGE_TIERS_CACHE_KEY, exists, USAGE_TIERS_CACHE_SECONDS)
+    return exists
+
+
 def after_paid_call(*, user_id: int) -> None:
-    """After a paid call's commit: evaluate the user's milestones in the worker when a
-    usage tier is still open (the ledger stays as fast as before for everyone else)."""
-    if has_open_usage_tier(user_id):
+    """In a paid call's transaction: evaluate the user's milestones in the worker after
+    commit when a usage tier is still open for them. Without any usage tier (the default)
+    nothing is queried nor enqueued; the evaluation reads the crossing point from the
+    ledger, so a tier noticed on a later call is still earned where it was crossed."""
+    if usage_tiers_exist() and has_open_usage_tier(user_id):
         enqueue_on_commit("credits.tasks.evaluate_promotions", user_id,
                           inline_if_broker_down=True)
+
+
+def has_open_work(user_id: int) -> bool:
+    """Anything a first token, purchase or verification could settle for this user: a
+    pending referral, or a tier (other than the first token's) not awarded yet."""
+    if Referral.objects.filter(referred_id=user_id, status=ReferralStatus.PENDING).exists():
+        return True
+    plan = playing(user_id)
+    open_ids = {t.pk for t in plan.tiers if t.trigger != TierTrigger.FIRST_TOKEN}
+    if not open_ids or not plan.active:
+        return False
+    return bool(open_ids - set(TierAward.objects.filter(user_id=user_id, tier_id__in=open_ids)
+                                .values_list("tier_id", flat=True)))
 
 
 # --- what users see ----------------------------------------------------------------------

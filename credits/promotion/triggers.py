@@ -8,15 +8,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db import transaction
-
 from config.queue import enqueue_on_commit
 from credits.models import CreditGrant
 from credits.promotion import award, milestones, referrals
 
 
 def user_progressed(*, user_id: int) -> None:
-    """Evaluate the user's milestones and referral once the current transaction commits."""
+    """Evaluate the user's milestones and referral once the current transaction commits,
+    when there is anything to settle (a pending referral, a tier not awarded yet)."""
+    if not milestones.has_open_work(user_id):
+        return
     enqueue_on_commit("credits.tasks.evaluate_promotions", user_id, inline_if_broker_down=True)
 
 
@@ -35,9 +36,9 @@ def purchase_paid(*, user_id: int, payment_fingerprint: str = "") -> None:
 
 
 def paid_call(*, user_id: int) -> None:
-    """A paid call was charged (the ledger's signal, in its transaction): after commit,
-    evaluate only when a usage milestone is still open for the user."""
-    transaction.on_commit(lambda: milestones.after_paid_call(user_id=user_id), robust=True)
+    """A paid call was charged (the ledger's signal, in its transaction): evaluate after
+    commit only when a usage milestone is still open for the user."""
+    milestones.after_paid_call(user_id=user_id)
 
 
 @dataclass(frozen=True)

@@ -190,3 +190,26 @@ def test_dashboard_and_onboarding_show_the_next_milestone_and_its_progress(ladde
         assert "Next: 100,000 tokens within 7 days" in html, url
         assert "25,000 of 100,000 tokens" in html
         assert 'value="25"' in html
+
+
+def test_the_paid_call_that_crosses_the_threshold_awards_the_tier_after_commit(
+        ladder, eager_tasks, django_capture_on_commit_callbacks):
+    user = joined()
+    credit(user)
+    at = user.date_joined + dt.timedelta(hours=1)
+    hold = services.authorize(user=user.pk, amount_micros=2 * USD, now=at,
+                              allow_pending_promotion=False)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        services.capture(hold=hold, amount_micros=2 * USD, tokens=10, now=at)
+    assert len(callbacks) == 1  # one evaluation enqueued by name
+    award = TierAward.objects.get(user=user, tier=tier(ladder, 3))
+    assert award.triggered_at == at and award.grant.amount_micros == 3 * USD
+
+
+def test_without_usage_tiers_a_paid_call_enqueues_nothing(db, fund,
+                                                          django_capture_on_commit_callbacks):
+    user = joined()
+    fund(user, 5)
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.use_credits(user=user, amount_micros=USD)
+    assert callbacks == []
