@@ -17,7 +17,7 @@ class SignupForm(forms.Form):
         help_text="At least 8 characters, not only digits, not a common password.",
     )
 
-    def save(self, *, client_ip: str | None = None):
+    def save(self, *, client_ip: str | None = None, referral_code: str = ""):
         """Register through accounts.services; returns (user, api_key, secret).
 
         The service's per-field ValidationError becomes this form's field errors.
@@ -25,7 +25,7 @@ class SignupForm(forms.Form):
         try:
             return services.register_user(
                 email=self.cleaned_data["email"], password=self.cleaned_data["password"],
-                client_ip=client_ip,
+                client_ip=client_ip, referral_code=referral_code,
             )
         except ValidationError as exc:
             for field, messages in exc.message_dict.items():

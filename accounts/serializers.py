@@ -8,6 +8,8 @@ class RegisterSerializer(serializers.Serializer):
     # Shapes only; the rules (format, uniqueness, strength) are in accounts.services.
     email = StrictCharField(max_length=254, trim_whitespace=True)
     password = StrictCharField(max_length=128, trim_whitespace=False)
+    # The code of a referral link, optional ("" or absent: none).
+    referral_code = StrictCharField(max_length=32, required=False, allow_blank=True, default="")
 
 
 class ApiKeySerializer(serializers.ModelSerializer):

@@ -94,7 +94,7 @@ def run_signup_checks(email: str) -> None:
 
 
 def register_user(
-    *, email: str, password: str, client_ip: str | None = None
+    *, email: str, password: str, client_ip: str | None = None, referral_code: str = ""
 ) -> tuple[User, ApiKey, str]:
     """Create a customer and their first API key, atomically.
 
@@ -106,7 +106,8 @@ def register_user(
     settings.SIGNUP_CHECKS (as AUTH_PASSWORD_VALIDATORS are), which raise
     ValidationError({"email": [...]}). `client_ip` (accounts.network.client_ip) rides on
     the `user_registered` signal, sent in the sign-up's transaction (the promotion's
-    velocity limits listen).
+    velocity limits listen), as does `referral_code` (the code of the link the person came
+    by, "" for none; the referral programme listens).
     """
     email = normalize_email(email)
     errors: dict[str, list[str]] = {}
@@ -137,7 +138,8 @@ def register_user(
         with transaction.atomic():
             user = User.objects.create_user(email, password)
             key, secret = create_api_key(user=user, name=DEFAULT_KEY_NAME)
-            user_registered.send(sender=User, user=user, client_ip=client_ip)
+            user_registered.send(sender=User, user=user, client_ip=client_ip,
+                                 referral_code=referral_code or "")
     except IntegrityError:
         # Lost a race with a concurrent registration of the same (normalized) address.
         raise ValidationError({"email": [ACCOUNT_EXISTS]}) from None

@@ -13,7 +13,8 @@ for speed (this database is throw-away; the product writes them only through
 credits.services), and kept consistent: `credits_verify` passes on it.
 
 Then prints the median (and min/max) of a few runs of the metrics selector over the
-whole 90 days, the number of SQL queries, and the full admin page render.
+whole 90 days, the number of SQL queries, and the full admin page render; then the same
+for what each promotion earns back (credits.promotion.earnback), its page and its CSV.
 """
 
 import argparse
@@ -238,11 +239,29 @@ def main() -> None:
     query = {"start": start.isoformat(), "end": end.isoformat()}
 
     def page():
-        response = client.get(url, query)
+        response = client.get(url, query, secure=True)
         assert response.status_code == 200
 
     timed("metrics admin page (HTML)", page, args.runs)
-    timed("metrics CSV export", lambda: client.get(url, {**query, "format": "csv"}), args.runs)
+    timed("metrics CSV export", lambda: client.get(url, {**query, "format": "csv"}, secure=True), args.runs)
+
+    # What each promotion earns back (credits.promotion.earnback), over the same cohort.
+    from credits.promotion.earnback import earnback_metrics
+
+    for row in earnback_metrics(start=start, end=end):
+        print(f"  {row.label}: {row.signups} sign-ups, used {row.used_micros / USD:,.0f} USD, "
+              f"{(row.conversion_30d or 0) * 100:.1f}% paying within 30 d, revenue "
+              f"{row.revenue_30d_micros / USD:,.0f} USD, payback {row.payback or 0:.2f}")
+    with CaptureQueriesContext(connection) as queries:
+        earnback_metrics(start=start, end=end)
+    print(f"SQL queries per earn-back computation: {len(queries)}")
+    timed(f"earnback_metrics over {args.users} users",
+          lambda: earnback_metrics(start=start, end=end), args.runs)
+    earnback_url = reverse("admin:credits_promotion_earnback")
+    timed("earn-back admin page (HTML)", lambda: client.get(earnback_url, query, secure=True), args.runs)
+    timed("earn-back CSV export", lambda: client.get(earnback_url, {**query, "format": "csv"},
+                                                 secure=True),
+          args.runs)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from billing import selectors
 from billing.labels import minutes_seconds
 from credits import money
 from credits.promotion import messages as messages_text
-from credits.promotion import verification
+from credits.promotion import referrals, verification
+from credits.promotion.milestones import milestone_progress
 from credits.promotion.terms import live_promotion, settings_terms, terms_for
 from credits.selectors import get_user_credits
 
@@ -49,9 +50,17 @@ def landing(request):
     })
 
 
+# The referral link is the sign-up page with ?ref=<code>; the code waits in the session
+# until the sign-up (credits.promotion.referrals attributes it once).
+REFERRAL_SESSION_KEY = "referral_code"
+
+
 def signup(request):
     if request.user.is_authenticated:
         return redirect("onboarding:onboarding")
+    ref = referrals.clean_code(request.GET.get("ref"))
+    if ref:
+        request.session[REFERRAL_SESSION_KEY] = ref
     form = SignupForm(request.POST or None)
     if request.method == "POST":
         # The same per-address counter as /api/auth/register: one limit for both doors.
@@ -63,7 +72,8 @@ def signup(request):
             response["Retry-After"] = str(retry_after)
             return response
     if request.method == "POST" and form.is_valid():
-        registered = form.save(client_ip=client_ip(request))
+        registered = form.save(client_ip=client_ip(request),
+                               referral_code=request.session.get(REFERRAL_SESSION_KEY, ""))
         if registered is not None:
             user, _key, secret = registered
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -115,6 +125,7 @@ def onboarding(request):
         "has_credit": credits.available_micros > 0,
         "buy_url": buy_url,
         "verification": verification.pending_verification(user=user),
+        "milestones": milestone_progress(user=user),
     })
 
 

@@ -31,6 +31,7 @@ from billing.models import (
     PurchaseStatus,
 )
 from billing.providers import Checkout, ProviderError, TestProvider, get_provider, in_test_mode
+from billing.signals import purchase_paid
 from credits import services as credit_services
 from credits.exceptions import GrantNotActive, UnknownUser
 from credits.models import GrantKind
@@ -300,7 +301,18 @@ def _on_session_paid(provider: str, session: dict[str, Any]) -> tuple[str, str, 
         amount_paid_micros=_cents(session, "amount_total") * MICROS_PER_CENT,
         currency=str(session.get("currency") or ""),
         payment_id=str(session.get("payment_intent") or ""),
+        payment_fingerprint=payment_fingerprint(session),
     )
+
+
+def payment_fingerprint(session: dict[str, Any]) -> str:
+    """The payment method's fingerprint, when the event carries it (Stripe: the card's
+    `fingerprint` in payment_method_details, or our metadata); "" otherwise."""
+    details = session.get("payment_method_details")
+    card = details.get("card") if isinstance(details, dict) else None
+    value = card.get("fingerprint") if isinstance(card, dict) else None
+    value = value or (session.get("metadata") or {}).get("payment_fingerprint")
+    return str(value or "")[:128]
 
 
 def fulfil_purchase(
@@ -310,6 +322,7 @@ def fulfil_purchase(
     amount_paid_micros: int,
     currency: str,
     payment_id: str = "",
+    payment_fingerprint: str = "",
 ) -> tuple[str, str, Purchase]:
     """Credit a paid purchase with a PURCHASED grant (no expiry), exactly once.
 
@@ -372,6 +385,9 @@ def fulfil_purchase(
             ]
         )
         _apply_deferred_refunds(locked)
+        purchase_paid.send(sender=Purchase, user_id=locked.user_id, purchase_id=str(locked.pk),
+                           amount_micros=locked.amount_micros,
+                           payment_fingerprint=payment_fingerprint, paid_at=locked.fulfilled_at)
         return EventOutcome.PROCESSED, f"Credited {locked.amount_display}.", locked
 
 

@@ -16,6 +16,8 @@ from billing.charts import PHONE_CHAR_WIDTH, PHONE_HEIGHT, PHONE_WIDTH, spend_ch
 from credits import money
 from credits.exports import csv_writer
 from credits.notifications import recent_notifications
+from credits.promotion.milestones import milestone_progress
+from credits.promotion.referrals import referral_summary
 from credits.promotion.verification import pending_verification
 from credits.selectors import get_user_credits
 
@@ -61,7 +63,17 @@ def dashboard(request):
         "key_form": ApiKeyForm(),
         "buy_url": reverse("billing:buy"),
         "notifications": recent_notifications(user=user, limit=5),
+        **promotion_cards(request, now=now),
     })
+
+
+def promotion_cards(request, *, now) -> dict:
+    """The milestones and the referral card (templates/billing/_milestones.html and
+    _referral_card.html), for the dashboard and the onboarding page."""
+    summary = referral_summary(user=request.user)
+    link = request.build_absolute_uri(reverse("onboarding:signup")) + "?ref=" + summary.code
+    return {"milestones": milestone_progress(user=request.user, now=now),
+            "referral": summary, "referral_link": link}
 
 
 class _Echo:

@@ -293,6 +293,16 @@ NOTIFICATION_CATCH_UP_HOURS = env.int("NOTIFICATION_CATCH_UP_HOURS", default=48)
 PROMOTION_AMOUNT_USD = env("PROMOTION_AMOUNT_USD", default="20")
 PROMOTION_WINDOW_SECONDS = env.int("PROMOTION_WINDOW_SECONDS", default=180)
 PROMOTION_EXPIRY_DAYS = env.int("PROMOTION_EXPIRY_DAYS", default=30)
+# "Extended while active" expiry (a promotion's expiry_rule): never later than this many
+# days after the grant when the promotion names no cap of its own.
+PROMOTION_EXPIRY_CAP_DAYS = env.int("PROMOTION_EXPIRY_CAP_DAYS", default=90)
+# Referrals (credits.promotion.referrals), when no ReferralProgram row was saved in the admin:
+# the referrer's REFERRAL grant and the referred user's welcome bonus, when the referred
+# user's first purchase is paid; their expiry in days (0: never); rewards per referrer a month.
+REFERRAL_REFERRER_USD = env("REFERRAL_REFERRER_USD", default="10")
+REFERRAL_REFERRED_USD = env("REFERRAL_REFERRED_USD", default="10")
+REFERRAL_EXPIRY_DAYS = env.int("REFERRAL_EXPIRY_DAYS", default=90)
+REFERRAL_MONTHLY_CAP = env.int("REFERRAL_MONTHLY_CAP", default=10)
 # A hold whose call journaled nothing for this long (credits.services.record_progress;
 # a live call writes every second) belongs to a call that died: the sweep settles it.
 STALE_HOLD_SECONDS = env.int("STALE_HOLD_SECONDS", default=15 * 60)

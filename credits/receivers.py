@@ -5,14 +5,28 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from accounts.signals import user_registered
+from billing.signals import purchase_paid
 from credits.models import CreditAccount
-from credits.promotion import award, signup, terms, verification
+from credits.promotion import referrals, signup, terms, triggers, verification
+from credits.signals import paid_call_settled
 from inference.signals import first_token_generated
 
 
 @receiver(first_token_generated, dispatch_uid="credits.apply_first_token_promotion")
 def apply_promotion_on_first_token(sender, *, user_id: int, **kwargs) -> None:
-    award.apply_first_token_promotion(user=user_id)
+    triggers.first_token(user_id=user_id)
+
+
+@receiver(purchase_paid, dispatch_uid="credits.promotions_on_purchase")
+def promotions_on_purchase(sender, *, user_id: int, payment_fingerprint: str = "",
+                           **kwargs) -> None:
+    """In the purchase's transaction: milestones and the referral, evaluated after commit."""
+    triggers.purchase_paid(user_id=user_id, payment_fingerprint=payment_fingerprint)
+
+
+@receiver(paid_call_settled, dispatch_uid="credits.milestones_on_paid_call")
+def milestones_on_paid_call(sender, *, user_id: int, **kwargs) -> None:
+    triggers.paid_call(user_id=user_id)
 
 
 # Opening the (empty) credit account and assigning a promotion variant are not ledger
@@ -28,7 +42,10 @@ def assign_promotion_on_sign_up(sender, *, instance, created: bool, raw: bool = 
 
 
 @receiver(user_registered, dispatch_uid="credits.record_signup")
-def record_signup_on_registration(sender, *, user, client_ip: str | None, **kwargs) -> None:
-    """In the registration's transaction: velocity limits, then the verification email."""
+def record_signup_on_registration(sender, *, user, client_ip: str | None,
+                                  referral_code: str = "", **kwargs) -> None:
+    """In the registration's transaction: velocity limits, the referral's attribution, then
+    the verification email."""
     signup.record_signup(user=user, ip=client_ip)
+    referrals.attribute_referral(user=user, code=referral_code)
     verification.schedule_verification_email(user=user)

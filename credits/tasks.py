@@ -9,7 +9,7 @@ import datetime as dt
 from celery import shared_task
 
 from credits import notifications, reconciliation, sweeps
-from credits.promotion import award, verification
+from credits.promotion import award, triggers, verification
 
 _IDEMPOTENT = {"acks_late": True, "reject_on_worker_lost": True}
 
@@ -78,3 +78,11 @@ def reconcile_books() -> int:
     """credits_verify's checks over every account and the other apps' books; recorded,
     staff emailed once per new mismatch, no money changed. Returns the mismatches found."""
     return reconciliation.reconcile_books().mismatches
+
+
+@shared_task(**_IDEMPOTENT)
+def evaluate_promotions(user_id: int) -> int:
+    """Award the user's milestones whose triggers are true and settle their referral;
+    returns the grants made (milestones and referral)."""
+    done = triggers.evaluate_promotions(user_id=user_id)
+    return len(done.milestone_grants) + (2 if done.referral.rewarded_now else 0)

@@ -500,6 +500,7 @@ class MeteredCall:
                 else:
                     settled = credit_services.capture(
                         hold=self.hold, amount_micros=charge,
+                        tokens=self.completion_tokens if self.pieces else 0,
                         description=f"{self.model.id} {self.request_id}")
                 self._balance_micros = settled.balance_micros
             except Exception:

@@ -14,6 +14,7 @@ from credits.admin import (  # noqa: F401  (registers the admins)
     abuse,
     customers,
     ledger,
+    milestones,
     money_actions,
     promotions,
     reconciliation,

@@ -21,7 +21,7 @@ from credits import money
 from credits.admin import charts
 from credits.admin.toolkit import ExportableHistoryAdmin, usd
 from credits.exports import csv_writer
-from credits.models import Promotion, PromotionAssignment, PromotionVariant
+from credits.models import ExpiryRule, Promotion, PromotionAssignment, PromotionVariant
 from credits.promotion import metrics
 from credits.promotion import terms as promotions
 
@@ -46,23 +46,32 @@ class UsdTermsForm(forms.ModelForm):
 
 
 class PromotionForm(UsdTermsForm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["expiry_rule"].required = False  # empty: today's fixed expiry
+
+    def clean_expiry_rule(self):
+        return self.cleaned_data.get("expiry_rule") or ExpiryRule.FIXED
+
     class Meta:
         model = Promotion
         fields = ["name", "kind", "is_active", "active_from", "active_to", "amount_usd",
-                  "window_seconds", "expiry_days"]
+                  "window_seconds", "expiry_days", "expiry_rule", "extension_days",
+                  "expiry_cap_days", "tier_list"]
 
 
 class VariantForm(UsdTermsForm):
     class Meta:
         model = PromotionVariant
-        fields = ["name", "weight", "amount_usd", "window_seconds", "expiry_days"]
+        fields = ["name", "weight", "amount_usd", "window_seconds", "expiry_days", "tier_list"]
 
 
 class PromotionVariantInline(admin.TabularInline):
     model = PromotionVariant
     form = VariantForm
     extra = 0
-    fields = ["name", "weight", "amount_usd", "window_seconds", "expiry_days", "assigned"]
+    fields = ["name", "weight", "amount_usd", "window_seconds", "expiry_days", "tier_list",
+              "assigned"]
     readonly_fields = ["assigned"]
 
     @admin.display(description="users assigned")

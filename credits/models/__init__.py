@@ -20,9 +20,18 @@ from credits.models.ledger import (
     LedgerEntryQuerySet,
     TakeBack,
 )
+from credits.models.milestones import ExpiryRule, PromotionTier, TierAward, TierList, TierTrigger
 from credits.models.notifications import Notification, NotificationEvent
 from credits.models.promotions import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
 from credits.models.reconciliation import LedgerMismatch, ReconciliationRun
+from credits.models.referrals import (
+    PaymentFingerprint,
+    Referral,
+    ReferralCode,
+    ReferralCondition,
+    ReferralProgram,
+    ReferralStatus,
+)
 from credits.models.staff import (
     StaffAction,
     StaffActionDecision,
@@ -38,6 +47,7 @@ __all__ = [
     "DomainRuleAction",
     "EmailDomainRule",
     "EntryType",
+    "ExpiryRule",
     "GrantKind",
     "HoldStatus",
     "ImmutableEntryError",
@@ -46,13 +56,20 @@ __all__ = [
     "LedgerMismatch",
     "Notification",
     "NotificationEvent",
+    "PaymentFingerprint",
     "Promotion",
     "PromotionAssignment",
     "PromotionClaim",
     "PromotionKind",
     "PromotionReview",
+    "PromotionTier",
     "PromotionVariant",
     "ReconciliationRun",
+    "Referral",
+    "ReferralCode",
+    "ReferralCondition",
+    "ReferralProgram",
+    "ReferralStatus",
     "ReviewStatus",
     "SignupRecord",
     "StaffAction",
@@ -62,4 +79,7 @@ __all__ = [
     "Sweep",
     "SweepFailure",
     "TakeBack",
+    "TierAward",
+    "TierList",
+    "TierTrigger",
 ]

@@ -87,6 +87,11 @@ class CreditGrant(models.Model):
     # Promotional credit earned while PROMOTION_REQUIRE_EMAIL_VERIFICATION is on: counted in
     # the balance but not spendable until the user verifies their email (credits.promotion.verification).
     awaiting_verification = models.BooleanField(default=False)
+    # "Extended while active" (a promotion's expiry policy): each paid call moves
+    # `expires_at` to `extend_days` after it, never past `expiry_cap_at`
+    # (credits.services.grants.extend_active_grants). Empty: a fixed expiry.
+    extend_days = models.PositiveIntegerField(null=True, blank=True)
+    expiry_cap_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["granted_at", "id"]

@@ -11,6 +11,7 @@ from django.db import models
 from django.db.models import F, Q
 
 from credits import money
+from credits.models.milestones import ExpiryRule, PromotionTier, TierTrigger
 
 # The first-token grant's idempotency key: unique per user, so it is awarded once.
 FIRST_TOKEN_PROMOTION_KEY = "promotion:first-token"
@@ -51,6 +52,21 @@ class Promotion(models.Model):
         null=True, blank=True,
         help_text="The awarded credit expires after this. Empty: PROMOTION_EXPIRY_DAYS.",
     )
+    # Expiry policy as data: FIXED (expiry_days after the grant, today's rule) or
+    # EXTENDED_WHILE_ACTIVE (each paid call pushes the expiry to extension_days after it,
+    # never past expiry_cap_days after the grant).
+    expiry_rule = models.CharField(max_length=24, default=ExpiryRule.FIXED,
+                                   choices=ExpiryRule.choices)
+    extension_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Extended while active: days after the last paid "
+        "call. Empty: the expiry days.")
+    expiry_cap_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Extended while active: never later than this many "
+        "days after the grant. Empty: PROMOTION_EXPIRY_CAP_DAYS.")
+    # The milestones after (or instead of) the first token; a variant may choose another.
+    tier_list = models.ForeignKey("TierList", null=True, blank=True, on_delete=models.PROTECT,
+                                  related_name="promotions",
+                                  help_text="Empty: the first token is the only milestone.")
     created_at = models.DateTimeField(auto_now_add=True)
     # Set when a spend cap (credits.promotion.award) switched it off; staff are told once.
     paused_reason = models.CharField(max_length=255, blank=True)
@@ -86,6 +102,9 @@ class PromotionVariant(models.Model):
     amount_micros = models.BigIntegerField(null=True, blank=True)
     window_seconds = models.PositiveIntegerField(null=True, blank=True)
     expiry_days = models.PositiveIntegerField(null=True, blank=True)
+    tier_list = models.ForeignKey("TierList", null=True, blank=True, on_delete=models.PROTECT,
+                                  related_name="variants",
+                                  help_text="Empty: the promotion's tier list.")
 
     class Meta:
         ordering = ["promotion_id", "id"]
@@ -133,6 +152,10 @@ class PromotionTerms:
     active: bool = True  # False: the kill switch is off, or no promotion was running
     promotion_id: int | None = None
     variant_id: int | None = None
+    tier_list_id: int | None = None  # the milestones beyond the first token (none: only it)
+    expiry_rule: str = "FIXED"
+    extension_days: int | None = None
+    expiry_cap_days: int | None = None
 
     def deadline_for(self, user) -> dt.datetime:
         """The end of `user`'s first-token window (inclusive)."""
@@ -154,10 +177,53 @@ def settings_terms() -> PromotionTerms:
     )
 
 
+SIGNUP_PROMOTION_KINDS = (PromotionKind.FIRST_TOKEN, PromotionKind.TIERED)
+
+
+def tier_list_id_of(promotion: Promotion | None, variant: PromotionVariant | None) -> int | None:
+    """The tier list a variant plays: its own, else its promotion's."""
+    if variant is not None and variant.tier_list_id is not None:
+        return variant.tier_list_id
+    return promotion.tier_list_id if promotion is not None else None
+
+
 def terms_for(promotion: Promotion, variant: PromotionVariant | None) -> PromotionTerms:
     """A variant's terms; its empty fields fall back to the promotion's, and the
-    promotion's to the PROMOTION_* settings."""
+    promotion's to the PROMOTION_* settings. When the variant plays a tier list, its
+    FIRST_TOKEN tier (if any) sets the first-token amount, window and expiry; a list
+    without one offers no first-token credit."""
     defaults = settings_terms()
+    tier_list_id = tier_list_id_of(promotion, variant)
+    policy = dict(tier_list_id=tier_list_id, expiry_rule=promotion.expiry_rule,
+                  extension_days=promotion.extension_days,
+                  expiry_cap_days=promotion.expiry_cap_days)
+    if tier_list_id is not None:
+        tier = PromotionTier.objects.filter(tier_list_id=tier_list_id,
+                                            trigger=TierTrigger.FIRST_TOKEN).first()
+        if tier is None:
+            return PromotionTerms(amount_micros=0, window_seconds=0, expiry_days=0,
+                                  active=promotion.is_active, promotion_id=promotion.pk,
+                                  variant_id=variant.pk if variant is not None else None,
+                                  **policy)
+        fallback = terms_for_fields(promotion, variant, defaults)
+        if tier.expiry_rule:
+            policy["expiry_rule"] = tier.expiry_rule
+        return PromotionTerms(
+            amount_micros=tier.amount_micros,
+            window_seconds=tier.window_seconds if tier.window_seconds is not None
+            else fallback["window_seconds"],
+            expiry_days=tier.expiry_days if tier.expiry_days is not None
+            else fallback["expiry_days"],
+            active=promotion.is_active, promotion_id=promotion.pk,
+            variant_id=variant.pk if variant is not None else None, **policy)
+    fields = terms_for_fields(promotion, variant, defaults)
+    return PromotionTerms(
+        **fields, active=promotion.is_active, promotion_id=promotion.pk,
+        variant_id=variant.pk if variant is not None else None, **policy)
+
+
+def terms_for_fields(promotion: Promotion, variant: PromotionVariant | None,
+                     defaults: PromotionTerms) -> dict:
 
     def pick(field: str) -> int:
         for source in (variant, promotion):
@@ -166,14 +232,8 @@ def terms_for(promotion: Promotion, variant: PromotionVariant | None) -> Promoti
                 return value
         return getattr(defaults, field)
 
-    return PromotionTerms(
-        amount_micros=pick("amount_micros"),
-        window_seconds=pick("window_seconds"),
-        expiry_days=pick("expiry_days"),
-        active=promotion.is_active,
-        promotion_id=promotion.pk,
-        variant_id=variant.pk if variant is not None else None,
-    )
+    return {"amount_micros": pick("amount_micros"), "window_seconds": pick("window_seconds"),
+            "expiry_days": pick("expiry_days")}
 
 
 def user_promotion_terms(user) -> PromotionTerms:
@@ -185,7 +245,7 @@ def user_promotion_terms(user) -> PromotionTerms:
     )
     if assignment is None:
         return settings_terms()
-    if assignment.promotion is None or assignment.promotion.kind != PromotionKind.FIRST_TOKEN:
+    if assignment.promotion is None or assignment.promotion.kind not in SIGNUP_PROMOTION_KINDS:
         return PromotionTerms(
             amount_micros=0, window_seconds=0, expiry_days=0, active=False,
             promotion_id=assignment.promotion_id, variant_id=assignment.variant_id,

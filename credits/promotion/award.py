@@ -29,11 +29,16 @@ from credits.models import (
     NotificationEvent,
     Promotion,
     PromotionClaim,
-    PromotionKind,
     PromotionReview,
     SignupRecord,
+    TierAward,
 )
-from credits.models.promotions import FIRST_TOKEN_PROMOTION_KEY, user_promotion_terms
+from credits.models.promotions import (
+    FIRST_TOKEN_PROMOTION_KEY,
+    SIGNUP_PROMOTION_KINDS,
+    user_promotion_terms,
+)
+from credits.promotion.expiry import terms_expiry
 from credits.promotion.messages import (
     SOFT_SIGNALS,
     WITHHELD_CLAIMED,
@@ -90,7 +95,7 @@ def apply_first_token_promotion(
         grant = services.grant_locked(
             account, amount_micros=terms.amount_micros, kind=GrantKind.PROMOTIONAL,
             description="First-token promotion", actor=None,
-            expires_at=now + dt.timedelta(days=terms.expiry_days),
+            **terms_expiry(terms, now=now).grant_kwargs(),
             idempotency_key=FIRST_TOKEN_PROMOTION_KEY, source_reference="first-token", now=now,
             promotion_variant_id=terms.variant_id,
         )
@@ -136,17 +141,8 @@ def reserve_award(*, user: User, amount_micros: int, now: dt.datetime) -> Award 
         return _refuse(user, WITHHELD_CLAIMED)
     if network_promotions_exhausted(network, now):
         return _refuse(user, WITHHELD_NETWORK_PROMOTIONS)
-    for setting, window in (("PROMOTION_CAP_USD_PER_HOUR", dt.timedelta(hours=1)),
-                            ("PROMOTION_CAP_USD_PER_DAY", dt.timedelta(days=1))):
-        cap = _cap_micros(setting)
-        if not cap:
-            continue
-        granted = PromotionClaim.objects.filter(claimed_at__gt=now - window).aggregate(
-            total=Sum("amount_micros"))["total"] or 0
-        if granted + amount_micros > cap:
-            _pause_promotions(reason=f"{setting} reached: {money.display_usd(granted)} granted "
-                                     f"in the last {_window_name(window)}", now=now)
-            return _refuse(user, WITHHELD_PAUSED)
+    if cap_reached(amount_micros=amount_micros, now=now):
+        return _refuse(user, WITHHELD_PAUSED)
     try:
         with transaction.atomic():
             claim = PromotionClaim.objects.create(
@@ -155,6 +151,26 @@ def reserve_award(*, user: User, amount_micros: int, now: dt.datetime) -> Award 
     except IntegrityError:  # claimed by a concurrent award for the same address
         return _refuse(user, WITHHELD_CLAIMED)
     return Award(claim=claim, signup=signup)
+
+
+def cap_reached(*, amount_micros: int, now: dt.datetime) -> bool:
+    """Would awarding `amount_micros` now pass a spend cap (first-token claims and every
+    milestone tier count)? If so, pause the promotions (staff are told once). Call under
+    the award lock (AWARD_LOCK_KEY)."""
+    for setting, window in (("PROMOTION_CAP_USD_PER_HOUR", dt.timedelta(hours=1)),
+                            ("PROMOTION_CAP_USD_PER_DAY", dt.timedelta(days=1))):
+        cap = _cap_micros(setting)
+        if not cap:
+            continue
+        since = now - window
+        granted = (PromotionClaim.objects.filter(claimed_at__gt=since).aggregate(
+            total=Sum("amount_micros"))["total"] or 0) + (TierAward.objects.filter(
+                awarded_at__gt=since).aggregate(total=Sum("amount_micros"))["total"] or 0)
+        if granted + amount_micros > cap:
+            _pause_promotions(reason=f"{setting} reached: {money.display_usd(granted)} granted "
+                                     f"in the last {_window_name(window)}", now=now)
+            return True
+    return False
 
 
 def _window_name(window: dt.timedelta) -> str:
@@ -205,7 +221,7 @@ def soft_signals(*, user: User, signup: SignupRecord | None, claim: PromotionCla
 def _pause_promotions(*, reason: str, now: dt.datetime) -> list[int]:
     """Switch off every live first-token promotion (the kill switch), once: only the
     transaction that flips one (under the award lock) schedules the staff notice."""
-    ids = list(Promotion.objects.filter(kind=PromotionKind.FIRST_TOKEN, is_active=True)
+    ids = list(Promotion.objects.filter(kind__in=SIGNUP_PROMOTION_KINDS, is_active=True)
                .values_list("pk", flat=True))
     if not ids:
         return []

@@ -19,8 +19,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
-from credits.models import Promotion, PromotionAssignment, PromotionKind, PromotionVariant
+from credits.models import Promotion, PromotionAssignment, PromotionVariant
 from credits.models.promotions import (  # noqa: F401  (the terms, re-exported)
+    SIGNUP_PROMOTION_KINDS,
     PromotionTerms,
     settings_terms,
     terms_for,
@@ -32,7 +33,7 @@ def live_promotion(*, now: dt.datetime | None = None) -> Promotion | None:
     """The first-token promotion new sign-ups join now: active and in its dates."""
     now = now or timezone.now()
     return (
-        Promotion.objects.filter(kind=PromotionKind.FIRST_TOKEN, is_active=True,
+        Promotion.objects.filter(kind__in=SIGNUP_PROMOTION_KINDS, is_active=True,
                                  active_from__lte=now)
         .filter(Q(active_to__isnull=True) | Q(active_to__gt=now))
         .order_by("-active_from", "-id")
@@ -92,7 +93,7 @@ def eligible_now_q(*, now: dt.datetime | None = None) -> Q:
 
     reachable = Q(promotion_assignment__isnull=True) & joined_within(
         settings_terms().window_seconds)
-    live = Promotion.objects.filter(is_active=True, kind=PromotionKind.FIRST_TOKEN)
+    live = Promotion.objects.filter(is_active=True, kind__in=SIGNUP_PROMOTION_KINDS)
     for promotion in live.prefetch_related("variants"):
         reachable |= Q(promotion_assignment__promotion_id=promotion.pk,
                        promotion_assignment__variant__isnull=True) & joined_within(

@@ -146,6 +146,9 @@ def verify_email(*, token: str) -> User:
             user.save(update_fields=["email_verified_at"])
         CreditGrant.objects.filter(user_id=user.pk, awaiting_verification=True).update(
             awaiting_verification=False)
+        # An EMAIL_VERIFIED milestone or referral condition may be met now.
+        enqueue_on_commit("credits.tasks.evaluate_promotions", user.pk,
+                          inline_if_broker_down=True)
     return user
 
 

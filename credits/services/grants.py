@@ -24,6 +24,7 @@ from credits.services.locks import lock_account, lock_grant, lock_open_grants
 from credits.services.results import UnitFailure
 from credits.services.validation import now_or, require_amount, require_text
 from credits.services.writer import LedgerWriter, usable_grants
+from credits.signals import paid_call_settled
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +79,11 @@ def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, descr
                  actor, expires_at: dt.datetime | None, idempotency_key: str | None,
                  source_reference: str, now: dt.datetime,
                  promotion_variant_id: int | None = None,
-                 internal_reason: str = "") -> CreditGrant:
+                 internal_reason: str = "", extend_days: int | None = None,
+                 expiry_cap_at: dt.datetime | None = None) -> CreditGrant:
     """add_credit's body, for a caller that already holds the account's lock (`lock_account`)
-    in its own transaction: the promotion's award."""
+    in its own transaction: the promotion's award. `extend_days` (with `expiry_cap_at`)
+    makes the expiry "extended while active" (`extend_active_grants`)."""
     key = idempotency_key or f"grant:{uuid.uuid4().hex}"
     existing = CreditGrant.objects.filter(user_id=account.user_id, idempotency_key=key).first()
     if existing is not None:
@@ -93,7 +96,8 @@ def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, descr
         user_id=account.user_id, kind=kind, amount_micros=amount_micros, remaining_micros=0,
         granted_at=now, expires_at=expires_at, description=description[:255], actor=actor,
         internal_reason=internal_reason[:255], idempotency_key=key, source_reference=source_reference,
-        promotion_variant_id=promotion_variant_id,
+        promotion_variant_id=promotion_variant_id, extend_days=extend_days,
+        expiry_cap_at=expiry_cap_at,
     )
     writer = LedgerWriter(account, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
                           reference=source_reference, internal_reason=internal_reason)
@@ -103,6 +107,33 @@ def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, descr
                  description=description or f"{grant.get_kind_display()} credit")
     writer.flush()
     return grant
+
+
+def paid_call(*, user_id: int, amount_micros: int, tokens: int, now: dt.datetime) -> None:
+    """A paid call was charged (under the account's lock, in its transaction): push the
+    expiry of the user's "extended while active" grants, and announce it."""
+    if amount_micros <= 0:
+        return
+    extend_active_grants(user_id=user_id, now=now)
+    paid_call_settled.send(sender=CreditAccount, user_id=user_id, amount_micros=amount_micros,
+                           tokens=tokens, at=now)
+
+
+def extend_active_grants(*, user_id: int, now: dt.datetime) -> int:
+    """Move each live "extended while active" grant's expiry to `extend_days` after `now`,
+    never past its `expiry_cap_at` and never earlier than it was. Call under the account's
+    lock. One query when the user has none (the usual case). Returns the grants moved."""
+    moved = 0
+    rows = CreditGrant.objects.filter(
+        user_id=user_id, extend_days__isnull=False, voided_at__isnull=True, expires_at__gt=now,
+    ).values_list("pk", "extend_days", "expiry_cap_at", "expires_at")
+    for pk, days, cap, old in rows:
+        new = now + dt.timedelta(days=days)
+        if cap is not None:
+            new = min(new, cap)
+        if new > old:
+            moved += CreditGrant.objects.filter(pk=pk, expires_at=old).update(expires_at=new)
+    return moved
 
 
 @dataclass(frozen=True)
@@ -189,6 +220,8 @@ def _debit(*, user: User | int, amount_micros: int, entry_type: str, reference: 
             if to_take == 0:
                 break
         entries = writer.flush()
+        if entry_type == EntryType.USAGE:
+            paid_call(user_id=locked.user_id, amount_micros=amount_micros, tokens=0, now=now)
         return DebitResult(operation_key=operation_key, amount_micros=amount_micros,
                            balance_micros=locked.balance_micros,
                            entry_ids=tuple(e.pk for e in entries if e.entry_type == entry_type))

@@ -20,6 +20,7 @@ from credits import money
 from credits.exceptions import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientCredits
 from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus
 from credits.models.promotions import user_promotion_terms
+from credits.services.grants import paid_call
 from credits.services.locks import (
     lock_account,
     lock_held_grants,
@@ -125,9 +126,11 @@ def capture(
     hold: CreditHold | uuid.UUID | str,
     amount_micros: int,
     description: str = "",
+    tokens: int | None = None,
     now: dt.datetime | None = None,
 ) -> Settlement:
-    """Charge `amount_micros` (at most the hold) and release the rest.
+    """Charge `amount_micros` (at most the hold) and release the rest. `tokens`: the
+    call's delivered tokens, recorded on the hold (its journal may lag by a few).
 
     Always succeeds for the reserved part, even if a grant expired meanwhile.
     The part reserved against a promotion that was never granted cannot be
@@ -153,6 +156,8 @@ def capture(
                 required_micros=amount_micros, available_micros=backed,
                 message="The first-token promotion this call relied on was not granted.",
             )
+        if tokens is not None and tokens > locked_hold.delivered_tokens:
+            locked_hold.delivered_tokens = tokens
         return _settle(account, locked_hold, charge=amount_micros, now=now,
                        description=description or "Usage")
 
@@ -192,8 +197,12 @@ def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now
     hold.captured_micros = charge or 0
     hold.settled_at = now
     hold.swept = swept
-    writer.update_hold(hold, "status", "captured_micros", "settled_at", "swept")
+    writer.update_hold(hold, "status", "captured_micros", "settled_at", "swept",
+                       "delivered_tokens")
     writer.flush()
+    if charge:
+        paid_call(user_id=account.user_id, amount_micros=charge, tokens=hold.delivered_tokens,
+                  now=now)
     return Settlement(hold=hold, balance_micros=account.balance_micros)
 
 
