@@ -232,6 +232,8 @@ def admit(request) -> RateLimitState | None:
     else:
         state.limited = "tokens"
         state.reserved_tokens = cost  # what it asked for, for the message
+    if not state.admitted:
+        metrics.rate_limited(scope=ident.split(":", 1)[0])  # key, user or ip
     return state
 
 

@@ -59,7 +59,7 @@ def test_a_402_and_a_rate_limit_refusal_are_counted_without_a_key_or_user_label(
         client, api, user, settings):
     seed_demo_models()
     User.objects.filter(pk=user.pk).update(promotion_eligible=False)  # no sign-up credit either
-    settings.API_RATE_LIMIT_PER_MINUTE = 2
+    settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 2
     before = _samples(client.get("/metrics").content.decode())
     body = {"model": "demo-small", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     statuses = [api.post("/v1/chat/completions", body, format="json").status_code
@@ -104,7 +104,7 @@ def test_metrics_sum_the_metered_calls_of_two_gunicorn_workers(make_user, fund, 
     directory = str(tmp_path / "prometheus")
     server, url = start_site(workers=2, env={
         "PROMETHEUS_MULTIPROC_DIR": directory, "DEMO_BACKEND_TOKEN_DELAY_MS": "20",
-        "API_RATE_LIMIT_PER_MINUTE": "0"})
+        "RATE_LIMIT_REQUESTS_PER_MINUTE": "0", "RATE_LIMIT_TOKENS_PER_MINUTE": "0"})
 
     def call(i: int) -> int:
         stream = i % 2 == 0
