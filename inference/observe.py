@@ -39,7 +39,7 @@ def call_settled(call: MeteredCall) -> None:
             first_token_seconds=(call.first_token_ms / 1000
                                  if call.first_token_ms is not None else None),
             seconds=seconds, upstream_error=call.status == UsageStatus.UPSTREAM_ERROR)
-        _count_fallbacks(list(getattr(call._stream, "attempts", ())))
+        _count_fallbacks(call.attempts)
         logger.info("call %s settled: %s, %s prompt + %s completion tokens, charged %s micros",
                     call.request_id, call.status, prompt_tokens, completion_tokens,
                     call.cost_micros)

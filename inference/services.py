@@ -194,6 +194,11 @@ class MeteredCall:
         return self.usage.completion_tokens if self.usage else count_tokens(self.text)
 
     @property
+    def attempts(self) -> list[dict]:
+        """The upstreams tried, in order (empty for a backend that does not fall back)."""
+        return list(getattr(self._stream, "attempts", ()))
+
+    @property
     def charged_prompt_tokens(self) -> int:
         return self.usage.prompt_tokens if self.usage else self.prompt_tokens
 
@@ -473,7 +478,7 @@ class MeteredCall:
             reasoning_price_per_million_micros=prices.reasoning,
             estimated=self.estimated and produced,
             upstream=getattr(self._stream, "upstream", "")[:64],
-            attempts=list(getattr(self._stream, "attempts", ())),
+            attempts=self.attempts,
         )
 
     def _settle(self, *, status: str, error: str) -> None:

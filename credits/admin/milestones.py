@@ -16,7 +16,8 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
 
-from credits.admin.toolkit import HistoryAdmin, money_column, usd
+from credits.admin.promotions import MetricsForm
+from credits.admin.toolkit import HistoryAdmin, money_column, percent, usd
 from credits.exports import csv_writer
 from credits.models import (
     Promotion,
@@ -70,7 +71,7 @@ class TierListAdmin(admin.ModelAdmin):
         if not (request.user.has_perm("credits.view_promotion")
                 or request.user.has_perm("credits.change_promotion")):
             raise PermissionDenied
-        form = EarnBackForm(request.GET or None)
+        form = MetricsForm(request.GET or None)
         today = timezone.now().date()
         start, end, promotion = today - dt.timedelta(days=59), today, None
         if form.is_bound and form.is_valid():
@@ -89,7 +90,7 @@ class TierListAdmin(admin.ModelAdmin):
                 writer.writerow(row.as_row().values())
             return response
         if not form.is_bound:
-            form = EarnBackForm(initial={"start": start, "end": end})
+            form = MetricsForm(initial={"start": start, "end": end})
         query = request.GET.copy()
         query["format"] = "csv"
         return TemplateResponse(request, "admin/credits/promotion_earnback.html", {
@@ -101,35 +102,17 @@ class TierListAdmin(admin.ModelAdmin):
         })
 
 
-class EarnBackForm(forms.Form):
-    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}),
-                            label="Signed up from")
-    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}),
-                          label="to (inclusive)")
-    promotion = forms.ModelChoiceField(queryset=Promotion.objects.all(), required=False,
-                                       empty_label="All promotions")
-
-    def clean(self):
-        cleaned = super().clean()
-        if cleaned.get("start") and cleaned.get("end") and cleaned["start"] > cleaned["end"]:
-            raise forms.ValidationError("The start date is after the end date.")
-        return cleaned
-
-
 def _table(rows: list[earnback.EarnBack]) -> dict:
-    def pct(value: float | None) -> str:
-        return "—" if value is None else f"{value * 100:.1f}%"
-
     header = ["Promotion / variant", "Sign-ups", "Promo granted", "Used (cost)", "Expired",
               "Paying ≤7 d", "Paying ≤30 d", "Revenue ≤30 d", "Cost per paying user",
               "Payback", "Ran out", "Retained"]
     body = [[
         r.label, r.signups, usd(r.granted_micros), usd(r.used_micros), usd(r.expired_micros),
-        f"{r.paying_7d} ({pct(r.conversion_7d)})", f"{r.paying_30d} ({pct(r.conversion_30d)})",
+        f"{r.paying_7d} ({percent(r.conversion_7d)})", f"{r.paying_30d} ({percent(r.conversion_30d)})",
         usd(r.revenue_30d_micros),
         "—" if r.cost_per_paying_user_micros is None else usd(r.cost_per_paying_user_micros),
         "—" if r.payback is None else f"{r.payback:.2f}x", r.ran_out,
-        f"{r.retained} ({pct(r.retention)})",
+        f"{r.retained} ({percent(r.retention)})",
     ] for r in rows]
     return {"header": header, "rows": body}
 

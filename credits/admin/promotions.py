@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from credits import money
 from credits.admin import charts
-from credits.admin.toolkit import ExportableHistoryAdmin, usd
+from credits.admin.toolkit import ExportableHistoryAdmin, percent, usd
 from credits.exports import csv_writer
 from credits.models import ExpiryRule, Promotion, PromotionAssignment, PromotionVariant
 from credits.promotion import metrics
@@ -201,9 +201,6 @@ class MetricsForm(forms.Form):
 
 
 def _table(rows: list[metrics.VariantMetrics]) -> dict:
-    def pct(value: float | None) -> str:
-        return "—" if value is None else f"{value * 100:.1f}%"
-
     def secs(value: float | None) -> str:
         return "—" if value is None else f"{value:.1f}s"
 
@@ -213,11 +210,11 @@ def _table(rows: list[metrics.VariantMetrics]) -> dict:
               "Expired", "Voided or taken back", "Outstanding", "Retained after running out"]
     body = [[
         r.label, f"{r.window_seconds}s", r.signups,
-        f"{r.first_token_in_window} ({pct(r.first_token_share)})",
+        f"{r.first_token_in_window} ({percent(r.first_token_share)})",
         f"{secs(r.median_seconds_to_first_token)} / {secs(r.p90_seconds_to_first_token)}",
-        usd(r.granted_micros), f"{usd(r.used_micros)} ({pct(r.utilization)})",
+        usd(r.granted_micros), f"{usd(r.used_micros)} ({percent(r.utilization)})",
         usd(r.expired_micros), usd(r.voided_micros), usd(r.outstanding_micros),
-        f"{r.retained} of {r.ran_out} ({pct(r.retention)})",
+        f"{r.retained} of {r.ran_out} ({percent(r.retention)})",
     ] for r in rows]
     return {"header": header, "rows": body}
 

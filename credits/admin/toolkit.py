@@ -22,6 +22,11 @@ def usd(micros: int | None) -> str:
     return "" if micros is None else money.display_usd(micros)
 
 
+def percent(share: float | None) -> str:
+    """A share of a cohort as the console shows it: one decimal, "—" when there is none."""
+    return "—" if share is None else f"{share * 100:.1f}%"
+
+
 def usd_exact(micros: int | None) -> str:
     return "" if micros is None else money.format_usd(micros)
 
