@@ -6,15 +6,12 @@ page with its CSV (linked from the promotion metrics page).
 
 from __future__ import annotations
 
-import datetime as dt
-
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils import timezone
 
 from credits.admin.promotions import MetricsForm
 from credits.admin.toolkit import HistoryAdmin, money_column, percent, usd
@@ -72,12 +69,7 @@ class TierListAdmin(admin.ModelAdmin):
                 or request.user.has_perm("credits.change_promotion")):
             raise PermissionDenied
         form = MetricsForm(request.GET or None)
-        today = timezone.now().date()
-        start, end, promotion = today - dt.timedelta(days=59), today, None
-        if form.is_bound and form.is_valid():
-            start = form.cleaned_data["start"] or start
-            end = form.cleaned_data["end"] or end
-            promotion = form.cleaned_data["promotion"]
+        start, end, promotion = form.cohort(days=60)
         rows = earnback.earnback_metrics(start=start, end=end,
                                          promotion_id=promotion.pk if promotion else None)
         if request.GET.get("format") == "csv":

@@ -145,12 +145,7 @@ class PromotionAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         form = MetricsForm(request.GET or None)
-        today = timezone.now().date()
-        start, end, promotion = today - dt.timedelta(days=29), today, None
-        if form.is_bound and form.is_valid():
-            start = form.cleaned_data["start"] or start
-            end = form.cleaned_data["end"] or end
-            promotion = form.cleaned_data["promotion"]
+        start, end, promotion = form.cohort(days=30)
         rows = metrics.promotion_metrics(start=start, end=end,
                                          promotion_id=promotion.pk if promotion else None)
         if request.GET.get("format") == "csv":
@@ -198,6 +193,17 @@ class MetricsForm(forms.Form):
         if cleaned.get("start") and cleaned.get("end") and cleaned["start"] > cleaned["end"]:
             raise forms.ValidationError("The start date is after the end date.")
         return cleaned
+
+    def cohort(self, *, days: int) -> tuple[dt.date, dt.date, Promotion | None]:
+        """The sign-up cohort asked for: the form's dates and promotion, else (unbound or
+        invalid) the last `days` days up to today and every promotion."""
+        today = timezone.now().date()
+        start, end, promotion = today - dt.timedelta(days=days - 1), today, None
+        if self.is_bound and self.is_valid():
+            start = self.cleaned_data["start"] or start
+            end = self.cleaned_data["end"] or end
+            promotion = self.cleaned_data["promotion"]
+        return start, end, promotion
 
 
 def _table(rows: list[metrics.VariantMetrics]) -> dict:
