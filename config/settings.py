@@ -71,6 +71,14 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
+# The metered calls an API key makes (config/gateway.py): none of the pages' sessions, CSRF,
+# messages, CSP or login lockout, and no thread hop per middleware.
+GATEWAY_MIDDLEWARE = [
+    "config.observability.middleware.ObservabilityMiddleware",
+    "config.gateway.SecurityMiddleware",
+    "config.gateway.CommonMiddleware",
+]
+
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"

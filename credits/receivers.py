@@ -1,13 +1,13 @@
 """The credits app's doors for other apps' signals: each calls one service."""
 
 from django.conf import settings
-from django.db.models.signals import post_save
+from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from accounts.signals import user_registered
 from billing.signals import purchase_paid
-from credits.models import CreditAccount
-from credits.promotion import referrals, signup, terms, triggers, verification
+from credits.models import CreditAccount, PromotionTier
+from credits.promotion import milestones, referrals, signup, terms, triggers, verification
 from credits.signals import paid_call_settled
 from inference.signals import first_token_generated
 
@@ -27,6 +27,13 @@ def promotions_on_purchase(sender, *, user_id: int, payment_fingerprint: str = "
 @receiver(paid_call_settled, dispatch_uid="credits.milestones_on_paid_call")
 def milestones_on_paid_call(sender, *, user_id: int, **kwargs) -> None:
     triggers.paid_call(user_id=user_id)
+
+
+@receiver(post_save, sender=PromotionTier, dispatch_uid="credits.usage_tiers_saved")
+@receiver(post_delete, sender=PromotionTier, dispatch_uid="credits.usage_tiers_deleted")
+def usage_tiers_changed(sender, **kwargs) -> None:
+    """Paid calls ask a remembered "any usage tier?": ask again."""
+    milestones.forget_usage_tiers()
 
 
 # Opening the (empty) credit account and assigning a promotion variant are not ledger

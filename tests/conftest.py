@@ -42,20 +42,22 @@ _flush_may_truncate_history()
 class AsgiLiveServer:
     """The site served by uvicorn (ASGI, as the Procfile serves it) in a thread of the test
     process, on the test database; static files through Django's finders. Replaces
-    pytest-django's WSGI live server, so HTTP tests exercise the async gateway."""
+    pytest-django's WSGI live server, so HTTP tests exercise the async gateway (and API-key
+    calls to the metered endpoints its lean path, config/gateway.py)."""
 
     def __init__(self, host: str = "localhost"):
         import uvicorn
         from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-        from django.core.asgi import get_asgi_application
         from django.test.utils import modify_settings
+
+        from config.asgi import application
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.url = f"http://{host}:{port}"
         self._live_server_modified_settings = modify_settings(ALLOWED_HOSTS={"append": host})
-        config = uvicorn.Config(ASGIStaticFilesHandler(get_asgi_application()), host="127.0.0.1",
+        config = uvicorn.Config(ASGIStaticFilesHandler(application), host="127.0.0.1",
                                 port=port, log_level="warning", lifespan="off", backlog=1024)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="asgi-live-server",

@@ -31,6 +31,12 @@ def enabled() -> bool:
     return _enabled
 
 
+def request_middleware(middleware: list[str]) -> list[str]:
+    """The middleware setup_tracing's Django instrumentation inserted into `middleware`
+    (settings.MIDDLEWARE), for a handler that builds its own list (config.gateway)."""
+    return [path for path in middleware if path.startswith("opentelemetry.instrumentation.")]
+
+
 def setup_tracing(*, service: str = "web", celery: bool = False) -> bool:
     """Install the provider and the instrumentations (idempotent). Returns whether tracing
     is on. A broken OpenTelemetry setup is logged and leaves the process serving untraced."""

@@ -24,6 +24,9 @@ class CreditAccount(models.Model):
                                 related_name="credit_account")
     balance_micros = models.BigIntegerField(default=0, help_text="Micro-dollars (cached).")
     held_micros = models.BigIntegerField(default=0, help_text="Micro-dollars held (cached).")
+    # Set with the account's first grant whose expiry is "extended while active": until
+    # then a paid call looks for none (credits.services.grants.paid_call).
+    has_extending_grants = models.BooleanField(default=False)
 
     class Meta:
         constraints = [

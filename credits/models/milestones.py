@@ -6,10 +6,7 @@ credits.promotion.milestones.
 
 from __future__ import annotations
 
-import contextlib
-
 from django.conf import settings
-from django.core.cache import cache
 from django.db import models
 from django.db.models import Q
 
@@ -88,12 +85,6 @@ class PromotionTier(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tier_list.name} #{self.position}: {self.get_trigger_display()}"
-
-    def save(self, *args, **kwargs):
-        super().save(*args, **kwargs)
-        # The ledger's paid-call door asks a cached "any usage tier?" (promotion.milestones).
-        with contextlib.suppress(Exception):  # the cache is down: it expires within a minute
-            cache.delete("credits:milestones:usage-tiers-exist")
 
 
 class TierAward(models.Model):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -297,21 +298,39 @@ def has_open_usage_tier(user_id: int) -> bool:
 
 USAGE_TIERS_CACHE_KEY = "credits:milestones:usage-tiers-exist"
 USAGE_TIERS_CACHE_SECONDS = 60
+# Each process also remembers the answer this long: a paid call then asks neither the
+# database nor the cache. A tier saved in another process is noticed within it, and the
+# evaluation reads the crossing point from the ledger, so nothing is lost by the delay.
+USAGE_TIERS_MEMO_SECONDS = 10
+_memo: tuple[float, bool] = (0.0, False)  # (good until, by time.monotonic(); the answer)
 
 
 def usage_tiers_exist() -> bool:
-    """Is there any TOKENS or SPEND tier at all? Cached (a minute; cleared when a tier is
-    saved), so a paid call costs no query while no promotion counts usage."""
+    """Is there any TOKENS or SPEND tier at all? Remembered by the process for
+    USAGE_TIERS_MEMO_SECONDS and cached for a minute (both forgotten when a tier is saved),
+    so a paid call costs nothing while no promotion counts usage."""
+    global _memo
+    good_until, answer = _memo
+    if time.monotonic() < good_until:
+        return answer
     try:
         cached = cache.get(USAGE_TIERS_CACHE_KEY)
     except Exception:  # the cache is down: ask the database
         cached = None
-    if cached is not None:
-        return cached
-    exists = PromotionTier.objects.filter(trigger__in=USAGE_TRIGGERS).exists()
-    with contextlib.suppress(Exception):
-        cache.set(USAGE_TIERS_CACHE_KEY, exists, USAGE_TIERS_CACHE_SECONDS)
-    return exists
+    if cached is None:
+        cached = PromotionTier.objects.filter(trigger__in=USAGE_TRIGGERS).exists()
+        with contextlib.suppress(Exception):
+            cache.set(USAGE_TIERS_CACHE_KEY, cached, USAGE_TIERS_CACHE_SECONDS)
+    _memo = (time.monotonic() + USAGE_TIERS_MEMO_SECONDS, cached)
+    return cached
+
+
+def forget_usage_tiers() -> None:
+    """A tier was saved: ask again (this process now, the others within their memo)."""
+    global _memo
+    _memo = (0.0, False)
+    with contextlib.suppress(Exception):  # the cache is down: it expires within a minute
+        cache.delete(USAGE_TIERS_CACHE_KEY)
 
 
 def after_paid_call(*, user_id: int) -> None:

@@ -99,6 +99,10 @@ def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, descr
         promotion_variant_id=promotion_variant_id, extend_days=extend_days,
         expiry_cap_at=expiry_cap_at,
     )
+    if extend_days is not None and not account.has_extending_grants:
+        # Paid calls look for extending grants only on accounts marked so (paid_call).
+        account.has_extending_grants = True
+        CreditAccount.objects.filter(pk=account.pk).update(has_extending_grants=True)
     writer = LedgerWriter(account, operation_key=f"grant:{grant.pk}", now=now, actor=actor,
                           reference=source_reference, internal_reason=internal_reason)
     # Credit given back is a REFUND entry, so statements list it under refunds, not grants.
@@ -109,14 +113,17 @@ def grant_locked(account: CreditAccount, *, amount_micros: int, kind: str, descr
     return grant
 
 
-def paid_call(*, user_id: int, amount_micros: int, tokens: int, now: dt.datetime) -> None:
+def paid_call(*, account: CreditAccount, amount_micros: int, tokens: int,
+              now: dt.datetime) -> None:
     """A paid call was charged (under the account's lock, in its transaction): push the
-    expiry of the user's "extended while active" grants, and announce it."""
+    expiry of the user's "extended while active" grants, and announce it. No query for an
+    account that never had such a grant (every call of most users)."""
     if amount_micros <= 0:
         return
-    extend_active_grants(user_id=user_id, now=now)
-    paid_call_settled.send(sender=CreditAccount, user_id=user_id, amount_micros=amount_micros,
-                           tokens=tokens, at=now)
+    if account.has_extending_grants:
+        extend_active_grants(user_id=account.user_id, now=now)
+    paid_call_settled.send(sender=CreditAccount, user_id=account.user_id,
+                           amount_micros=amount_micros, tokens=tokens, at=now)
 
 
 def extend_active_grants(*, user_id: int, now: dt.datetime) -> int:
@@ -221,7 +228,7 @@ def _debit(*, user: User | int, amount_micros: int, entry_type: str, reference: 
                 break
         entries = writer.flush()
         if entry_type == EntryType.USAGE:
-            paid_call(user_id=locked.user_id, amount_micros=amount_micros, tokens=0, now=now)
+            paid_call(account=locked, amount_micros=amount_micros, tokens=0, now=now)
         return DebitResult(operation_key=operation_key, amount_micros=amount_micros,
                            balance_micros=locked.balance_micros,
                            entry_ids=tuple(e.pk for e in entries if e.entry_type == entry_type))

@@ -201,8 +201,7 @@ def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now
                        "delivered_tokens")
     writer.flush()
     if charge:
-        paid_call(user_id=account.user_id, amount_micros=charge, tokens=hold.delivered_tokens,
-                  now=now)
+        paid_call(account=account, amount_micros=charge, tokens=hold.delivered_tokens, now=now)
     return Settlement(hold=hold, balance_micros=account.balance_micros)
 
 

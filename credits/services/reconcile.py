@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
 from credits.models import CreditAccount, CreditGrant, CreditHold, HoldStatus, LedgerEntry, TakeBack
 
@@ -101,6 +101,14 @@ def verify_balances(*, user_ids: Iterable[int] | None = None) -> list[Mismatch]:
     problems += [
         Mismatch(e.user_id, f"entry #{e.pk} has no grant", 0, e.amount_micros)
         for e in entries.filter(grant__isnull=True)
+    ]
+    # Paid calls extend these grants only on accounts marked as holding one.
+    marked = set(accounts.filter(has_extending_grants=True).values_list("user_id", flat=True))
+    extending = (grants.filter(extend_days__isnull=False).order_by().values("user_id")
+                 .annotate(count=Count("pk")).values_list("user_id", "count"))
+    problems += [
+        Mismatch(user_id, "extending grants vs the account's mark", count, 0)
+        for user_id, count in sorted(extending) if user_id not in marked
     ]
     return problems
 
