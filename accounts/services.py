@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import secrets
 
@@ -17,6 +18,7 @@ from django.utils.module_loading import import_string
 from accounts.emails import canonical_email
 from accounts.models import ApiKey, User
 from accounts.signals import user_registered
+from config.rows import columns, fetch
 
 API_KEY_PREFIX = "sk-"
 DEFAULT_KEY_NAME = "Default key"
@@ -64,14 +66,22 @@ def get_user_for_api_key(secret: str) -> ApiKey | None:
     if not secret.startswith(API_KEY_PREFIX) or len(secret) > 200:
         return None
     digest = hash_api_key(secret)
-    key = (
-        ApiKey.objects.select_related("user")
-        .filter(key_hash=digest, revoked_at__isnull=True)
-        .first()
-    )
-    if key is None or not secrets.compare_digest(key.key_hash, digest):
+    rows = fetch(_key_lookup_sql(), [digest], ApiKey, User)  # every call: hand-written SQL
+    if not rows:
         return None
+    key, user = rows[0]
+    if not secrets.compare_digest(key.key_hash, digest):
+        return None
+    key.user = user
     return key
+
+
+@functools.cache
+def _key_lookup_sql() -> str:
+    """An active key by its hash, with its user: one query."""
+    return (f"SELECT {columns(ApiKey, 'k')}, {columns(User, 'u')} "
+            f"FROM {ApiKey._meta.db_table} k JOIN {User._meta.db_table} u ON u.id = k.user_id "
+            "WHERE k.key_hash = %s AND k.revoked_at IS NULL")
 
 
 def touch_api_key(*, api_key: ApiKey, now: dt.datetime | None = None) -> None:

@@ -21,6 +21,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
+from config.rows import columns, fetch
 from credits import selectors as credit_selectors
 from credits import services as credit_services
 from credits.exceptions import InsufficientCredits
@@ -93,42 +94,28 @@ def new_request_id(prefix: str = "gen") -> str:
 def resolve_priced_model(model_id: str) -> tuple[AiModel, ModelPrice | None]:
     """An active model and the price in effect now, in one query. Raises ModelNotFound.
 
-    Hand-written SQL: this runs on every call, and compiling the equivalent ORM
-    subqueries cost more than the query itself."""
-    model = None
-    if model_id:
-        prices = ModelPrice._meta.db_table
-        latest = (f"(SELECT {{column}} FROM {prices} p WHERE p.model_id = m.id "
-                  "AND p.effective_from <= %s ORDER BY p.effective_from DESC LIMIT 1)")
-        columns = ("id", "input_price_per_million_micros", "output_price_per_million_micros",
-                   "effective_from", *_CLASS_PRICES)
-        aliases = ("price_pk", "price_in", "price_out", "price_from",
-                   *(f"price_{c}" for c in _CLASS_PRICES))
-        selects = ", ".join(
-            f"{latest.format(column=c)} AS {a}" for c, a in zip(columns, aliases, strict=True))
-        now = connection.ops.adapt_datetimefield_value(timezone.now())
-        rows = list(AiModel.objects.raw(
-            f"SELECT m.*, {selects} FROM {AiModel._meta.db_table} m WHERE m.id = %s AND m.active",
-            [now] * len(columns) + [model_id],
-        ))
-        model = rows[0] if rows else None
-    if model is None:
+    Hand-written SQL (config.rows): this runs on every call, and the ORM's compilation of
+    the equivalent subquery cost more than the query itself."""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    rows = fetch(_priced_model_sql(), [now, model_id], AiModel, ModelPrice) if model_id else []
+    if not rows:
         raise ModelNotFound(f"The model {model_id!r} does not exist or is not available.",
                             param="model")
-    if model.price_pk is None:
+    model, price = rows[0]
+    if price.pk is None:  # no price in effect yet: the LEFT JOIN found none
         return model, None
-    price_from = model.price_from
-    if isinstance(price_from, str):  # SQLite returns raw text for an unmapped column
-        price_from = ModelPrice._meta.get_field("effective_from").to_python(price_from)
-    return model, ModelPrice(pk=model.price_pk, model=model, effective_from=price_from,
-                             input_price_per_million_micros=model.price_in,
-                             output_price_per_million_micros=model.price_out,
-                             **{c: getattr(model, f"price_{c}") for c in _CLASS_PRICES})
+    price.model = model
+    return model, price
 
 
-# The token-class prices beyond input and output (empty: the parent class's price).
-_CLASS_PRICES = ("cached_input_price_per_million_micros", "cache_write_price_per_million_micros",
-                 "reasoning_price_per_million_micros")
+@functools.cache
+def _priced_model_sql() -> str:
+    prices = ModelPrice._meta.db_table
+    return (f"SELECT {columns(AiModel, 'm')}, {columns(ModelPrice, 'p')} "
+            f"FROM {AiModel._meta.db_table} m LEFT JOIN {prices} p ON p.id = ("
+            f"SELECT q.id FROM {prices} q WHERE q.model_id = m.id AND q.effective_from <= %s "
+            "ORDER BY q.effective_from DESC LIMIT 1) "
+            "WHERE m.id = %s AND m.active")
 
 
 def affordable_output_tokens(*, available_micros: int, prompt_tokens: int,
@@ -346,13 +333,18 @@ class MeteredCall:
         if self.hold is None:
             return None
         moment = time.monotonic()
-        if (self._journaled_at is not None
+        if not self.streamed:
+            # Nothing is delivered before the answer (and then the call settles): the journal
+            # only tells the sweep the call is alive, every JOURNAL_EVERY_SECONDS from its start
+            # (a call answered within a second writes none).
+            if moment - (self._journaled_at or self.started_monotonic) < JOURNAL_EVERY_SECONDS:
+                return None
+        elif (self._journaled_at is not None
                 and len(self.pieces) - self._journaled_pieces < JOURNAL_EVERY_TOKENS
                 and moment - self._journaled_at < JOURNAL_EVERY_SECONDS):
             return None
         self._journaled_pieces, self._journaled_at = len(self.pieces), moment
         tokens = count_tokens(self.text)  # the counting rule of a stream cut short
-        # A non-streamed call delivers nothing until it is answered (and then it settles).
         delivered = min(self._cost(output_tokens=tokens), self.held_micros) if self.streamed else 0
         return delivered, tokens
 

@@ -4,7 +4,8 @@ the user's credit account, then the grants it touches in id order, so concurrent
 queue instead of deadlocking. Call inside a transaction. On SQLite write transactions are
 serialized (BEGIN IMMEDIATE), so there is nothing to lock.
 
-The locking reads are plain SQL: they run on every debit (see bench/ledger.py).
+The locking reads are plain SQL read with config.rows: they run on every debit (see
+bench/ledger.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from django.db import connection
 
 from accounts.models import User
+from config.rows import columns, fetch
 from credits.exceptions import GrantNotActive, HoldNotActive, UnknownUser
 from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus, LedgerEntry
 
@@ -40,32 +42,34 @@ def lock_user(user: User | int) -> User:
     """The user's row, locked, for rules about the user (the promotion's award, email
     verification); taken before the account. Raises UnknownUser."""
     user_id = user_id_of(user)
-    rows = list(User.objects.raw(
-        f"SELECT * FROM {User._meta.db_table} WHERE id = %s{for_update()}", [user_id]))
+    rows = fetch(f"SELECT {columns(User, 'u')} FROM {User._meta.db_table} u "
+                 f"WHERE u.id = %s{for_update()}", [user_id], User)
     if not rows:
         raise UnknownUser(f"Unknown user {user_id}.")
-    return rows[0]
+    return rows[0][0]
 
 
 def lock_account(user: User | int) -> CreditAccount:
     """The user's credit account, locked: the first lock of every ledger service. Created
     on first use (the sign-up creates it too). Raises UnknownUser."""
     user_id = user_id_of(user)
-    sql = f"SELECT * FROM {CreditAccount._meta.db_table} WHERE user_id = %s{for_update()}"
-    rows = list(CreditAccount.objects.raw(sql, [user_id]))
+    sql = (f"SELECT {columns(CreditAccount, 'a')} FROM {CreditAccount._meta.db_table} a "
+           f"WHERE a.user_id = %s{for_update()}")
+    rows = fetch(sql, [user_id], CreditAccount)
     if not rows:
         if not User.objects.filter(pk=user_id).exists():
             raise UnknownUser(f"Unknown user {user_id}.")
         CreditAccount.objects.bulk_create([CreditAccount(user_id=user_id)], ignore_conflicts=True)
-        rows = list(CreditAccount.objects.raw(sql, [user_id]))
-    return rows[0]
+        rows = fetch(sql, [user_id], CreditAccount)
+    return rows[0][0]
 
 
 def lock_open_grants(user_id: int) -> list[CreditGrant]:
     """The user's grants with credit left, locked in id order (after the user's row)."""
-    return list(CreditGrant.objects.raw(
-        f"SELECT * FROM {CreditGrant._meta.db_table} WHERE user_id = %s AND remaining_micros > 0 "
-        f"ORDER BY id{for_update()}", [user_id]))
+    return [grant for (grant,) in fetch(
+        f"SELECT {columns(CreditGrant, 'g')} FROM {CreditGrant._meta.db_table} g "
+        f"WHERE g.user_id = %s AND g.remaining_micros > 0 ORDER BY g.id{for_update()}",
+        [user_id], CreditGrant)]
 
 
 def lock_grant(grant: CreditGrant | int) -> tuple[CreditAccount, CreditGrant]:
@@ -75,9 +79,9 @@ def lock_grant(grant: CreditGrant | int) -> tuple[CreditAccount, CreditGrant]:
     if user_id is None:
         raise GrantNotActive(f"Unknown grant {grant_id!r}.")
     account = lock_account(user_id)
-    rows = list(CreditGrant.objects.raw(
-        f"SELECT * FROM {CreditGrant._meta.db_table} WHERE id = %s{for_update()}", [grant_id]))
-    return account, rows[0]
+    rows = fetch(f"SELECT {columns(CreditGrant, 'g')} FROM {CreditGrant._meta.db_table} g "
+                 f"WHERE g.id = %s{for_update()}", [grant_id], CreditGrant)
+    return account, rows[0][0]
 
 
 def lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[CreditAccount, CreditHold]:
@@ -92,34 +96,41 @@ def lock_hold(hold: CreditHold | uuid.UUID | str) -> tuple[CreditAccount, Credit
     if user_id is None:
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")
     account = lock_account(user_id)
-    rows = list(CreditHold.objects.raw(
-        f"SELECT * FROM {CreditHold._meta.db_table} WHERE id = %s AND user_id = %s{for_update()}",
-        [CreditHold._meta.pk.get_db_prep_value(hold_id, connection), user_id]))
+    rows = fetch(
+        f"SELECT {columns(CreditHold, 'h')} FROM {CreditHold._meta.db_table} h "
+        f"WHERE h.id = %s AND h.user_id = %s{for_update()}",
+        [CreditHold._meta.pk.get_db_prep_value(hold_id, connection), user_id], CreditHold)
     if not rows:
         raise HoldNotActive(f"Unknown hold {hold_id!r}.")
-    return account, rows[0]
+    return account, rows[0][0]
 
 
 def lock_held_grants(hold: CreditHold) -> list[CreditGrant]:
     """The grants this hold reserves credit on, locked in id order, each with `reserved_micros`."""
     grants = CreditGrant._meta.db_table
     entries = LedgerEntry._meta.db_table
-    rows = CreditGrant.objects.raw(
-        f"SELECT g.*, a.reserved_micros FROM {grants} g JOIN ("
+    rows = fetch(
+        f"SELECT {columns(CreditGrant, 'g')}, a.reserved_micros FROM {grants} g JOIN ("
         f"  SELECT grant_id, CAST(SUM(held_change_micros) AS BIGINT) AS reserved_micros FROM {entries}"
         f"  WHERE hold_id = %s AND entry_type = %s GROUP BY grant_id"
         f") a ON a.grant_id = g.id ORDER BY g.id{for_update(of='g')}",
         [CreditHold._meta.pk.get_db_prep_value(hold.pk, connection), EntryType.HOLD],
+        CreditGrant,
     )
-    return [g for g in rows if g.reserved_micros]
+    held = []
+    for grant, reserved in rows:
+        if reserved:
+            grant.reserved_micros = reserved
+            held.append(grant)
+    return held
 
 
 def lock_pending_holds(user_id: int) -> list[CreditHold]:
     """The user's active holds still reserved against a promotion not yet granted, oldest first."""
-    return list(CreditHold.objects.raw(
-        f"SELECT * FROM {CreditHold._meta.db_table} WHERE user_id = %s AND status = %s "
-        f"AND pending_promotion_micros > 0 ORDER BY created_at, id{for_update()}",
-        [user_id, HoldStatus.ACTIVE]))
+    return [hold for (hold,) in fetch(
+        f"SELECT {columns(CreditHold, 'h')} FROM {CreditHold._meta.db_table} h "
+        f"WHERE h.user_id = %s AND h.status = %s AND h.pending_promotion_micros > 0 "
+        f"ORDER BY h.created_at, h.id{for_update()}", [user_id, HoldStatus.ACTIVE], CreditHold)]
 
 
 def advisory_lock(key: int) -> None:

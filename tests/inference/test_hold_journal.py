@@ -223,6 +223,7 @@ def test_the_key_of_a_call_with_a_live_journal_is_not_freed_however_old(spender,
                                      body_hash=idempotency.body_fingerprint("chat.completions", {}),
                                      request_id=call.request_id, created_at=long_ago)
     CreditHold.objects.filter(pk=call.hold.pk).update(created_at=long_ago)
+    call.started_monotonic -= settings.STALE_HOLD_SECONDS + 60  # the call, too, began long ago
     tokens = call.tokens()
     next(tokens)  # still generating: the journal moved just now
 
@@ -334,3 +335,18 @@ def test_a_server_killed_mid_stream_is_charged_its_journal_and_recorded_by_the_s
     assert_books_balance(spender.pk)
     print(f"SIGKILL after {len(received)} tokens received: journal {hold.delivered_tokens} "
           f"tokens, charged {charge} micros")
+
+
+@pytest.mark.django_db
+def test_a_non_streamed_call_answered_within_a_second_writes_no_journal(spender, fund):
+    """Nothing of a non-streamed call is delivered before its answer: its journal only says it
+    is alive, once a second, so a short call costs no write for it."""
+    fund(spender, 1)
+    call = start(spender, streamed=False)
+    tokens = call.tokens()
+
+    next(tokens)
+    assert hold_of(call).journal_at is None
+    "".join(tokens)
+    assert hold_of(call).status == HoldStatus.CAPTURED
+    assert_books_balance(spender.pk)

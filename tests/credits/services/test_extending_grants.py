@@ -59,7 +59,9 @@ def test_a_paid_call_of_an_account_that_never_had_an_extending_grant_looks_for_n
     with CaptureQueriesContext(connection) as queries:
         use_credits(user=user, amount_micros=USD)
 
-    assert not [q["sql"] for q in queries.captured_queries if "extend_days" in q["sql"]]
+    looked_for = [q["sql"] for q in queries.captured_queries
+                  if 'extend_days" IS NOT NULL' in q["sql"]]
+    assert looked_for == []
 
 
 def test_the_first_extending_grant_marks_the_account(user, fund):
