@@ -32,6 +32,7 @@ from inference.serializers import (
     CompletionRequestSerializer,
     EmbeddingRequestSerializer,
     InferenceRequestSerializer,
+    validated_request,
 )
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,7 @@ class _MeteredView(JsonAPIView):
         serializer, the Idempotency-Key claim (non-streaming calls), the hold, and for a
         stream the balance its headers show."""
         self.initial(request)
-        serializer = self.serializer_class(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated_request(self.serializer_class, request.data)
         stream = bool(data.get("stream"))
         request_id = services.new_request_id(self.id_prefix)
         record = None
