@@ -57,3 +57,24 @@ def fetch(sql: str, params, *models: type[Model]) -> list[tuple]:
             start += len(names)
         built.append((*instances, *row[start:]))
     return built
+
+
+def insert(instance: Model) -> None:
+    """INSERT a new instance in plain SQL, each value prepared as `Model.save` prepares it
+    (the field's `pre_save`, then its database preparation). An auto primary key is left to
+    the database and not read back. Raises IntegrityError as the ORM does."""
+    model = type(instance)
+    fields = [field for field in model._meta.concrete_fields
+              if not (field.primary_key and getattr(instance, field.attname) is None)]
+    values = [field.get_db_prep_save(field.pre_save(instance, True), connection)
+              for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(model, tuple(field.column for field in fields)), values)
+
+
+@cache
+def _insert_sql(model: type[Model], column_names: tuple[str, ...]) -> str:
+    quote = connection.ops.quote_name
+    return (f"INSERT INTO {quote(model._meta.db_table)} "
+            f"({', '.join(quote(name) for name in column_names)}) "
+            f"VALUES ({', '.join(['%s'] * len(column_names))})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from django.db import connection
 from django.db.models import Max, Q, QuerySet, Sum
 from django.utils import timezone
 
@@ -158,3 +159,13 @@ def call_refunded_micros(*, request_id: str, user_id: int) -> int:
         user_id=user_id, kind=GrantKind.REFUND, source_reference=request_id,
     ).aggregate(total=Sum("amount_micros"))["total"]
     return total or 0
+
+
+def balance_micros(*, user_id: int) -> int:
+    """The account's balance (0 without one), in one plain query: read by every stream for
+    its headers."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT balance_micros FROM {CreditAccount._meta.db_table} "
+                       "WHERE user_id = %s", [user_id])
+        row = cursor.fetchone()
+    return row[0] if row else 0

@@ -21,11 +21,11 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
-from config.rows import columns, fetch
+from config.rows import columns, fetch, insert
 from credits import selectors as credit_selectors
 from credits import services as credit_services
 from credits.exceptions import InsufficientCredits
-from credits.models import CreditAccount, CreditHold, HoldStatus
+from credits.models import CreditHold, HoldStatus
 from credits.money import CallCost, TokenCounts, format_usd
 from credits.promotion.status import call_promotion_outcome, promotion_status
 from credits.services import calculate_inference_cost, price_call, worst_case_cost
@@ -207,10 +207,7 @@ class MeteredCall:
     def balance_micros(self) -> int:
         """The user's balance after this call's settlement (before it, while streaming)."""
         if self._balance_micros is None:
-            self._balance_micros = (
-                CreditAccount.objects.filter(user_id=self.user.pk).values_list(
-                    "balance_micros", flat=True).first() or 0
-            )
+            self._balance_micros = credit_selectors.balance_micros(user_id=self.user.pk)
         return self._balance_micros
 
     def promotion_json(self) -> dict:
@@ -522,8 +519,8 @@ class MeteredCall:
         )
         try:
             try:
-                with transaction.atomic():
-                    UsageRecord.objects.create(request_id=self.request_id, **fields)
+                with transaction.atomic():  # plain SQL: one record per call
+                    insert(UsageRecord(request_id=self.request_id, **fields))
             except IntegrityError:
                 # The sweep took this call for dead and recorded it from its journal; the
                 # call's own account is the whole one.

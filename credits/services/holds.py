@@ -6,13 +6,14 @@ and writes through the one `writer`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, Sum
 
 from accounts.models import User
@@ -218,10 +219,18 @@ def record_progress(*, hold: CreditHold | uuid.UUID | str, delivered_micros: int
     require_amount(delivered_micros, name="delivered_micros", allow_zero=True)
     require_amount(tokens, name="tokens", allow_zero=True)
     hold_id = hold.pk if isinstance(hold, CreditHold) else hold
-    return bool(
-        CreditHold.objects.filter(pk=hold_id, status=HoldStatus.ACTIVE, delivered_tokens__lte=tokens)
-        .update(delivered_tokens=tokens, delivered_micros=delivered_micros, journal_at=now_or(now))
-    )
+    with connection.cursor() as cursor:  # plain SQL: written every few tokens of every stream
+        cursor.execute(_journal_sql(), [
+            tokens, delivered_micros, connection.ops.adapt_datetimefield_value(now_or(now)),
+            CreditHold._meta.pk.get_db_prep_value(hold_id, connection), HoldStatus.ACTIVE, tokens])
+        return cursor.rowcount > 0
+
+
+@functools.cache
+def _journal_sql() -> str:
+    return (f"UPDATE {CreditHold._meta.db_table} SET delivered_tokens = %s, "
+            "delivered_micros = %s, journal_at = %s "
+            "WHERE id = %s AND status = %s AND delivered_tokens <= %s")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,67 @@
+"""config.rows reads and writes instances as the ORM does: every field type the metered path
+uses (UUID, JSON, datetimes, booleans, nullable integers) comes back equal, on SQLite and
+PostgreSQL."""
+
+import datetime as dt
+import uuid
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from config.rows import columns, fetch, insert
+from credits.models import CreditHold, HoldStatus
+from credits.services import authorize
+from inference.models import UsageRecord
+from tests.seeds import seed_demo_models
+
+pytestmark = pytest.mark.django_db
+
+FIELDS = [field.attname for field in UsageRecord._meta.concrete_fields if field.attname != "id"]
+
+
+def record(user, **overrides) -> UsageRecord:
+    seed_demo_models()
+    values = dict(
+        request_id=f"chatcmpl-{uuid.uuid4().hex}", user_id=user.pk, model_id="demo-small",
+        endpoint="chat.completions", hold_id=uuid.uuid4(), prompt_tokens=12,
+        completion_tokens=30, reasoning_tokens=4, input_price_per_million_micros=150_000,
+        output_price_per_million_micros=600_000, cached_input_price_per_million_micros=None,
+        cost_micros=19_800, held_micros=40_000, streamed=True, status="SUCCEEDED",
+        estimated=True, upstream="primary",
+        attempts=[{"upstream": "primary", "outcome": "served", "ms": 12}],
+        time_to_first_token_ms=None,
+        started_at=timezone.now() - dt.timedelta(seconds=3))
+    return UsageRecord(**{**values, **overrides})
+
+
+def test_an_inserted_usage_record_reads_back_as_the_orm_would_write_it(user):
+    written = record(user)
+    insert(written)
+
+    stored = UsageRecord.objects.get(request_id=written.request_id)
+    assert {name: getattr(stored, name) for name in FIELDS} == {
+        name: getattr(written, name) for name in FIELDS}
+
+
+def test_a_second_record_of_the_same_call_is_refused(user):
+    first = record(user)
+    insert(first)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert(record(user, request_id=first.request_id))
+    assert UsageRecord.objects.filter(request_id=first.request_id).count() == 1
+
+
+def test_a_fetched_hold_equals_the_orm_s(user, fund):
+    fund(user, 5)
+    hold = authorize(user=user, amount_micros=1_000_000, reference="call-1",
+                     metadata={"model": "demo-small", "streamed": True})
+
+    (fetched,), = fetch(f"SELECT {columns(CreditHold, 'h')} FROM {CreditHold._meta.db_table} h "
+                        "WHERE h.user_id = %s", [user.pk], CreditHold)
+
+    loaded = CreditHold.objects.get(pk=hold.pk)
+    assert fetched.pk == loaded.pk and fetched.status == HoldStatus.ACTIVE
+    assert {f.attname: getattr(fetched, f.attname) for f in CreditHold._meta.concrete_fields} == {
+        f.attname: getattr(loaded, f.attname) for f in CreditHold._meta.concrete_fields}
