@@ -1,5 +1,5 @@
-"""Model instances from hand-written SQL, for the few queries every metered call makes (the
-API key's lookup, the ledger's locks).
+"""Model instances to and from hand-written SQL, for the few queries every metered call makes
+(the API key's lookup, the ledger's locks and entries, the usage record).
 
 Django's ORM compiles each query again on every call, and `Model.objects.raw` maps the
 cursor's columns onto the model's fields again on every query: on this kind of box that is
@@ -59,22 +59,22 @@ def fetch(sql: str, params, *models: type[Model]) -> list[tuple]:
     return built
 
 
+
+def insert_sql(model: type[Model], instances: list, returning: str = "") -> tuple[str, list]:
+    """A multi-row INSERT for `instances` (primary keys set by the caller or the database),
+    each value prepared for the database as `Model.save` prepares it."""
+    fields = [f for f in model._meta.concrete_fields
+              if not (f.primary_key and getattr(instances[0], f.attname) is None)]
+    params = [f.get_db_prep_save(getattr(obj, f.attname), connection)
+              for obj in instances for f in fields]
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = (f"INSERT INTO {model._meta.db_table} ({', '.join(f.column for f in fields)}) "
+           f"VALUES {', '.join([row] * len(instances))}")
+    return sql + (f" RETURNING {returning}" if returning else ""), params
+
+
 def insert(instance: Model) -> None:
-    """INSERT a new instance in plain SQL, each value prepared as `Model.save` prepares it
-    (the field's `pre_save`, then its database preparation). An auto primary key is left to
-    the database and not read back. Raises IntegrityError as the ORM does."""
-    model = type(instance)
-    fields = [field for field in model._meta.concrete_fields
-              if not (field.primary_key and getattr(instance, field.attname) is None)]
-    values = [field.get_db_prep_save(field.pre_save(instance, True), connection)
-              for field in fields]
+    """INSERT one new instance in plain SQL (an auto primary key is left to the database and
+    not read back). Raises IntegrityError as the ORM does."""
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(model, tuple(field.column for field in fields)), values)
-
-
-@cache
-def _insert_sql(model: type[Model], column_names: tuple[str, ...]) -> str:
-    quote = connection.ops.quote_name
-    return (f"INSERT INTO {quote(model._meta.db_table)} "
-            f"({', '.join(quote(name) for name in column_names)}) "
-            f"VALUES ({', '.join(['%s'] * len(column_names))})")
+        cursor.execute(*insert_sql(type(instance), [instance]))

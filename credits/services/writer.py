@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from django.db import connection
 
+from config.rows import insert_sql
 from credits import money, notices
 from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, LedgerEntry, TakeBack
 
@@ -149,18 +150,6 @@ class LedgerWriter:
             if event is not None:
                 notices.enqueue_notice(user_id=self.account.user_id, event=event)
         return self.entries
-
-
-def insert_sql(model, instances: list, returning: str = "") -> tuple[str, list]:
-    """A multi-row INSERT for `instances` (primary keys set by the caller or the database)."""
-    fields = [f for f in model._meta.concrete_fields
-              if not (f.primary_key and getattr(instances[0], f.attname) is None)]
-    params = [f.get_db_prep_save(getattr(obj, f.attname), connection)
-              for obj in instances for f in fields]
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    sql = (f"INSERT INTO {model._meta.db_table} ({', '.join(f.column for f in fields)}) "
-           f"VALUES {', '.join([row] * len(instances))}")
-    return sql + (f" RETURNING {returning}" if returning else ""), params
 
 
 def expiry_description(grant: CreditGrant) -> str:
