@@ -44,9 +44,14 @@ def test_threads_validating_at_once_each_get_their_own_request():
 
     def validate_many(n: int) -> None:
         for i in range(200):
-            body = chat(max_tokens=n * 1000 + i, user=f"thread-{n}")
-            data = validated_request(ChatCompletionRequestSerializer, body)
-            if (data["max_tokens"], data["user"]) != (n * 1000 + i, f"thread-{n}"):
+            tokens = n * 1000 + i + 1
+            try:
+                data = validated_request(ChatCompletionRequestSerializer,
+                                         chat(max_tokens=tokens, user=f"thread-{n}"))
+            except Exception as exc:  # a thread's failure must fail the test
+                wrong.append((n, i, repr(exc)))
+                continue
+            if (data["max_tokens"], data["user"]) != (tokens, f"thread-{n}"):
                 wrong.append((n, i, data["max_tokens"], data["user"]))
 
     threads = [threading.Thread(target=validate_many, args=(n,)) for n in range(8)]
