@@ -45,12 +45,9 @@ class GatewayHandler(ASGIHandler):
         finally:
             settings.MIDDLEWARE = site_middleware
 
-    async def __call__(self, scope, receive, send):
-        # No ThreadSensitiveContext: it starts a thread per request for Django's few sync
-        # steps (the request signals, closing the response). The ledger steps of a call run
-        # on their own pool (inference.services.ledger_runner); these go to asgiref's
-        # shared thread.
-        await self.handle(scope, receive, send)
+    # __call__ stays Django's: each request keeps its own thread for Django's sync steps
+    # (the request signals, rendering a DRF Response, closing it), so one slow render never
+    # holds up the other calls of the process.
 
 
 class InlineMiddleware:

@@ -65,7 +65,7 @@ def insert_sql(model: type[Model], instances: list, returning: str = "") -> tupl
     each value prepared for the database as `Model.save` prepares it."""
     fields = [f for f in model._meta.concrete_fields
               if not (f.primary_key and getattr(instances[0], f.attname) is None)]
-    params = [f.get_db_prep_save(getattr(obj, f.attname), connection)
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection)
               for obj in instances for f in fields]
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     sql = (f"INSERT INTO {model._meta.db_table} ({', '.join(f.column for f in fields)}) "

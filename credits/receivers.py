@@ -1,6 +1,7 @@
 """The credits app's doors for other apps' signals: each calls one service."""
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
@@ -32,8 +33,9 @@ def milestones_on_paid_call(sender, *, user_id: int, **kwargs) -> None:
 @receiver(post_save, sender=PromotionTier, dispatch_uid="credits.usage_tiers_saved")
 @receiver(post_delete, sender=PromotionTier, dispatch_uid="credits.usage_tiers_deleted")
 def usage_tiers_changed(sender, **kwargs) -> None:
-    """Paid calls ask a remembered "any usage tier?": ask again."""
-    milestones.forget_usage_tiers()
+    """Paid calls ask a remembered "any usage tier?": ask again once the change is committed
+    (asked before, a call could remember the old answer)."""
+    transaction.on_commit(milestones.forget_usage_tiers)
 
 
 # Opening the (empty) credit account and assigning a promotion variant are not ledger

@@ -242,7 +242,9 @@ def validated_request(serializer_class: type[serializers.Serializer], data) -> d
         serializer = instances[serializer_class] = serializer_class(data=data)
     else:
         serializer.initial_data = data
-        for result in ("_validated_data", "_errors", "_data"):
-            serializer.__dict__.pop(result, None)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
+    try:
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+    finally:  # the thread keeps no request (prompts are customers' data)
+        for held in ("initial_data", "_validated_data", "_errors", "_data"):
+            serializer.__dict__.pop(held, None)

@@ -6,6 +6,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts.services import create_api_key
+from credits.promotion import milestones
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +17,7 @@ def _fresh_rate_limits(request):
     if uses_db:
         with request.getfixturevalue("django_db_blocker").unblock():
             cache.clear()
+    milestones.forget_usage_tiers()  # what a previous test's tiers taught this process
 
 
 @pytest.fixture

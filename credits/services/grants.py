@@ -126,6 +126,18 @@ def paid_call(*, account: CreditAccount, amount_micros: int, tokens: int,
                            amount_micros=amount_micros, tokens=tokens, at=now)
 
 
+def mark_extending_accounts() -> int:
+    """Mark every account holding an "extended while active" grant that is not marked yet
+    (one UPDATE; `grant_locked` marks them as it writes the grant). Run by the expiry sweep
+    before it expires anything: a grant written by a process still running the code from
+    before the mark existed (while a release migrates) is then extended by the next paid
+    call, before its expiry can come. Returns the accounts marked."""
+    holders = CreditGrant.objects.filter(extend_days__isnull=False, voided_at__isnull=True)
+    return CreditAccount.objects.filter(
+        has_extending_grants=False, user_id__in=holders.values("user_id")).update(
+        has_extending_grants=True)
+
+
 def extend_active_grants(*, user_id: int, now: dt.datetime) -> int:
     """Move each live "extended while active" grant's expiry to `extend_days` after `now`,
     never past its `expiry_cap_at` and never earlier than it was. Call under the account's
@@ -344,6 +356,7 @@ def expire_credits(*, now: dt.datetime | None = None, batch_size: int = 200) -> 
     fails is logged with its id and returned in `failed`; the run goes on with the others.
     """
     now = now_or(now)
+    mark_extending_accounts()
     expired = 0
     done: list[int] = []
     failed: list[UnitFailure] = []

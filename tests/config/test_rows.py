@@ -65,3 +65,30 @@ def test_a_fetched_hold_equals_the_orm_s(user, fund):
     assert fetched.pk == loaded.pk and fetched.status == HoldStatus.ACTIVE
     assert {f.attname: getattr(fetched, f.attname) for f in CreditHold._meta.concrete_fields} == {
         f.attname: getattr(loaded, f.attname) for f in CreditHold._meta.concrete_fields}
+
+
+def test_the_key_lookup_returns_the_key_with_its_user(user):
+    from accounts.services import create_api_key, get_user_for_api_key
+
+    key, secret = create_api_key(user=user, name="rows")
+
+    found = get_user_for_api_key(secret)
+
+    assert found.pk == key.pk and found.user == user and found.user.email == user.email
+    assert found.created_at == key.created_at and found.revoked_at is None
+
+
+def test_a_model_with_no_price_in_effect_yet_is_found_without_one():
+    from inference.models import AiModel, ModelPrice
+    from inference.services import resolve_priced_model
+
+    seed_demo_models()
+    model = AiModel.objects.get(id="demo-small")
+    ModelPrice.objects.create(model=model, input_price_per_million_micros=1,
+                              output_price_per_million_micros=1,
+                              effective_from=timezone.now() + dt.timedelta(days=1))
+    ModelPrice.objects.filter(model=model, effective_from__lte=timezone.now()).delete()
+
+    found, price = resolve_priced_model("demo-small")
+
+    assert found == model and price is None

@@ -6,11 +6,24 @@ import threading
 import pytest
 from rest_framework.exceptions import ValidationError
 
-from inference.serializers import ChatCompletionRequestSerializer, validated_request
+from inference.serializers import (
+    ChatCompletionRequestSerializer,
+    _per_thread,
+    validated_request,
+)
 
 
 def chat(**fields) -> dict:
     return {"model": "demo-small", "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+def test_the_thread_keeps_no_request_once_validated():
+    validated_request(ChatCompletionRequestSerializer, chat(user="someone-private"))
+    with pytest.raises(ValidationError):
+        validated_request(ChatCompletionRequestSerializer, chat(max_tokens="5"))
+
+    kept = _per_thread.serializers[ChatCompletionRequestSerializer].__dict__
+    assert not {"initial_data", "_validated_data", "_errors", "_data"} & set(kept)
 
 
 def test_a_refused_request_leaves_nothing_for_the_next():

@@ -41,13 +41,17 @@ def test_paid_calls_remember_that_no_usage_tier_exists(counting_cache, django_as
     assert counting_cache.gets == 1  # the first call only
 
 
-def test_a_usage_tier_saved_in_this_process_is_noticed_by_the_next_paid_call(
-        counting_cache, ladder):
-    PromotionTier.objects.filter(trigger__in=milestones.USAGE_TRIGGERS).delete()
+def test_a_usage_tier_saved_in_this_process_is_noticed_once_committed(
+        counting_cache, ladder, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        PromotionTier.objects.filter(trigger__in=milestones.USAGE_TRIGGERS).delete()
     assert milestones.usage_tiers_exist() is False
 
-    PromotionTier.objects.create(tier_list=ladder.tier_list, position=9, trigger="SPEND",
-                                 window_seconds=86400, threshold=1_000_000,
-                                 amount_micros=1_000_000)
+    with django_capture_on_commit_callbacks(execute=True):
+        PromotionTier.objects.create(tier_list=ladder.tier_list, position=9, trigger="SPEND",
+                                     window_seconds=86400, threshold=1_000_000,
+                                     amount_micros=1_000_000)
+        # Not yet committed: a paid call now must not learn an answer to remember.
+        assert milestones.usage_tiers_exist() is False
 
     assert milestones.usage_tiers_exist() is True

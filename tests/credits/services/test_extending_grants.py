@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from credits.models import CreditAccount, CreditGrant, GrantKind
-from credits.services import use_credits, verify_balances
+from credits.services import expire_credits, use_credits, verify_balances
 from credits.services.grants import grant_locked
 from credits.services.locks import lock_account
 
@@ -80,6 +80,23 @@ def test_credits_verify_finds_an_extending_grant_on_an_unmarked_account(user):
 
     assert [(p.user_id, p.what, p.expected) for p in problems] == [
         (user.pk, "extending grants vs the account's mark", 1)]
+
+
+def test_the_expiry_sweep_marks_an_account_a_release_left_unmarked_and_paid_calls_extend_again(
+        user):
+    """A grant written by a process still on the code from before the mark (while a release
+    migrates) is found by the next expiry sweep; paid calls extend it from then on."""
+    start = timezone.now()
+    grant = extending_grant(user, now=start)
+    CreditAccount.objects.filter(user=user).update(has_extending_grants=False)
+
+    expire_credits(now=start + DAY)
+    use_credits(user=user, amount_micros=USD, now=start + 2 * DAY)
+
+    assert CreditAccount.objects.get(user=user).has_extending_grants
+    grant.refresh_from_db()
+    assert grant.expires_at == start + 9 * DAY
+    assert verify_balances() == []
 
 
 def test_the_migration_marks_accounts_that_already_hold_an_extending_grant(user, make_user):
