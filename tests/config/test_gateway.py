@@ -145,3 +145,28 @@ def test_a_browser_call_without_a_key_goes_through_the_site_and_its_csrf_check(
     assert "CSRF" in response.json()["error"]["message"]
     assert paths_taken == {"gateway": [], "site": ["/api/inference"]}
     assert not UsageRecord.objects.exists()
+
+
+def test_the_gateway_redirects_plain_http_to_https_as_the_site_does(settings):
+    """SecurityMiddleware runs on the lean path too: with SECURE_SSL_REDIRECT on, a key call
+    over plain HTTP is sent to HTTPS before anything is read or charged."""
+    import asyncio
+
+    from config.gateway import GatewayHandler
+
+    settings.SECURE_SSL_REDIRECT = True
+    settings.ALLOWED_HOSTS = ["api.example.com"]
+    handler = GatewayHandler()  # its middleware read the settings now, as at start-up
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=handler)
+        async with httpx.AsyncClient(transport=transport,
+                                     base_url="http://api.example.com") as client:
+            return await client.post("/v1/chat/completions", json=CALL,
+                                     headers={"Authorization": "Bearer sk-anything"})
+
+    response = asyncio.run(call())
+
+    assert response.status_code == 301
+    assert response.headers["Location"] == "https://api.example.com/v1/chat/completions"
+    assert not UsageRecord.objects.exists()
