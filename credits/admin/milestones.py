@@ -9,13 +9,11 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from credits.admin.promotions import MetricsForm
-from credits.admin.toolkit import HistoryAdmin, money_column, percent, usd
-from credits.exports import csv_writer
+from credits.admin.toolkit import HistoryAdmin, csv_download, money_column, percent, usd
 from credits.models import (
     Promotion,
     PromotionTier,
@@ -73,14 +71,9 @@ class TierListAdmin(admin.ModelAdmin):
         rows = earnback.earnback_metrics(start=start, end=end,
                                          promotion_id=promotion.pk if promotion else None)
         if request.GET.get("format") == "csv":
-            response = HttpResponse(content_type="text/csv")
-            response["Content-Disposition"] = (
-                f'attachment; filename="promotion-earnback-{start}-{end}.csv"')
-            writer = csv_writer(response)
-            writer.writerow(list(earnback.EarnBack(None, None, "").as_row()))
-            for row in rows:
-                writer.writerow(row.as_row().values())
-            return response
+            return csv_download(f"promotion-earnback-{start}-{end}.csv",
+                                list(earnback.EarnBack(None, None, "").as_row()),
+                                (row.as_row().values() for row in rows))
         if not form.is_bound:
             form = MetricsForm(initial={"start": start, "end": end})
         query = request.GET.copy()

@@ -12,15 +12,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
 
 from credits import money
 from credits.admin import charts
-from credits.admin.toolkit import ExportableHistoryAdmin, percent, usd
-from credits.exports import csv_writer
+from credits.admin.toolkit import ExportableHistoryAdmin, csv_download, percent, usd
 from credits.models import ExpiryRule, Promotion, PromotionAssignment, PromotionVariant
 from credits.promotion import metrics
 from credits.promotion import terms as promotions
@@ -149,16 +147,10 @@ class PromotionAdmin(admin.ModelAdmin):
         rows = metrics.promotion_metrics(start=start, end=end,
                                          promotion_id=promotion.pk if promotion else None)
         if request.GET.get("format") == "csv":
-            response = HttpResponse(content_type="text/csv")
-            response["Content-Disposition"] = (
-                f'attachment; filename="promotion-metrics-{start}-{end}.csv"')
-            writer = csv_writer(response)
             header = list(rows[0].as_row()) if rows else list(
                 metrics.VariantMetrics(None, None, "", 0).as_row())
-            writer.writerow(header)
-            for row in rows:
-                writer.writerow(row.as_row().values())
-            return response
+            return csv_download(f"promotion-metrics-{start}-{end}.csv", header,
+                                (row.as_row().values() for row in rows))
         if not form.is_bound:
             form = MetricsForm(initial={"start": start, "end": end})
         query = request.GET.copy()

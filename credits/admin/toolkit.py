@@ -109,19 +109,27 @@ def _csv_value(modeladmin, obj, name: str) -> str:
     return "" if value is None else str(value)
 
 
+def csv_download(filename: str, header, rows) -> HttpResponse:
+    """A console CSV download: `header`, then each of `rows`, through credits.exports' writer
+    (cells a spreadsheet would run as formulas are quoted)."""
+    response = HttpResponse(content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv_writer(response)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(row)
+    return response
+
+
 @admin.action(description="Export selected rows as CSV")
 def export_as_csv(modeladmin, request: HttpRequest, queryset) -> HttpResponse:
     """Money columns in exact USD strings (six decimals), never rounded for display; cells a
     spreadsheet would run as formulas are quoted (credits.exports)."""
     fields = modeladmin.csv_fields
-    response = HttpResponse(content_type="text/csv")
-    name = modeladmin.model._meta.model_name
-    response["Content-Disposition"] = f'attachment; filename="{name}s.csv"'
-    writer = csv_writer(response)
-    writer.writerow(fields)
-    for obj in queryset.iterator(chunk_size=2000):
-        writer.writerow([_csv_value(modeladmin, obj, f) for f in fields])
-    return response
+    return csv_download(
+        f"{modeladmin.model._meta.model_name}s.csv", fields,
+        ([_csv_value(modeladmin, obj, f) for f in fields]
+         for obj in queryset.iterator(chunk_size=2000)))
 
 
 class ExportableHistoryAdmin(HistoryAdmin):
