@@ -59,7 +59,6 @@ def fetch(sql: str, params, *models: type[Model]) -> list[tuple]:
     return built
 
 
-
 def insert_sql(model: type[Model], instances: list, returning: str = "") -> tuple[str, list]:
     """A multi-row INSERT for `instances` (primary keys set by the caller or the database),
     each value prepared for the database as `Model.save` prepares it."""

@@ -50,6 +50,13 @@ class GrantKind(models.TextChoices):
     REFERRAL = "REFERRAL", "Referral"
 
 
+class CreditGrantQuerySet(models.QuerySet):
+    def extending(self) -> "CreditGrantQuerySet":
+        """Grants whose expiry each paid call pushes ("extended while active"); their
+        accounts are marked `has_extending_grants`."""
+        return self.filter(extend_days__isnull=False)
+
+
 class CreditGrant(models.Model):
     """A lot of credit. `remaining_micros` and `held_micros` move only through
     credits.services, each move mirrored by a LedgerEntry on this grant.
@@ -95,6 +102,8 @@ class CreditGrant(models.Model):
     # (credits.services.grants.extend_active_grants). Empty: a fixed expiry.
     extend_days = models.PositiveIntegerField(null=True, blank=True)
     expiry_cap_at = models.DateTimeField(null=True, blank=True)
+
+    objects = CreditGrantQuerySet.as_manager()
 
     class Meta:
         ordering = ["granted_at", "id"]

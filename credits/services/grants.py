@@ -131,11 +131,11 @@ def mark_extending_accounts() -> int:
     (one UPDATE; `grant_locked` marks them as it writes the grant). Run by the expiry sweep
     before it expires anything: a grant written by a process still running the code from
     before the mark existed (while a release migrates) is then extended by the next paid
-    call, before its expiry can come. Returns the accounts marked."""
-    holders = CreditGrant.objects.filter(extend_days__isnull=False, voided_at__isnull=True)
+    call, before its expiry can come, and credits_verify finds nothing left to report.
+    Returns the accounts marked."""
+    holders = CreditGrant.objects.extending().values("user_id")
     return CreditAccount.objects.filter(
-        has_extending_grants=False, user_id__in=holders.values("user_id")).update(
-        has_extending_grants=True)
+        has_extending_grants=False, user_id__in=holders).update(has_extending_grants=True)
 
 
 def extend_active_grants(*, user_id: int, now: dt.datetime) -> int:
@@ -143,8 +143,8 @@ def extend_active_grants(*, user_id: int, now: dt.datetime) -> int:
     never past its `expiry_cap_at` and never earlier than it was. Call under the account's
     lock. One query when the user has none (the usual case). Returns the grants moved."""
     moved = 0
-    rows = CreditGrant.objects.filter(
-        user_id=user_id, extend_days__isnull=False, voided_at__isnull=True, expires_at__gt=now,
+    rows = CreditGrant.objects.extending().filter(
+        user_id=user_id, voided_at__isnull=True, expires_at__gt=now,
     ).values_list("pk", "extend_days", "expiry_cap_at", "expires_at")
     for pk, days, cap, old in rows:
         new = now + dt.timedelta(days=days)

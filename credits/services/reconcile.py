@@ -104,7 +104,7 @@ def verify_balances(*, user_ids: Iterable[int] | None = None) -> list[Mismatch]:
     ]
     # Paid calls extend these grants only on accounts marked as holding one.
     marked = set(accounts.filter(has_extending_grants=True).values_list("user_id", flat=True))
-    extending = (grants.filter(extend_days__isnull=False).order_by().values("user_id")
+    extending = (grants.extending().order_by().values("user_id")
                  .annotate(count=Count("pk")).values_list("user_id", "count"))
     problems += [
         Mismatch(user_id, "extending grants vs the account's mark", count, 0)
