@@ -19,7 +19,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import itertools
 import json
 import random
 import re
@@ -27,9 +26,10 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 from django.conf import settings
 
@@ -469,21 +469,36 @@ class UpstreamTokenStream(TokenStream):
 
 
 class AsyncUpstreamTokenStream(UpstreamTokenStream):
-    """The same stream read with httpx.AsyncClient: waiting for a token holds no thread."""
+    """The same stream read with aiohttp: waiting for a token holds no thread.
+
+    aiohttp rather than httpx.AsyncClient here: its C parser and plain stream reader cost
+    about a third of httpx's per-token Python (httpcore, h11 and anyio per read), which was
+    the largest part of a stream's CPU (bench/gateway.py; the README's Benchmarks).
+    """
+
+    def __init__(self, timeout: aiohttp.ClientTimeout, url: str, payload: dict, headers: dict,
+                 kind: str):
+        super().__init__(None, url, payload, headers, kind)
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
-            self._context = self.client.stream("POST", self.url, json=self.payload,
-                                               headers=self.headers)
-            response = await self._context.__aenter__()
-            if response.status_code >= 400:
-                await response.aread()
-                raise self._refused(response.status_code, response.text)
+            session, owned = upstream_sessions.session()
+            self._session = session if owned else None
+            # httpx's encoding of a JSON body (compact, UTF-8)
+            body = json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
+            response = self._context = await session.post(
+                self.url, data=body.encode(), timeout=self.timeout,
+                headers={**self.headers, "Content-Type": "application/json"})
+            if response.status >= 400:
+                text = (await response.read()).decode("utf-8", "replace")
+                raise self._refused(response.status, text)
             if not self.streamed:
-                yield self._answer(await response.aread())
+                yield self._answer(await response.read())
                 return
             done = False
-            async for line in _lines(response):
+            async for line in _lines(response.content.iter_any()):
                 if done:
                     continue  # read to the end: the connection then goes back to the pool
                 relays = self._line(line)
@@ -496,12 +511,12 @@ class AsyncUpstreamTokenStream(UpstreamTokenStream):
                 raise UpstreamError("The upstream model server closed the stream early.")
             for relay in self._leftover():
                 yield relay
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise UpstreamUnavailable(
                 f"Could not reach the upstream model server ({exc}).") from None
-        except httpx.TimeoutException:
+        except TimeoutError:  # aiohttp's read timeout
             raise UpstreamTimeout("The upstream model server timed out.") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamError(f"Could not reach the upstream model server ({exc}).") from None
         finally:
             await self.aclose()
@@ -510,17 +525,25 @@ class AsyncUpstreamTokenStream(UpstreamTokenStream):
         pass
 
     async def aclose(self) -> None:
-        context, self._context = self._context, None
-        if context is not None:
-            with contextlib.suppress(httpx.HTTPError):
-                await context.__aexit__(None, None, None)
+        """Ends the upstream request: a stream read to its end gives its connection back to
+        the pool; one ended early (the client went away) closes it, which tells the upstream
+        to stop generating."""
+        response, self._context = self._context, None
+        session, self._session = self._session, None
+        if response is not None:
+            if response.content.at_eof():
+                response.release()
+            else:
+                response.close()
+        if session is not None:
+            await session.close()
 
 
-async def _lines(response: httpx.Response) -> AsyncIterator[str]:
-    """The lines of an SSE body: httpx's aiter_lines costs several generator layers and a
-    text decoder per chunk; the events are UTF-8 lines, split here on the bytes."""
+async def _lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
+    """The lines of an SSE body, split on the bytes as they arrive (the events are UTF-8
+    lines); cheaper per token than the reader's own readline."""
     rest = b""
-    async for data in response.aiter_bytes():
+    async for data in chunks:
         *lines, rest = (rest + data).split(b"\n")
         for line in lines:
             yield line.rstrip(b"\r").decode("utf-8", "replace")
@@ -542,7 +565,45 @@ def _upstream_message(payload) -> str:
     return str(payload)[:200]
 
 
-ASYNC_CLIENT_SHARDS = 8
+class UpstreamSessions:
+    """aiohttp sessions for reading upstreams asynchronously, one per serving event loop.
+
+    A session (its connection pool) belongs to one event loop. The ASGI server tells us
+    which loops serve for the process's life (config.asgi's lifespan): there one session
+    is kept, its connections reused, and it is closed when the server stops. Any other
+    loop (an async view run by the WSGI test client gets a loop per request) has each
+    stream open and close a session of its own, so nothing outlives its loop.
+    """
+
+    def __init__(self):
+        self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def keep_for_this_loop(self) -> None:
+        self._kept.setdefault(asyncio.get_running_loop(), None)
+
+    async def close_this_loop(self) -> None:
+        session = self._kept.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.close()
+
+    def session(self) -> tuple[aiohttp.ClientSession, bool]:
+        """A session for one stream, and whether the stream owns it (and must close it)."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._kept:
+            return self._new(limit=1), True
+        session = self._kept[loop]
+        if session is None or session.closed:
+            session = self._kept[loop] = self._new(limit=1000)
+        return session, False
+
+    @staticmethod
+    def _new(*, limit: int) -> aiohttp.ClientSession:
+        # auto_decompress stays on; no User-Agent of aiohttp's own (as httpx sent its own)
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit),
+                                     skip_auto_headers=("User-Agent",))
+
+
+upstream_sessions = UpstreamSessions()
 
 
 class OpenAICompatibleBackend:
@@ -560,27 +621,12 @@ class OpenAICompatibleBackend:
             timeout=self.timeout,
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
-        # An AsyncClient belongs to one event loop: one per loop (a worker process has one).
-        self._async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # The same limits for the async reads (aiohttp's sock_read is httpx's read timeout).
+        self.async_timeout = aiohttp.ClientTimeout(total=None, connect=connect,
+                                                   sock_read=timeout)
 
     def __repr__(self) -> str:  # never the key
         return f"<OpenAICompatibleBackend {self.base_url}>"
-
-    def _async_client(self) -> httpx.AsyncClient:
-        """One of ASYNC_CLIENT_SHARDS clients of this loop, in turn. httpcore's pool walks
-        all its connections (and checks each idle socket) whenever a request starts or
-        ends, so one pool of hundreds of streams costs more per token than the streams'
-        own work; shards keep each pool short."""
-        loop = asyncio.get_running_loop()
-        shards = self._async_clients.get(loop)
-        if shards is None:
-            shards = self._async_clients[loop] = (itertools.cycle([
-                httpx.AsyncClient(
-                    timeout=self.timeout,
-                    limits=httpx.Limits(max_connections=1000 // ASYNC_CLIENT_SHARDS,
-                                        max_keepalive_connections=200 // ASYNC_CLIENT_SHARDS))
-                for _ in range(ASYNC_CLIENT_SHARDS)]))
-        return next(shards)
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         return prompt.count_tokens()
@@ -595,7 +641,7 @@ class OpenAICompatibleBackend:
 
     def agenerate(self, *, model_name: str, prompt: Prompt, max_tokens: int,
                   options: dict | None = None, stream: bool = True) -> TokenStream:
-        return AsyncUpstreamTokenStream(self._async_client(), *self._request(
+        return AsyncUpstreamTokenStream(self.async_timeout, *self._request(
             model_name, prompt, max_tokens, options, stream))
 
     def _request(self, model_name: str, prompt: Prompt, max_tokens: int,

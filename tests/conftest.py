@@ -58,7 +58,7 @@ class AsgiLiveServer:
         self.url = f"http://{host}:{port}"
         self._live_server_modified_settings = modify_settings(ALLOWED_HOSTS={"append": host})
         config = uvicorn.Config(ASGIStaticFilesHandler(application), host="127.0.0.1",
-                                port=port, log_level="warning", lifespan="off", backlog=1024)
+                                port=port, log_level="warning", lifespan="on", backlog=1024)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="asgi-live-server",
                                        daemon=True)

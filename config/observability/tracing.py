@@ -3,9 +3,10 @@
 Unset (the default), nothing of OpenTelemetry is even imported and every helper here is a
 flag test. Set, `setup_tracing()` installs a tracer provider exporting OTLP over HTTP (the
 standard OTEL_* variables configure it: endpoint, headers, OTEL_SERVICE_NAME, sampling) and
-the official instrumentations: Django (requests), psycopg (queries), httpx (upstream calls)
-and Celery (tasks). It runs once per process, before Django loads its middleware: from
-config/asgi.py and config/wsgi.py, and in each Celery worker process (config/celery.py).
+the official instrumentations: Django (requests), psycopg (queries), aiohttp and httpx
+(upstream calls) and Celery (tasks). It runs once per process, before Django loads its
+middleware: from config/asgi.py and config/wsgi.py, and in each Celery worker process
+(config/celery.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def setup_tracing(*, service: str = "web", celery: bool = False) -> bool:
     try:
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
         from opentelemetry.instrumentation.django import DjangoInstrumentor
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
         from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
@@ -60,6 +62,7 @@ def setup_tracing(*, service: str = "web", celery: bool = False) -> bool:
         DjangoInstrumentor().instrument()
         PsycopgInstrumentor().instrument(enable_commenter=False)
         HTTPXClientInstrumentor().instrument()
+        AioHttpClientInstrumentor().instrument()
         if celery:
             from opentelemetry.instrumentation.celery import CeleryInstrumentor
 

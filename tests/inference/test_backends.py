@@ -146,12 +146,11 @@ def test_sse_lines_are_split_on_bytes_across_chunk_boundaries():
 
     from inference.backends import _lines
 
-    class Chunked:
-        async def aiter_bytes(self):
-            for part in (b"data: {\"a\"", b": \"\xc3", b"\xa9\"}\r\n\r", b"\ndata: [DONE]"):
-                yield part
+    async def chunks():
+        for part in (b"data: {\"a\"", b": \"\xc3", b"\xa9\"}\r\n\r", b"\ndata: [DONE]"):
+            yield part
 
     async def read():
-        return [line async for line in _lines(Chunked())]
+        return [line async for line in _lines(chunks())]
 
     assert asyncio.run(read()) == ['data: {"a": "é"}', "", "data: [DONE]"]
