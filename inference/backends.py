@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import httpx
+import orjson
 from django.conf import settings
 
 from credits.money import TokenCounts
@@ -376,7 +377,7 @@ class UpstreamTokenStream(TokenStream):
             self._finished = True
             return None
         try:
-            chunk = json.loads(data)
+            chunk = _loads(data)
         except ValueError:
             raise UpstreamError("The upstream model server sent malformed data.") from None
         if not isinstance(chunk, dict):
@@ -549,6 +550,15 @@ async def _lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
             yield line.rstrip(b"\r").decode("utf-8", "replace")
     if rest:
         yield rest.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _loads(data: str | bytes):
+    """json.loads, by orjson (a stream parses a chunk per token); the standard library for
+    what orjson refuses but Python's JSON reads (NaN, integers beyond 64 bits)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _upstream_message(payload) -> str:

@@ -154,3 +154,24 @@ def test_sse_lines_are_split_on_bytes_across_chunk_boundaries():
         return [line async for line in _lines(chunks())]
 
     assert asyncio.run(read()) == ['data: {"a": "é"}', "", "data: [DONE]"]
+
+
+def test_relayed_chunks_keep_what_the_fast_json_path_refuses_and_any_language():
+    """Chunks are parsed and re-encoded per token by orjson; an integer beyond 64 bits or a
+    NaN (which Python's JSON reads) still goes through, and non-ASCII text stays as sent."""
+    import json
+
+    from inference.api import _relayed
+    from inference.backends import UpstreamTokenStream
+
+    stream = UpstreamTokenStream(None, "", {"stream": True}, {}, "chat")
+    [relay] = stream._line('data: {"id":"up","model":"theirs","seed":123456789012345678901234567890,'
+                           '"choices":[{"index":0,"delta":{"content":"héllo 世界"},"logprob":NaN}]}')
+    assert str(relay) == "héllo 世界"
+    event = _relayed(relay, {"id": "ours", "object": "chat.completion.chunk", "created": 1,
+                             "model": "ours-model"})
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    sent = json.loads(event[len(b"data: "):])
+    assert (sent["id"], sent["model"]) == ("ours", "ours-model")
+    assert sent["seed"] == 123456789012345678901234567890
+    assert sent["choices"][0]["delta"]["content"] == "héllo 世界"
