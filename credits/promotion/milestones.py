@@ -313,16 +313,24 @@ def usage_tiers_exist() -> bool:
     good_until, answer = _memo
     if time.monotonic() < good_until:
         return answer
-    try:
-        cached = cache.get(USAGE_TIERS_CACHE_KEY)
-    except Exception:  # the cache is down: ask the database
-        cached = None
+    cached = _in_savepoint(cache.get, USAGE_TIERS_CACHE_KEY)  # None: the cache is down
     if cached is None:
         cached = PromotionTier.objects.filter(trigger__in=USAGE_TRIGGERS).exists()
-        with contextlib.suppress(Exception):
-            cache.set(USAGE_TIERS_CACHE_KEY, cached, USAGE_TIERS_CACHE_SECONDS)
+        _in_savepoint(cache.set, USAGE_TIERS_CACHE_KEY, cached, USAGE_TIERS_CACHE_SECONDS)
     _memo = (time.monotonic() + USAGE_TIERS_MEMO_SECONDS, cached)
     return cached
+
+
+def _in_savepoint(cache_call, *args):
+    """A cache call made inside a paid call's transaction; None if it fails. The database
+    cache (the embedded default) queries on the ledger's own connection, so a failing
+    query there would abort the transaction that charges the call: it runs under a
+    savepoint (two statements, at most once per USAGE_TIERS_MEMO_SECONDS)."""
+    try:
+        with transaction.atomic():
+            return cache_call(*args)
+    except Exception:
+        return None
 
 
 def forget_usage_tiers() -> None:

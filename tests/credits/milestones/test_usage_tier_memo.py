@@ -55,3 +55,24 @@ def test_a_usage_tier_saved_in_this_process_is_noticed_once_committed(
         assert milestones.usage_tiers_exist() is False
 
     assert milestones.usage_tiers_exist() is True
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_database_cache_does_not_cost_a_paid_call_its_charge(settings, make_user, fund):
+    """The embedded default caches in the database, on the ledger's own connection: a cache
+    query that fails inside the capture (its table missing, say) must not abort the
+    transaction that charges the call."""
+    from credits import services
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
+                                   "LOCATION": "no_such_cache_table"}}
+    milestones.forget_usage_tiers()
+    user = make_user(promotion_eligible=False)
+    fund(user, 1)
+    hold = services.authorize(user=user, amount_micros=1_000, reference="call-1")
+
+    services.capture(hold=hold, amount_micros=700, tokens=7, description="call-1")
+
+    user.refresh_from_db()
+    assert (user.credit_balance, user.credit_held) == (1_000_000 - 700, 0)
