@@ -471,8 +471,9 @@ class MeteredCall:
         )
 
     def _settle(self, *, status: str, error: str) -> None:
-        """Capture or release the hold once, then write the usage record. Never raises:
-        whatever fails here after delivery is logged loudly and the charge stands."""
+        """Capture or release the hold once, with the usage record in the same transaction.
+        Never raises: whatever fails here after delivery is logged loudly and the charge
+        stands."""
         if self.settled:
             return
         self.settled = True
@@ -487,22 +488,53 @@ class MeteredCall:
                              self.request_id)
             charge = None
         self.cost_micros = charge or 0
-        if self.hold is not None:
+        produced = bool(self.pieces) or status == UsageStatus.SUCCEEDED
+        recorded = self.hold is not None and self._settle_hold(charge, status=status,
+                                                               produced=produced)
+        if not recorded:
+            self._write_record(self._record_fields(status, produced))
+        observe.call_settled(self)
+
+    def _settle_hold(self, charge: int | None, *, status: str, produced: bool) -> bool:
+        """Capture `charge` (release the hold when None) and write the usage record in the
+        capture's transaction: one commit per call, not two. Returns whether the record was
+        written. A record that fails takes the charge back with it, so the hold is then
+        settled alone and the record written after it (the charge must stand); a settlement
+        that fails is charged without the hold (`_charge_without_hold`)."""
+        tried = False
+
+        def record_too(_settlement) -> None:
+            nonlocal tried
+            tried = True
+            insert(UsageRecord(request_id=self.request_id,
+                               **self._record_fields(status, produced)))
+
+        for together in (True, False):
+            also = record_too if together else None
             try:
                 if charge is None:
-                    settled = credit_services.release(hold=self.hold)
+                    settled = credit_services.release(hold=self.hold, also_in_transaction=also)
                 else:
                     settled = credit_services.capture(
-                        hold=self.hold, amount_micros=charge,
+                        hold=self.hold, amount_micros=charge, also_in_transaction=also,
                         tokens=self.completion_tokens if self.pieces else 0,
                         description=f"{self.model.id} {self.request_id}")
-                self._balance_micros = settled.balance_micros
             except Exception:
+                if together and tried:
+                    logger.warning("BILLING: the usage record of call %s failed in its "
+                                   "settlement's transaction; settling alone", self.request_id,
+                                   exc_info=True)
+                    continue
                 logger.exception("BILLING: settling hold %s of call %s failed (charge %s)",
                                  self.hold.pk, self.request_id, charge)
                 self.cost_micros = self._charge_without_hold(charge) if charge else 0
-        produced = bool(self.pieces) or status == UsageStatus.SUCCEEDED
-        fields = dict(
+                return False
+            self._balance_micros = settled.balance_micros
+            return together
+        return False
+
+    def _record_fields(self, status: str, produced: bool) -> dict:
+        return dict(
             user_id=self.user.pk, api_key=self.api_key,
             model=self.model, endpoint=self.endpoint,
             hold_id=self.hold.pk if self.hold else None,
@@ -517,6 +549,9 @@ class MeteredCall:
             time_to_first_token_ms=self.first_token_ms, started_at=self.started_at,
             **self._class_fields(produced),
         )
+
+    def _write_record(self, fields: dict) -> None:
+        """The usage record on its own (no hold, or its settlement's transaction failed)."""
         try:
             try:
                 with transaction.atomic():  # plain SQL: one record per call
@@ -530,7 +565,6 @@ class MeteredCall:
         except Exception:
             logger.exception("BILLING: the usage record of call %s (charged %s micros) was "
                              "not written", self.request_id, self.cost_micros)
-        observe.call_settled(self)
 
 
 def start_call(

@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -129,9 +130,13 @@ def capture(
     description: str = "",
     tokens: int | None = None,
     now: dt.datetime | None = None,
+    also_in_transaction: Callable[[Settlement], None] | None = None,
 ) -> Settlement:
     """Charge `amount_micros` (at most the hold) and release the rest. `tokens`: the
     call's delivered tokens, recorded on the hold (its journal may lag by a few).
+    `also_in_transaction`: the caller's own write to commit with the charge (a call's usage
+    record: one commit per call, not two); if it raises, the charge is rolled back with it
+    and the exception propagates, so the caller decides what to retry.
 
     Always succeeds for the reserved part, even if a grant expired meanwhile.
     The part reserved against a promotion that was never granted cannot be
@@ -143,7 +148,8 @@ def capture(
     with transaction.atomic():
         account, locked_hold = lock_hold(hold)
         if locked_hold.status == HoldStatus.CAPTURED and locked_hold.captured_micros == amount_micros:
-            return Settlement(hold=locked_hold, balance_micros=account.balance_micros)
+            return _also(Settlement(hold=locked_hold, balance_micros=account.balance_micros),
+                         also_in_transaction)
         if not locked_hold.is_active:
             raise HoldNotActive(f"Hold {locked_hold.pk} is already {locked_hold.status.lower()}.")
         if amount_micros > locked_hold.amount_micros:
@@ -159,18 +165,27 @@ def capture(
             )
         if tokens is not None and tokens > locked_hold.delivered_tokens:
             locked_hold.delivered_tokens = tokens
-        return _settle(account, locked_hold, charge=amount_micros, now=now,
-                       description=description or "Usage")
+        return _also(_settle(account, locked_hold, charge=amount_micros, now=now,
+                             description=description or "Usage"), also_in_transaction)
 
 
-def release(*, hold: CreditHold | uuid.UUID | str, now: dt.datetime | None = None) -> Settlement:
-    """Release a hold without charging. Raises HoldNotActive if it was settled."""
+def release(*, hold: CreditHold | uuid.UUID | str, now: dt.datetime | None = None,
+            also_in_transaction: Callable[[Settlement], None] | None = None) -> Settlement:
+    """Release a hold without charging. Raises HoldNotActive if it was settled.
+    `also_in_transaction`: as for `capture`."""
     now = now_or(now)
     with transaction.atomic():
         account, locked_hold = lock_hold(hold)
         if not locked_hold.is_active:
             raise HoldNotActive(f"Hold {locked_hold.pk} is already {locked_hold.status.lower()}.")
-        return _settle(account, locked_hold, charge=None, now=now, description="Released hold")
+        return _also(_settle(account, locked_hold, charge=None, now=now,
+                             description="Released hold"), also_in_transaction)
+
+
+def _also(settlement: Settlement, write: Callable[[Settlement], None] | None) -> Settlement:
+    if write is not None:
+        write(settlement)
+    return settlement
 
 
 def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now: dt.datetime,

@@ -1,0 +1,99 @@
+"""A call's charge and its usage record commit together (one commit per call, not two), and a
+record that fails in that transaction never costs the call its charge."""
+
+import pytest
+from django.db import DataError, connection
+
+from accounts.services import create_api_key
+from credits.models import CreditHold, HoldStatus
+from credits.money import usd_to_micros
+from inference import services
+from inference.models import UsageRecord, UsageStatus
+from tests.books import assert_books_balance
+from tests.seeds import seed_demo_models
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CALL = {"model": "demo-small", "max_tokens": 12,
+        "messages": [{"role": "user", "content": "Hello there, world!"}]}
+
+
+@pytest.fixture
+def paying(make_user, fund, client_for, settings):
+    seed_demo_models()
+    settings.DEMO_BACKEND_TOKEN_DELAY_MS = 0
+    user = make_user(promotion_eligible=False)
+    fund(user, 1)
+    return user, client_for(create_api_key(user=user, name="k")[1])
+
+
+def _xmin(sql: str, value) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value])
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_charge_and_the_usage_record_commit_in_one_transaction(paying, stream):
+    user, client = paying
+    response = client.post("/v1/chat/completions", {**CALL, "stream": stream}, format="json")
+    assert response.status_code == 200
+    b"".join(response.streaming_content) if stream else None
+
+    record = UsageRecord.objects.get(user=user)
+    hold = CreditHold.objects.get(pk=record.hold_id)
+    assert hold.status == HoldStatus.CAPTURED and hold.captured_micros == record.cost_micros > 0
+    # PostgreSQL's xmin: the transaction that wrote each row's current version.
+    assert (_xmin("SELECT xmin::text FROM credits_credithold WHERE id = %s", hold.pk)
+            == _xmin("SELECT xmin::text FROM inference_usagerecord WHERE request_id = %s",
+                     record.request_id))
+
+
+def test_a_record_that_fails_with_the_charge_is_written_after_it_and_the_charge_stands(
+        paying, monkeypatch):
+    user, client = paying
+    real_insert, failures = services.insert, []
+
+    def insert_failing_once(instance):
+        if isinstance(instance, UsageRecord) and not failures:
+            failures.append(instance.request_id)
+            raise DataError("value too long for type character varying(64)")
+        return real_insert(instance)
+
+    monkeypatch.setattr(services, "insert", insert_failing_once)
+    response = client.post("/v1/chat/completions", CALL, format="json")
+
+    assert response.status_code == 200
+    charged = usd_to_micros(response.json()["usage"]["cost"])
+    record = UsageRecord.objects.get(user=user)
+    assert failures == [record.request_id]
+    assert (record.status, record.cost_micros) == (UsageStatus.SUCCEEDED, charged)
+    assert CreditHold.objects.get(pk=record.hold_id).captured_micros == charged > 0
+    user.refresh_from_db()
+    assert (user.credit_balance, user.credit_held) == (1_000_000 - charged, 0)
+    assert_books_balance(user.pk)
+
+
+def test_a_record_that_cannot_be_written_at_all_still_leaves_the_call_charged(
+        paying, monkeypatch, caplog):
+    user, client = paying
+    real_insert = services.insert
+
+    def insert_never_records(instance):
+        if isinstance(instance, UsageRecord):
+            raise DataError("the usage table is broken")
+        return real_insert(instance)
+
+    monkeypatch.setattr(services, "insert", insert_never_records)
+    response = client.post("/v1/chat/completions", CALL, format="json")
+
+    assert response.status_code == 200
+    charged = usd_to_micros(response.json()["usage"]["cost"])
+    assert charged > 0 and not UsageRecord.objects.exists()
+    hold = CreditHold.objects.get(user=user)
+    assert (hold.status, hold.captured_micros) == (HoldStatus.CAPTURED, charged)
+    user.refresh_from_db()
+    assert (user.credit_balance, user.credit_held) == (1_000_000 - charged, 0)
+    assert "was not written" in caplog.text
+    assert_books_balance(user.pk)
