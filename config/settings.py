@@ -118,6 +118,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL
         "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=10),  # waiting for a free one
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django requires 0
+# The metered path's hand-written statements (config.rows.cursor) are prepared on each
+# connection, so PostgreSQL plans each once. psycopg needs a threshold for that: set out of
+# reach, so the ORM's statements are never prepared by count. Off: for a PgBouncer older
+# than 1.21 in transaction mode (it cannot follow named prepared statements).
+DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_PREPARED_STATEMENTS:
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 1 << 30)
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
 # Threads per process that run the async gateway's ledger steps (hold, first token,
 # settlement); each borrows a pooled connection for one step only.

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db import connection
 from django.db.models import Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import User
+from config.rows import cursor as sql_cursor
 from credits.models import (
     CreditAccount,
     CreditGrant,
@@ -164,7 +164,7 @@ def call_refunded_micros(*, request_id: str, user_id: int) -> int:
 def balance_micros(*, user_id: int) -> int:
     """The account's balance (0 without one), in one plain query: read by every stream for
     its headers."""
-    with connection.cursor() as cursor:
+    with sql_cursor() as cursor:
         cursor.execute(f"SELECT balance_micros FROM {CreditAccount._meta.db_table} "
                        "WHERE user_id = %s", [user_id])
         row = cursor.fetchone()

@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.db.models import Q, Sum
 
 from accounts.models import User
+from config.rows import cursor as sql_cursor
 from credits import money
 from credits.exceptions import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientCredits
 from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus
@@ -234,7 +235,7 @@ def record_progress(*, hold: CreditHold | uuid.UUID | str, delivered_micros: int
     require_amount(delivered_micros, name="delivered_micros", allow_zero=True)
     require_amount(tokens, name="tokens", allow_zero=True)
     hold_id = hold.pk if isinstance(hold, CreditHold) else hold
-    with connection.cursor() as cursor:  # plain SQL: written every few tokens of every stream
+    with sql_cursor() as cursor:  # plain SQL: written every few tokens of every stream
         cursor.execute(_journal_sql(), [
             tokens, delivered_micros, connection.ops.adapt_datetimefield_value(now_or(now)),
             CreditHold._meta.pk.get_db_prep_value(hold_id, connection), HoldStatus.ACTIVE, tokens])

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from django.db import connection
 
+from config.rows import cursor as sql_cursor
 from config.rows import insert_sql
 from credits import money, notices
 from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, LedgerEntry, TakeBack
@@ -126,7 +127,7 @@ class LedgerWriter:
         entries_sql, entries_params = (
             insert_sql(LedgerEntry, self.entries, returning="id") if self.entries else ("", [])
         )
-        with connection.cursor() as cursor:
+        with sql_cursor() as cursor:
             if connection.vendor == "postgresql":
                 ctes = ", ".join(f"w{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(statements))
                 cursor.execute(

@@ -92,3 +92,53 @@ def test_a_model_with_no_price_in_effect_yet_is_found_without_one():
     found, price = resolve_priced_model("demo-small")
 
     assert found == model and price is None
+
+
+def _prepared(marker: str) -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                       [f"%{marker}%"])
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.postgres
+def test_the_metered_path_s_statements_are_prepared_once_per_connection_and_still_logged(user):
+    """Planning was most of PostgreSQL's time for the ledger's short statements: each is
+    prepared on its connection the first time and its plan reused after."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.models import User
+
+    sql = f"SELECT {columns(User, 'u')} FROM accounts_user u WHERE u.id = %s /* prepared-1 */"
+    with CaptureQueriesContext(connection) as queries:
+        first = fetch(sql, [user.pk], User)
+        again = fetch(sql, [user.pk], User)
+
+    assert first[0][0] == again[0][0] == user
+    assert _prepared("prepared-1") == 1
+    # Django's query log still shows each statement with its parameters.
+    assert [q["sql"].endswith(f"WHERE u.id = {user.pk} /* prepared-1 */")
+            for q in queries.captured_queries] == [True, True]
+
+
+@pytest.mark.postgres
+def test_with_prepared_statements_off_nothing_is_prepared(user):
+    """DB_PREPARED_STATEMENTS=false (a PgBouncer before 1.21 in transaction mode, which
+    cannot follow named statements): parameters are still bound on the server, unnamed."""
+    from django.db import connection
+
+    from accounts.models import User
+
+    connection.ensure_connection()
+    threshold = connection.connection.prepare_threshold
+    connection.connection.prepare_threshold = None  # what the setting leaves
+    try:
+        sql = f"SELECT {columns(User, 'u')} FROM accounts_user u WHERE u.id = %s /* unprepared */"
+        assert fetch(sql, [user.pk], User)[0][0] == user
+        assert fetch(sql, [user.pk], User)[0][0] == user
+    finally:
+        connection.connection.prepare_threshold = threshold
+    assert _prepared("unprepared") == 0
