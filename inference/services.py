@@ -24,7 +24,7 @@ from accounts.models import ApiKey, User
 from config.rows import columns, fetch, insert
 from credits import selectors as credit_selectors
 from credits import services as credit_services
-from credits.exceptions import InsufficientCredits
+from credits.exceptions import CreditError, InsufficientCredits
 from credits.models import CreditHold, HoldStatus
 from credits.money import CallCost, TokenCounts, format_usd
 from credits.promotion.status import call_promotion_outcome, promotion_status
@@ -496,31 +496,28 @@ class MeteredCall:
         observe.call_settled(self)
 
     def _settle_hold(self, charge: int | None, *, status: str, produced: bool) -> bool:
-        """Capture `charge` (release the hold when None) and write the usage record in the
-        capture's transaction: one commit per call, not two. Returns whether the record was
-        written. A record that fails takes the charge back with it, so the hold is then
-        settled alone and the record written after it (the charge must stand); a settlement
-        that fails is charged without the hold (`_charge_without_hold`)."""
-        tried = False
-
-        def record_too(_settlement) -> None:
-            nonlocal tried
-            tried = True
-            insert(UsageRecord(request_id=self.request_id,
-                               **self._record_fields(status, produced)))
-
-        for together in (True, False):
-            also = record_too if together else None
+        """Capture `charge` (release the hold when None) and write the usage record with it,
+        in the ledger's own statement: one commit per call, not two. Returns whether the
+        record was written. A record that fails takes the charge back with it, so the hold is
+        then settled alone and the record written after it (the charge must stand); a
+        settlement that fails is charged without the hold (`_charge_without_hold`)."""
+        try:
+            record = UsageRecord(request_id=self.request_id, **self._record_fields(status, produced))
+        except Exception:
+            record = None  # _write_record tries again after the settlement, and logs it
+        for record_too in (record, None) if record is not None else (None,):
             try:
                 if charge is None:
-                    settled = credit_services.release(hold=self.hold, also_in_transaction=also)
+                    settled = credit_services.release(hold=self.hold, also_insert=record_too)
                 else:
                     settled = credit_services.capture(
-                        hold=self.hold, amount_micros=charge, also_in_transaction=also,
+                        hold=self.hold, amount_micros=charge, also_insert=record_too,
                         tokens=self.completion_tokens if self.pieces else 0,
                         description=f"{self.model.id} {self.request_id}")
-            except Exception:
-                if together and tried:
+            except Exception as exc:
+                # The ledger's own refusals (a hold the sweep settled, a promotion never
+                # granted) would refuse again; anything else may be the record's.
+                if record_too is not None and not isinstance(exc, CreditError):
                     logger.warning("BILLING: the usage record of call %s failed in its "
                                    "settlement's transaction; settling alone", self.request_id,
                                    exc_info=True)
@@ -530,7 +527,7 @@ class MeteredCall:
                 self.cost_micros = self._charge_without_hold(charge) if charge else 0
                 return False
             self._balance_micros = settled.balance_micros
-            return together
+            return record_too is not None
         return False
 
     def _record_fields(self, status: str, produced: bool) -> dict:

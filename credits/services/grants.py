@@ -20,7 +20,7 @@ from django.db.models import F
 from accounts.models import User
 from credits.exceptions import GrantNotActive, IdempotencyConflict, InsufficientCredits, InvalidAmount
 from credits.models import CreditAccount, CreditGrant, EntryType, GrantKind, LedgerEntry
-from credits.services.locks import lock_account, lock_grant, lock_open_grants
+from credits.services.locks import lock_account, lock_account_and_open_grants, lock_grant
 from credits.services.results import UnitFailure
 from credits.services.validation import now_or, require_amount, require_text
 from credits.services.writer import LedgerWriter, usable_grants
@@ -218,12 +218,11 @@ def _debit(*, user: User | int, amount_micros: int, entry_type: str, reference: 
            internal_reason: str = "") -> DebitResult:
     operation_key = f"debit:{idempotency_key}" if idempotency_key else f"debit:{uuid.uuid4().hex}"
     with transaction.atomic():
-        locked = lock_account(user)
+        locked, grants = lock_account_and_open_grants(user)
         if idempotency_key:
             replay = _replayed_debit(locked.user_id, operation_key, amount_micros, entry_type, reference)
             if replay is not None:
                 return replay
-        grants = lock_open_grants(locked.user_id)
         writer = LedgerWriter(locked, operation_key=operation_key, now=now, actor=actor,
                               reference=reference, internal_reason=internal_reason)
         writer.sweep_expired(grants)

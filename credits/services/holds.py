@@ -9,27 +9,27 @@ import datetime as dt
 import functools
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q, Sum
+from django.db.models import Model, Q, Sum
 
 from accounts.models import User
 from config.rows import cursor as sql_cursor
+from config.rows import insert as insert_row
 from credits import money
 from credits.exceptions import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientCredits
 from credits.models import CreditAccount, CreditGrant, CreditHold, EntryType, HoldStatus
 from credits.models.promotions import user_promotion_terms
 from credits.services.grants import paid_call
 from credits.services.locks import (
-    lock_account,
+    lock_account_and_open_grants,
     lock_held_grants,
     lock_hold,
-    lock_open_grants,
     lock_pending_holds,
+    lock_settlement,
 )
 from credits.services.results import UnitFailure
 from credits.services.takebacks import take_back_released
@@ -70,14 +70,13 @@ def authorize(
     hold_id = uuid.uuid4()
     key = idempotency_key or hold_id.hex
     with transaction.atomic():
-        locked = lock_account(user)
+        locked, grants = lock_account_and_open_grants(user)
         existing = idempotency_key and CreditHold.objects.filter(
             user_id=locked.user_id, idempotency_key=key).first()
         if existing:
             if existing.amount_micros != amount_micros or existing.reference != reference:
                 raise IdempotencyConflict(f"Idempotency key {key!r} was used for another hold.")
             return existing
-        grants = lock_open_grants(locked.user_id)
         writer = LedgerWriter(locked, operation_key=f"hold:{hold_id}", now=now, reference=reference)
         writer.sweep_expired(grants)
         usable = usable_grants(grants, now)
@@ -95,7 +94,7 @@ def authorize(
             id=hold_id, user_id=locked.user_id, amount_micros=amount_micros, pending_promotion_micros=pending,
             reference=reference, idempotency_key=key, created_at=now, metadata=metadata or {},
         )
-        writer.insert_hold(hold)
+        writer.insert(hold)
         to_hold = amount_micros - pending
         for grant in usable:
             if to_hold == 0:
@@ -131,13 +130,14 @@ def capture(
     description: str = "",
     tokens: int | None = None,
     now: dt.datetime | None = None,
-    also_in_transaction: Callable[[Settlement], None] | None = None,
+    also_insert: Model | None = None,
 ) -> Settlement:
     """Charge `amount_micros` (at most the hold) and release the rest. `tokens`: the
     call's delivered tokens, recorded on the hold (its journal may lag by a few).
-    `also_in_transaction`: the caller's own write to commit with the charge (a call's usage
-    record: one commit per call, not two); if it raises, the charge is rolled back with it
-    and the exception propagates, so the caller decides what to retry.
+    `also_insert`: the caller's own new row, inserted with the charge in the ledger's own
+    statement (a call's usage record: one commit per call, not two). If it cannot be
+    written, the charge is rolled back with it and the error propagates, so the caller
+    decides what to retry.
 
     Always succeeds for the reserved part, even if a grant expired meanwhile.
     The part reserved against a promotion that was never granted cannot be
@@ -147,10 +147,11 @@ def capture(
     require_amount(amount_micros, allow_zero=True)
     now = now_or(now)
     with transaction.atomic():
-        account, locked_hold = lock_hold(hold)
+        account, locked_hold, held_grants = lock_settlement(hold)
         if locked_hold.status == HoldStatus.CAPTURED and locked_hold.captured_micros == amount_micros:
-            return _also(Settlement(hold=locked_hold, balance_micros=account.balance_micros),
-                         also_in_transaction)
+            if also_insert is not None:
+                insert_row(also_insert)
+            return Settlement(hold=locked_hold, balance_micros=account.balance_micros)
         if not locked_hold.is_active:
             raise HoldNotActive(f"Hold {locked_hold.pk} is already {locked_hold.status.lower()}.")
         if amount_micros > locked_hold.amount_micros:
@@ -166,32 +167,28 @@ def capture(
             )
         if tokens is not None and tokens > locked_hold.delivered_tokens:
             locked_hold.delivered_tokens = tokens
-        return _also(_settle(account, locked_hold, charge=amount_micros, now=now,
-                             description=description or "Usage"), also_in_transaction)
+        return _settle(account, locked_hold, charge=amount_micros, now=now,
+                       description=description or "Usage", held_grants=held_grants,
+                       also_insert=also_insert)
 
 
 def release(*, hold: CreditHold | uuid.UUID | str, now: dt.datetime | None = None,
-            also_in_transaction: Callable[[Settlement], None] | None = None) -> Settlement:
+            also_insert: Model | None = None) -> Settlement:
     """Release a hold without charging. Raises HoldNotActive if it was settled.
-    `also_in_transaction`: as for `capture`."""
+    `also_insert`: as for `capture`."""
     now = now_or(now)
     with transaction.atomic():
-        account, locked_hold = lock_hold(hold)
+        account, locked_hold, held_grants = lock_settlement(hold)
         if not locked_hold.is_active:
             raise HoldNotActive(f"Hold {locked_hold.pk} is already {locked_hold.status.lower()}.")
-        return _also(_settle(account, locked_hold, charge=None, now=now,
-                             description="Released hold"), also_in_transaction)
-
-
-def _also(settlement: Settlement, write: Callable[[Settlement], None] | None) -> Settlement:
-    if write is not None:
-        write(settlement)
-    return settlement
+        return _settle(account, locked_hold, charge=None, now=now, description="Released hold",
+                       held_grants=held_grants, also_insert=also_insert)
 
 
 def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now: dt.datetime,
-            description: str, swept: bool = False) -> Settlement:
-    grants = lock_held_grants(hold)
+            description: str, swept: bool = False, held_grants: list[CreditGrant] | None = None,
+            also_insert: Model | None = None) -> Settlement:
+    grants = lock_held_grants(hold) if held_grants is None else held_grants
     op = "capture" if charge is not None else "release"
     writer = LedgerWriter(account, operation_key=f"{op}:{hold.pk}", now=now, reference=hold.reference)
     to_charge = charge or 0
@@ -216,6 +213,8 @@ def _settle(account: CreditAccount, hold: CreditHold, *, charge: int | None, now
     hold.swept = swept
     writer.update_hold(hold, "status", "captured_micros", "settled_at", "swept",
                        "delivered_tokens")
+    if also_insert is not None:
+        writer.insert(also_insert)
     writer.flush()
     if charge:
         paid_call(account=account, amount_micros=charge, tokens=hold.delivered_tokens, now=now)

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from django.db import connection
+from django.db.models import Model
 
 from config.rows import cursor as sql_cursor
 from config.rows import insert_sql
@@ -41,10 +42,12 @@ class LedgerWriter:
         self.balance_before = account.balance_micros
         self.statements: list[tuple[str, list]] = []  # hold rows written with the entries
 
-    def insert_hold(self, hold: CreditHold) -> None:
-        self.statements.append(insert_sql(CreditHold, [hold]))
-        hold._state.adding = False
-        hold._state.db = connection.alias
+    def insert(self, instance: Model) -> None:
+        """A new row written with the entries (a hold; a caller's row that must commit with
+        them). Its primary key, if the database assigns it, is not read back."""
+        self.statements.append(insert_sql(type(instance), [instance]))
+        instance._state.adding = False
+        instance._state.db = connection.alias
 
     def update_hold(self, hold: CreditHold, *fields: str) -> None:
         model_fields = [CreditHold._meta.get_field(name) for name in fields]

@@ -2,12 +2,11 @@
 record that fails in that transaction never costs the call its charge."""
 
 import pytest
-from django.db import DataError, connection
+from django.db import connection
 
 from accounts.services import create_api_key
 from credits.models import CreditHold, HoldStatus
 from credits.money import usd_to_micros
-from inference import services
 from inference.models import UsageRecord, UsageStatus
 from tests.books import assert_books_balance
 from tests.seeds import seed_demo_models
@@ -50,24 +49,42 @@ def test_the_charge_and_the_usage_record_commit_in_one_transaction(paying, strea
                      record.request_id))
 
 
+@pytest.fixture
+def failing_records():
+    """`fail(times)`: the database refuses the next `times` usage records (a trigger; a
+    sequence counts them, outside any transaction, so a rolled-back failure still counts)."""
+    def fail(times: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE SEQUENCE test_usage_record_failures")
+            cursor.execute(f"""
+                CREATE FUNCTION test_fail_usage_record() RETURNS trigger AS $$
+                BEGIN
+                  IF nextval('test_usage_record_failures') <= {times} THEN
+                    RAISE EXCEPTION 'the usage table is broken' USING ERRCODE = 'data_exception';
+                  END IF;
+                  RETURN NEW;
+                END $$ LANGUAGE plpgsql""")
+            cursor.execute("CREATE TRIGGER test_fail_usage_record BEFORE INSERT ON "
+                           "inference_usagerecord FOR EACH ROW "
+                           "EXECUTE FUNCTION test_fail_usage_record()")
+    yield fail
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER IF EXISTS test_fail_usage_record ON inference_usagerecord")
+        cursor.execute("DROP FUNCTION IF EXISTS test_fail_usage_record()")
+        cursor.execute("DROP SEQUENCE IF EXISTS test_usage_record_failures")
+
+
+@pytest.mark.postgres
 def test_a_record_that_fails_with_the_charge_is_written_after_it_and_the_charge_stands(
-        paying, monkeypatch):
+        paying, failing_records, caplog):
     user, client = paying
-    real_insert, failures = services.insert, []
-
-    def insert_failing_once(instance):
-        if isinstance(instance, UsageRecord) and not failures:
-            failures.append(instance.request_id)
-            raise DataError("value too long for type character varying(64)")
-        return real_insert(instance)
-
-    monkeypatch.setattr(services, "insert", insert_failing_once)
+    failing_records(1)
     response = client.post("/v1/chat/completions", CALL, format="json")
 
     assert response.status_code == 200
     charged = usd_to_micros(response.json()["usage"]["cost"])
     record = UsageRecord.objects.get(user=user)
-    assert failures == [record.request_id]
+    assert f"the usage record of call {record.request_id} failed" in caplog.text
     assert (record.status, record.cost_micros) == (UsageStatus.SUCCEEDED, charged)
     assert CreditHold.objects.get(pk=record.hold_id).captured_micros == charged > 0
     user.refresh_from_db()
@@ -75,17 +92,11 @@ def test_a_record_that_fails_with_the_charge_is_written_after_it_and_the_charge_
     assert_books_balance(user.pk)
 
 
+@pytest.mark.postgres
 def test_a_record_that_cannot_be_written_at_all_still_leaves_the_call_charged(
-        paying, monkeypatch, caplog):
+        paying, failing_records, caplog):
     user, client = paying
-    real_insert = services.insert
-
-    def insert_never_records(instance):
-        if isinstance(instance, UsageRecord):
-            raise DataError("the usage table is broken")
-        return real_insert(instance)
-
-    monkeypatch.setattr(services, "insert", insert_never_records)
+    failing_records(1_000)
     response = client.post("/v1/chat/completions", CALL, format="json")
 
     assert response.status_code == 200
