@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -118,7 +118,8 @@ def usage_csv(request):
                                   + [r.requests, r.prompt_tokens, r.completion_tokens,
                                      money.format_usd(r.cost_micros)])
 
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    # The report is already in memory (one row per group): sent whole, not streamed.
+    response = HttpResponse("".join(rows()), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = (
         f'attachment; filename="tokenbank-usage-{start:%Y%m%d}-{end:%Y%m%d}.csv"')
     return response

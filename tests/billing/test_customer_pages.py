@@ -111,7 +111,7 @@ def test_usage_csv_is_exact_and_formula_safe(signed_in, member):
     record.save(update_fields=["api_key"])
     response = signed_in.get(reverse("billing:usage_csv"), {"group": "key"})
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
-    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
     assert rows[0] == ["api_key", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
     assert rows[1][0].startswith("'=HYPERLINK")
     assert rows[1][1:] == ["1", "12", "30", "0.002459"]
