@@ -161,13 +161,12 @@ def lock_settlement(hold: CreditHold | uuid.UUID | str
     read as it is now, and its backed part (amount less what is still pending) is the sum
     of its HOLD entries, so a missing part shows, and then the grants are read again, under
     the locks now held."""
-    if not isinstance(hold, CreditHold):
-        account, locked = lock_hold(hold)
-        return account, locked, (lock_held_grants(locked) if locked.is_active else None)
-    hold_id = CreditHold._meta.pk.get_db_prep_value(hold.pk, connection)
-    rows = fetch(_settlement_sql(), [hold_id, EntryType.HOLD, hold.user_id, hold_id],
-                 CreditAccount, CreditHold, CreditGrant)
-    if not rows:  # an unknown hold, or one that holds nothing yet (all of it pending)
+    rows = []
+    if isinstance(hold, CreditHold):  # its user is known: the one statement can name it
+        hold_id = CreditHold._meta.pk.get_db_prep_value(hold.pk, connection)
+        rows = fetch(_settlement_sql(), [hold_id, EntryType.HOLD, hold.user_id, hold_id],
+                     CreditAccount, CreditHold, CreditGrant)
+    if not rows:  # given by id, unknown, or holding nothing yet (all of it pending)
         account, locked = lock_hold(hold)
         return account, locked, (lock_held_grants(locked) if locked.is_active else None)
     account, locked = rows[0][0], rows[0][1]

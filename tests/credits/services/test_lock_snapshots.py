@@ -123,10 +123,11 @@ def test_a_hold_waiting_for_the_account_holds_no_grant_meanwhile(make_user, fund
     user = make_user(promotion_eligible=False)
     grant = fund(user, 10)
     grant_free = {}
+    waiting = threading.Thread(target=lambda: grant_free.setdefault("hold", _try_authorize()))
 
     def lock_the_account_then_try_the_grant():
         services.locks.lock_account(user.pk)
-        threading.Thread(target=lambda: grant_free.setdefault("hold", _try_authorize())).start()
+        waiting.start()
         _wait_until_someone_waits_for_a_lock()
         with connection.cursor() as cursor:  # the waiting hold must not have locked it
             cursor.execute("SAVEPOINT probe")
@@ -147,9 +148,8 @@ def test_a_hold_waiting_for_the_account_holds_no_grant_meanwhile(make_user, fund
 
     with transaction.atomic():
         lock_the_account_then_try_the_grant()
-    deadline = time.monotonic() + 10
-    while "hold" not in grant_free and time.monotonic() < deadline:
-        time.sleep(0.01)
+    waiting.join(10)
+    assert not waiting.is_alive()
     assert grant_free["probe"] is True
     assert isinstance(grant_free["hold"], CreditHold)
     assert_books_balance(user.pk)
