@@ -50,11 +50,27 @@ def cursor():
     return connection._prepare_cursor(_PreparingCursor(connection.connection))
 
 
+# What a prepared statement's run raises when the server's prepared statement is stale or
+# gone; a statement's other refusals (constraints, locks) are the caller's to handle.
+_STALE_PREPARED = (psycopg.errors.FeatureNotSupported, psycopg.errors.InvalidSqlStatementName)
+
+
 class _PreparingCursor(psycopg.Cursor):
     """Prepares every statement it runs (the connection keeps `prepared_max` of them)."""
 
     def execute(self, query, params=None, *, prepare=True, binary=None):
-        super().execute(query, params, prepare=prepare, binary=binary)
+        try:
+            super().execute(query, params, prepare=prepare, binary=binary)
+        except _STALE_PREPARED:
+            # A migration changed the type of a column the statement returns ("cached plan
+            # must not change result type"), or the statement is gone from the server (a
+            # pooler's new backend): psycopg would run the stale statement again on each
+            # call, and fail each time, for the connection's life. Forget them all on both
+            # sides; they are prepared again on their next runs.
+            if self.connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                raise  # the transaction is aborted; its rollback forgets them too
+            self.connection.execute("DEALLOCATE ALL")  # psycopg empties its cache on it
+            super().execute(query, params, prepare=prepare, binary=binary)  # nothing had run
         if self._query is None:  # a prepared run leaves none; Django's query log reads it
             self._query = _LoggedQuery(self.connection, query, params)
         return self

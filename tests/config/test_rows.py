@@ -142,3 +142,81 @@ def test_with_prepared_statements_off_nothing_is_prepared(user):
     finally:
         connection.connection.prepare_threshold = threshold
     assert _prepared("unprepared") == 0
+
+
+@pytest.fixture
+def scratch_table(db):
+    """A table whose column type a "migration" (another connection) changes while this
+    connection has a statement on it prepared."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE rows_scratch (id int PRIMARY KEY, v int)")
+        cursor.execute("INSERT INTO rows_scratch VALUES (1, 5)")
+    yield "SELECT v FROM rows_scratch WHERE id = %s"
+    if not connection.get_autocommit():
+        connection.rollback()
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE rows_scratch")
+
+
+def _migrate_from_another_process(sql: str) -> None:
+    import psycopg
+    from django.db import connection
+
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"],
+                         dbname=db["NAME"], autocommit=True) as other:
+        other.execute(sql)
+
+
+def _read(sql):
+    from config.rows import cursor
+
+    with cursor() as reading:
+        reading.execute(sql, [1])
+        return reading.fetchone()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_migration_that_changes_a_column_s_type_does_not_break_the_live_connections(
+        scratch_table):
+    """PostgreSQL refuses a prepared statement whose result type changed ("cached plan must
+    not change result type"); the connection forgets its prepared statements and runs it
+    again, rather than failing on every call until it is recycled."""
+    assert _read(scratch_table) == (5,)
+    _migrate_from_another_process("ALTER TABLE rows_scratch ALTER COLUMN v TYPE bigint")
+
+    assert [_read(scratch_table) for _ in range(3)] == [(5,), (5,), (5,)]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_in_a_transaction_the_stale_statement_fails_that_transaction_only(scratch_table):
+    """Inside a transaction the failed statement aborts it (a ledger step fails and rolls
+    back as a whole); the rollback forgets the stale statement, so the connection's next
+    transaction runs it."""
+    from django.db import NotSupportedError, transaction
+
+    assert _read(scratch_table) == (5,)
+    _migrate_from_another_process("ALTER TABLE rows_scratch ALTER COLUMN v TYPE bigint")
+
+    with pytest.raises(NotSupportedError, match="cached plan"), transaction.atomic():
+        _read(scratch_table)
+    with transaction.atomic():
+        assert _read(scratch_table) == (5,)
+    assert _read(scratch_table) == (5,)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_the_server_no_longer_has_is_prepared_again(scratch_table):
+    """A pooler that hands the connection a new backend, or DISCARD ALL from elsewhere: the
+    server no longer knows the statement psycopg thinks it prepared."""
+    from django.db import connection
+
+    assert _read(scratch_table) == (5,)
+    connection.connection.pgconn.exec_(b"DEALLOCATE ALL")  # behind psycopg's back
+
+    assert _read(scratch_table) == (5,)
