@@ -492,7 +492,7 @@ class MeteredCall:
         recorded = self.hold is not None and self._settle_hold(charge, status=status,
                                                                produced=produced)
         if not recorded:
-            self._write_record(self._record_fields(status, produced))
+            self._write_record(status, produced)
         observe.call_settled(self)
 
     def _settle_hold(self, charge: int | None, *, status: str, produced: bool) -> bool:
@@ -516,11 +516,13 @@ class MeteredCall:
                         description=f"{self.model.id} {self.request_id}")
             except Exception as exc:
                 # The ledger's own refusals (a hold the sweep settled, a promotion never
-                # granted) would refuse again; anything else may be the record's.
+                # granted) would refuse again; anything else may be the record's (a
+                # constraint), or pass on a second try (a deadlock, a stale prepared
+                # statement, a dropped connection): settled once more, alone.
                 if record_too is not None and not isinstance(exc, CreditError):
-                    logger.warning("BILLING: the usage record of call %s failed in its "
-                                   "settlement's transaction; settling alone", self.request_id,
-                                   exc_info=True)
+                    logger.warning("BILLING: settling call %s with its usage record failed "
+                                   "(%s); settling alone, the record after it", self.request_id,
+                                   type(exc).__name__, exc_info=True)
                     continue
                 logger.exception("BILLING: settling hold %s of call %s failed (charge %s)",
                                  self.hold.pk, self.request_id, charge)
@@ -547,9 +549,11 @@ class MeteredCall:
             **self._class_fields(produced),
         )
 
-    def _write_record(self, fields: dict) -> None:
-        """The usage record on its own (no hold, or its settlement's transaction failed)."""
+    def _write_record(self, status: str, produced: bool) -> None:
+        """The usage record on its own (no hold, or its settlement's transaction failed).
+        Never raises, like `_settle`: a record that cannot be built or written is logged."""
         try:
+            fields = self._record_fields(status, produced)
             try:
                 with transaction.atomic():  # plain SQL: one record per call
                     insert(UsageRecord(request_id=self.request_id, **fields))

@@ -84,7 +84,7 @@ def test_a_record_that_fails_with_the_charge_is_written_after_it_and_the_charge_
     assert response.status_code == 200
     charged = usd_to_micros(response.json()["usage"]["cost"])
     record = UsageRecord.objects.get(user=user)
-    assert f"the usage record of call {record.request_id} failed" in caplog.text
+    assert f"settling call {record.request_id} with its usage record failed" in caplog.text
     assert (record.status, record.cost_micros) == (UsageStatus.SUCCEEDED, charged)
     assert CreditHold.objects.get(pk=record.hold_id).captured_micros == charged > 0
     user.refresh_from_db()
@@ -107,4 +107,27 @@ def test_a_record_that_cannot_be_written_at_all_still_leaves_the_call_charged(
     user.refresh_from_db()
     assert (user.credit_balance, user.credit_held) == (1_000_000 - charged, 0)
     assert "was not written" in caplog.text
+    assert_books_balance(user.pk)
+
+
+def test_a_record_that_cannot_even_be_built_leaves_the_call_charged_and_answered(
+        paying, monkeypatch, caplog):
+    """Settling never raises into the response: a record whose fields fail to build is
+    logged, and the call keeps its charge and its answer."""
+    from inference.services import MeteredCall
+
+    def broken(self, status, produced):
+        raise ValueError("a field cannot be built")
+
+    user, client = paying
+    monkeypatch.setattr(MeteredCall, "_record_fields", broken)
+    response = client.post("/v1/chat/completions", CALL, format="json")
+
+    assert response.status_code == 200
+    charged = usd_to_micros(response.json()["usage"]["cost"])
+    hold = CreditHold.objects.get(user=user)
+    assert (hold.status, hold.captured_micros) == (HoldStatus.CAPTURED, charged) and charged > 0
+    assert not UsageRecord.objects.exists() and "was not written" in caplog.text
+    user.refresh_from_db()
+    assert (user.credit_balance, user.credit_held) == (1_000_000 - charged, 0)
     assert_books_balance(user.pk)
