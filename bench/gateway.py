@@ -7,16 +7,22 @@ Starts, on loopback only:
     the same run, the previous server: gunicorn gthread 2x8 over WSGI), on a throwaway
     PostgreSQL database, metered, with a model routed to that upstream through the
     OpenAI-compatible backend.
-For each concurrency level it drives streams for `--seconds` and prints, side by side:
-completed streams/s, time to first token p50/p99, total p50/p99, the server's CPU seconds
-per stream (from /proc), and the peak number of PostgreSQL connections (pg_stat_activity).
-Then the short non-streaming call: requests/s at 16 clients, and the metered overhead at
-1 client against the same server command with billing off. After each TokenBank run the
-ledger must reconcile (`credits_verify`) and every stream must have been charged what its
-final chunk said.
+For each concurrency level it drives streams for `--seconds`, upstream-direct and the
+server in turn, `--rounds` times (this shared box drifts by tens of percent within minutes;
+interleaving lets both see the same box), and prints the medians side by side: completed
+streams/s, time to first token p50/p99, total p50/p99, the server's CPU seconds per stream
+(from /proc), and the peak number of PostgreSQL connections (pg_stat_activity). Then the
+short non-streaming call: requests/s at 16 clients, and the metered overhead at 1 client
+against the same server command with billing off, both servers up and their batches
+interleaved. After each level the ledger must reconcile (`credits_verify`) and every stream
+must have been charged what its final chunk said.
 
-    .venv/bin/python bench/gateway.py [--levels 16,64,256] [--seconds 10] [--tokens 32]
-                                      [--delay-ms 20]
+The load generator is aiohttp (a C HTTP parser) and decodes only the events it needs: it
+shares the cores with the server, and with httpx it took a whole core at 64 streams, which
+capped upstream-direct at 256 streams well below what the upstream serves.
+
+    .venv/bin/python bench/gateway.py [--levels 16,64,256] [--seconds 8] [--rounds 3]
+                                      [--tokens 32] [--delay-ms 20]
 
 Needs PostgreSQL (DATABASE_URL's server; the database `tokenbank_gateway` is dropped and
 recreated).
@@ -38,6 +44,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,12 +243,26 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+def _client_session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
+    # aiohttp, not httpx: its C HTTP parser keeps the load generator, which shares the
+    # box's cores with the server, from being what a run measures (httpx's pure-Python
+    # parser took a whole core at 64 streams, upstream-direct included).
+    connector = aiohttp.TCPConnector(limit=concurrency + 8, limit_per_host=concurrency + 8)
+    return aiohttp.ClientSession(connector=connector,
+                                 timeout=aiohttp.ClientTimeout(total=timeout))
+
+
+def _has_text(event: bytes) -> bool:
+    data = json.loads(event)
+    return any((c.get("delta") or {}).get("content") or c.get("text")
+               for c in data.get("choices", []))
+
+
 async def drive_streams(url: str, secrets: list[str], *, concurrency: int, seconds: float,
                         tokens: int) -> dict:
     ttft, totals, told, errors = [], [], {}, {}
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    async with _client_session(concurrency, 120) as http:
 
         async def client(worker: int) -> None:
             n = 0
@@ -255,26 +276,25 @@ async def drive_streams(url: str, secrets: list[str], *, concurrency: int, secon
                 started = time.perf_counter()
                 first = None
                 try:
-                    async with http.stream("POST", url, json=body, headers=headers) as response:
-                        if response.status_code != 200:
-                            await response.aread()
-                            errors[response.status_code] = errors.get(response.status_code, 0) + 1
+                    async with http.post(url, json=body, headers=headers) as response:
+                        if response.status != 200:
+                            await response.read()
+                            errors[response.status] = errors.get(response.status, 0) + 1
                             continue
                         request_id = response.headers.get("X-Request-Id")
                         charged = None
-                        async for line in response.aiter_lines():
-                            if not line.startswith("data: ") or line == "data: [DONE]":
+                        async for line in response.content:
+                            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                                 continue
-                            data = json.loads(line[6:])
-                            if first is None and any(
-                                    (c.get("delta") or {}).get("content") or c.get("text")
-                                    for c in data.get("choices", [])):
+                            # Each event is decoded until the first token's, then only the
+                            # ones that can say what was charged or that the stream failed.
+                            if first is None and _has_text(line[6:]):
                                 first = time.perf_counter()
-                            if "credits" in data:
-                                charged = data["credits"]["charged"]
-                            if "error" in data:
+                            elif b'"credits"' in line:
+                                charged = json.loads(line[6:])["credits"]["charged"]
+                            if b'"error"' in line and "error" in json.loads(line[6:]):
                                 errors["stream error"] = errors.get("stream error", 0) + 1
-                except httpx.HTTPError as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                     continue
                 end = time.perf_counter()
@@ -294,19 +314,20 @@ async def drive_streams(url: str, secrets: list[str], *, concurrency: int, secon
 async def drive_calls(url: str, secrets: list[str], *, concurrency: int, total: int) -> dict:
     latencies, errors = [], 0
     counter = iter(range(total))
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with _client_session(concurrency, 60) as http:
 
         async def client(worker: int) -> None:
             nonlocal errors
             for n in counter:
                 secret = secrets[(n + worker) % len(secrets)]
                 started = time.perf_counter()
-                response = await http.post(url, json={
-                    "model": "demo-small", "max_tokens": 16,
-                    "messages": [{"role": "user", "content": f"short {n}"}]},
-                    headers={"Authorization": f"Bearer {secret}"})
+                async with http.post(url, json={
+                        "model": "demo-small", "max_tokens": 16,
+                        "messages": [{"role": "user", "content": f"short {n}"}]},
+                        headers={"Authorization": f"Bearer {secret}"}) as response:
+                    await response.read()
                 latencies.append((time.perf_counter() - started) * 1000)
-                errors += response.status_code != 200
+                errors += response.status != 200
 
         started = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(concurrency)))
@@ -373,11 +394,99 @@ def reconcile(told: dict[str, str]) -> str:
 # --- the run -------------------------------------------------------------------------------
 
 
+def _median(values):
+    values = [v for v in values if v == v]  # a round with no first token gives NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def _summary(rounds: list[dict], cpu: list[float] | None = None,
+             peaks: list[int] | None = None) -> dict:
+    """The median over rounds of each figure (a round's p50 and p99 are its own); the
+    highest connection peak of any round."""
+    return {"per_s": _median([r["per_s"] for r in rounds]),
+            "ttft50": _median([percentile(r["ttft"], .5) for r in rounds]),
+            "ttft99": _median([percentile(r["ttft"], .99) for r in rounds]),
+            "total50": _median([percentile(r["totals"], .5) for r in rounds]),
+            "total99": _median([percentile(r["totals"], .99) for r in rounds]),
+            "cpu": _median(cpu) if cpu else None, "peak": max(peaks) if peaks else None,
+            "errors": sum(sum(r["errors"].values()) for r in rounds)}
+
+
+def measure_streams(args, env, secrets, levels, name, command, upstream_url) -> list[tuple]:
+    """Each level `--rounds` times, upstream-direct then the server in turn, so both see
+    the box in the same state (this shared box drifts by tens of percent within minutes)."""
+    port = free_port()
+    proc = start(command(port=port), env, f"http://127.0.0.1:{port}/v1/models")
+    rows = []
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        asyncio.run(drive_streams(url, secrets, concurrency=8, seconds=2,
+                                  tokens=args.tokens))  # warm up
+        for level in levels:
+            direct, served, cpu, peaks, told = [], [], [], [], {}
+            for _ in range(args.rounds):
+                direct.append(asyncio.run(drive_streams(
+                    upstream_url, [""], concurrency=level, seconds=args.seconds,
+                    tokens=args.tokens)))
+                with ConnectionWatch(args.database_url) as watch:
+                    cpu_before = cpu_seconds(proc.pid)
+                    result = asyncio.run(drive_streams(url, secrets, concurrency=level,
+                                                       seconds=args.seconds, tokens=args.tokens))
+                    used = cpu_seconds(proc.pid) - cpu_before
+                time.sleep(0.5)
+                served.append(result)
+                cpu.append(used / max(1, result["completed"]) * 1000)
+                peaks.append(watch.peak)
+                told.update(result["told"])
+            rows.append((name, level, _summary(direct), _summary(served, cpu, peaks),
+                         reconcile(told)))
+    finally:
+        stop_server(proc)
+    return rows
+
+
+def measure_short_calls(args, upstream_port, secrets) -> dict:
+    """The same server command metered and with billing off, both up; batches interleaved
+    (16 clients, then 1 client, each server in turn) `--rounds` times. The overhead is the
+    median of each round's metered minus unmetered p50."""
+    servers = {}
+    try:
+        for billing in (True, False):
+            port = free_port()
+            servers[billing] = (start(procfile_web(port), server_env(
+                args, billing=billing, upstream_port=upstream_port),
+                f"http://127.0.0.1:{port}/v1/models"),
+                f"http://127.0.0.1:{port}/v1/chat/completions")
+        for _, url in servers.values():
+            asyncio.run(drive_calls(url, secrets, concurrency=8, total=100))  # warm up
+        rounds = {True: [], False: []}
+        for _ in range(args.rounds):
+            for billing, (_, url) in servers.items():
+                rounds[billing].append(
+                    (asyncio.run(drive_calls(url, secrets, concurrency=16,
+                                             total=args.short_calls)),
+                     asyncio.run(drive_calls(url, secrets, concurrency=1,
+                                             total=args.short_calls // 2))))
+    finally:
+        for proc, _ in servers.values():
+            stop_server(proc)
+    overheads = [metered[1]["p50"] - unmetered[1]["p50"]
+                 for metered, unmetered in zip(rounds[True], rounds[False], strict=True)]
+    return {
+        "rps": {b: _median([many["rps"] for many, _ in rounds[b]]) for b in rounds},
+        "p50": {b: _median([one["p50"] for _, one in rounds[b]]) for b in rounds},
+        "overhead": _median(overheads), "overheads": overheads,
+        "errors": sum(many["errors"] + one["errors"] for b in rounds for many, one in rounds[b]),
+    }
+
+
 def main() -> int:
     default_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tokenbank")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="16,64,256")
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved repeats of each measurement; medians are printed")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=20)
     parser.add_argument("--users", type=int, default=64)
@@ -407,80 +516,45 @@ def main() -> int:
     servers = {"TokenBank (Procfile)": procfile_web}
     if not args.skip_previous:
         servers["TokenBank (previous: gthread 2x8)"] = PREVIOUS_WEB.format
-    rows, notes = [], []
+    rows = []
     try:
         time.sleep(1)
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-        for level in levels:
-            result = asyncio.run(drive_streams(upstream_url, [""], concurrency=level,
-                                               seconds=args.seconds, tokens=args.tokens))
-            rows.append(("upstream direct", level, result, None, None))
         for name, command in servers.items():
-            port = free_port()
-            proc = start(command(port=port), env, f"http://127.0.0.1:{port}/v1/models")
-            try:
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                asyncio.run(drive_streams(url, secrets, concurrency=8, seconds=2,
-                                          tokens=args.tokens))  # warm up
-                for level in levels:
-                    with ConnectionWatch(args.database_url) as watch:
-                        cpu_before = cpu_seconds(proc.pid)
-                        result = asyncio.run(drive_streams(url, secrets, concurrency=level,
-                                                           seconds=args.seconds, tokens=args.tokens))
-                        cpu = cpu_seconds(proc.pid) - cpu_before
-                    time.sleep(0.5)
-                    rows.append((name, level, result, cpu / max(1, result["completed"]) * 1000,
-                                 watch.peak))
-                    notes.append(f"{name} at {level}: ledger {reconcile(result['told'])}")
-            finally:
-                stop_server(proc)
-        short = {}
-        for billing in (True, False):
-            port = free_port()
-            proc = start(procfile_web(port), server_env(args, billing=billing,
-                                                        upstream_port=upstream_port),
-                         f"http://127.0.0.1:{port}/v1/models")
-            try:
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                asyncio.run(drive_calls(url, secrets, concurrency=8, total=100))  # warm up
-                short[billing] = (asyncio.run(drive_calls(url, secrets, concurrency=16,
-                                                          total=args.short_calls)),
-                                  asyncio.run(drive_calls(url, secrets, concurrency=1,
-                                                          total=args.short_calls // 2)))
-            finally:
-                stop_server(proc)
+            rows += measure_streams(args, env, secrets, levels, name, command, upstream_url)
+        short = measure_short_calls(args, upstream_port, secrets)
     finally:
         stop_server(upstream)
 
     print(f"\nStreams of {args.tokens} tokens {args.delay_ms:g} ms apart from a local upstream; "
-          f"{args.seconds:g} s per level; PostgreSQL; {os.cpu_count()} CPUs shared by the "
-          f"clients, the upstream, the database and the server.")
+          f"{args.seconds:g} s per measurement, {args.rounds} interleaved rounds (medians); "
+          f"PostgreSQL; {os.cpu_count()} CPUs shared by the clients, the upstream, the "
+          f"database and the server.")
     print(f"Procfile web: {procfile_web(8000)}; pool per process: "
           f"DB_POOL_MAX_SIZE={args.pool_size}")
-    header = (f"{'server':<34}{'streams':>8}{'done/s':>9}{'ttft p50':>10}{'ttft p99':>10}"
-              f"{'total p50':>11}{'total p99':>11}{'cpu ms':>8}{'pg conns':>9}{'errors':>8}")
-    print(header)
-    direct = {level: r for name, level, r, _, _ in rows if name == "upstream direct"}
-    for name, level, r, cpu, peak in rows:
-        print(f"{name:<34}{level:>8}{r['per_s']:>9.1f}{percentile(r['ttft'], .5):>10.0f}"
-              f"{percentile(r['ttft'], .99):>10.0f}{percentile(r['totals'], .5):>11.0f}"
-              f"{percentile(r['totals'], .99):>11.0f}{'' if cpu is None else f'{cpu:.1f}':>8}"
-              f"{'' if peak is None else peak:>9}{sum(r['errors'].values()):>8}")
+    print(f"{'server':<34}{'streams':>8}{'done/s':>9}{'ttft p50':>10}{'ttft p99':>10}"
+          f"{'total p50':>11}{'total p99':>11}{'cpu ms':>8}{'pg conns':>9}{'errors':>8}")
+
+    def line(name, level, r):
+        print(f"{name:<34}{level:>8}{r['per_s']:>9.1f}{r['ttft50']:>10.0f}{r['ttft99']:>10.0f}"
+              f"{r['total50']:>11.0f}{r['total99']:>11.0f}"
+              f"{'' if r['cpu'] is None else format(r['cpu'], '.1f'):>8}"
+              f"{'' if r['peak'] is None else r['peak']:>9}{r['errors']:>8}")
+
+    for name, level, direct, served, _ in rows:
+        line("upstream direct", level, direct)
+        line(name, level, served)
     print()
-    for name, level, r, _, _ in rows:
-        if name != "upstream direct":
-            ratio = r["per_s"] / direct[level]["per_s"]
-            delta = percentile(r["ttft"], .5) - percentile(direct[level]["ttft"], .5)
-            print(f"{name} at {level}: {100 * ratio:.0f}% of upstream-direct streams/s, "
-                  f"ttft p50 +{delta:.0f} ms")
-    for note in notes:
-        print(note)
-    metered, unmetered = short[True], short[False]
-    print(f"\nshort non-streaming calls (demo model, Procfile server): {metered[0]['rps']:.0f} "
-          f"req/s at 16 clients metered ({unmetered[0]['rps']:.0f} unmetered); at 1 client "
-          f"p50 {metered[1]['p50']:.2f} ms metered vs {unmetered[1]['p50']:.2f} ms: overhead "
-          f"{metered[1]['p50'] - unmetered[1]['p50']:+.2f} ms p50, "
-          f"{metered[1]['mean'] - unmetered[1]['mean']:+.2f} ms mean")
+    for name, level, direct, served, ledger in rows:
+        print(f"{name} at {level}: {100 * served['per_s'] / direct['per_s']:.0f}% of "
+              f"upstream-direct streams/s, ttft p50 {served['ttft50'] - direct['ttft50']:+.0f} "
+              f"ms; ledger {ledger}")
+    rps, p50 = short["rps"], short["p50"]
+    print(f"\nshort non-streaming calls (demo model, Procfile server): {rps[True]:.0f} req/s at "
+          f"16 clients metered ({rps[False]:.0f} unmetered); at 1 client p50 {p50[True]:.2f} ms "
+          f"metered vs {p50[False]:.2f} ms: overhead {short['overhead']:+.2f} ms (median of "
+          f"rounds: {', '.join(f'{o:+.2f}' for o in short['overheads'])}); "
+          f"{short['errors']} errors")
     return 0
 
 
