@@ -459,14 +459,17 @@ def measure_short_calls(args, upstream_port, secrets) -> dict:
                 f"http://127.0.0.1:{port}/v1/chat/completions")
         for _, url in servers.values():
             asyncio.run(drive_calls(url, secrets, concurrency=8, total=100))  # warm up
-        rounds = {True: [], False: []}
-        for _ in range(args.rounds):
+        many, one = {True: [], False: []}, {True: [], False: []}
+        for round_ in range(args.rounds):
             for billing, (_, url) in servers.items():
-                rounds[billing].append(
-                    (asyncio.run(drive_calls(url, secrets, concurrency=16,
-                                             total=args.short_calls)),
-                     asyncio.run(drive_calls(url, secrets, concurrency=1,
-                                             total=args.short_calls // 2))))
+                many[billing].append(asyncio.run(drive_calls(url, secrets, concurrency=16,
+                                                             total=args.short_calls)))
+            # The 1-client batches back to back, in turns: neither always follows the
+            # metered server's burst of writes (PostgreSQL's background work after it).
+            for billing in (True, False) if round_ % 2 else (False, True):
+                one[billing].append(asyncio.run(drive_calls(
+                    servers[billing][1], secrets, concurrency=1, total=args.short_calls // 2)))
+        rounds = {b: list(zip(many[b], one[b], strict=True)) for b in servers}
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
@@ -512,7 +515,7 @@ def main() -> int:
         cwd=ROOT, start_new_session=True)
     env = server_env(args, billing=True, upstream_port=upstream_port)
     secrets = prepare(args, env)
-    levels = [int(level) for level in args.levels.split(",")]
+    levels = [int(level) for level in args.levels.split(",") if level]  # "": short calls only
     servers = {"TokenBank (Procfile)": procfile_web}
     if not args.skip_previous:
         servers["TokenBank (previous: gthread 2x8)"] = PREVIOUS_WEB.format

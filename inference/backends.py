@@ -603,14 +603,17 @@ class UpstreamSessions:
             return self._new(limit=1), True
         session = self._kept[loop]
         if session is None or session.closed:
-            session = self._kept[loop] = self._new(limit=1000)
+            # 1,000 connections to each upstream, as each backend's own client had: one
+            # busy upstream never takes the connections another needs.
+            session = self._kept[loop] = self._new(limit=0, limit_per_host=1000)
         return session, False
 
     @staticmethod
-    def _new(*, limit: int) -> aiohttp.ClientSession:
+    def _new(*, limit: int, limit_per_host: int = 0) -> aiohttp.ClientSession:
         # auto_decompress stays on; no User-Agent of aiohttp's own (as httpx sent its own)
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit),
-                                     skip_auto_headers=("User-Agent",))
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host),
+            skip_auto_headers=("User-Agent",))
 
 
 upstream_sessions = UpstreamSessions()
@@ -631,9 +634,12 @@ class OpenAICompatibleBackend:
             timeout=self.timeout,
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
-        # The same limits for the async reads (aiohttp's sock_read is httpx's read timeout).
-        self.async_timeout = aiohttp.ClientTimeout(total=None, connect=connect,
-                                                   sock_read=timeout)
+        # The same limits for the async reads (aiohttp's sock_read is httpx's read timeout;
+        # its sock_connect, the connect timeout). aiohttp's `connect` also counts the wait
+        # for a free pooled connection: that wait gets the whole timeout, so a busy pool is
+        # not reported, and failed over, as an upstream that cannot be reached.
+        self.async_timeout = aiohttp.ClientTimeout(total=None, connect=timeout,
+                                                   sock_connect=connect, sock_read=timeout)
 
     def __repr__(self) -> str:  # never the key
         return f"<OpenAICompatibleBackend {self.base_url}>"
