@@ -67,44 +67,62 @@ def authorize(
     """
     require_amount(amount_micros)
     now = now_or(now)
+    with transaction.atomic():
+        reserved = _reserve(user, amount_micros, reference=reference,
+                            idempotency_key=idempotency_key,
+                            allow_pending_promotion=allow_pending_promotion,
+                            metadata=metadata, now=now)
+    # A refusal is raised once its transaction has ended with COMMIT (it wrote nothing; the
+    # commit only lets go of the locks): a ROLLBACK would make psycopg forget every statement
+    # prepared on the connection, and a client calling with no credit left would make each
+    # pooled connection plan the ledger's statements again for everyone.
+    if isinstance(reserved, InsufficientCredits):
+        raise reserved
+    return reserved
+
+
+def _reserve(user, amount_micros: int, *, reference: str, idempotency_key: str | None,
+             allow_pending_promotion: bool, metadata: dict | None,
+             now: dt.datetime) -> CreditHold | InsufficientCredits:
+    """authorize()'s work under the account's lock: the hold, or the refusal (nothing
+    written: the writer's rows go out only at `flush`)."""
     hold_id = uuid.uuid4()
     key = idempotency_key or hold_id.hex
-    with transaction.atomic():
-        locked, grants = lock_account_and_open_grants(user)
-        existing = idempotency_key and CreditHold.objects.filter(
-            user_id=locked.user_id, idempotency_key=key).first()
-        if existing:
-            if existing.amount_micros != amount_micros or existing.reference != reference:
-                raise IdempotencyConflict(f"Idempotency key {key!r} was used for another hold.")
-            return existing
-        writer = LedgerWriter(locked, operation_key=f"hold:{hold_id}", now=now, reference=reference)
-        writer.sweep_expired(grants)
-        usable = usable_grants(grants, now)
-        available = sum(g.free_micros for g in usable)
-        pending = 0
-        if available < amount_micros:
-            pending_room = (
-                _pending_promotion_room(locked, now) if allow_pending_promotion else 0
-            )
-            if available + pending_room < amount_micros:
-                raise InsufficientCredits(required_micros=amount_micros,
-                                          available_micros=available + pending_room)
-            pending = amount_micros - available
-        hold = CreditHold(
-            id=hold_id, user_id=locked.user_id, amount_micros=amount_micros, pending_promotion_micros=pending,
-            reference=reference, idempotency_key=key, created_at=now, metadata=metadata or {},
+    locked, grants = lock_account_and_open_grants(user)
+    existing = idempotency_key and CreditHold.objects.filter(
+        user_id=locked.user_id, idempotency_key=key).first()
+    if existing:
+        if existing.amount_micros != amount_micros or existing.reference != reference:
+            raise IdempotencyConflict(f"Idempotency key {key!r} was used for another hold.")
+        return existing
+    writer = LedgerWriter(locked, operation_key=f"hold:{hold_id}", now=now, reference=reference)
+    writer.sweep_expired(grants)
+    usable = usable_grants(grants, now)
+    available = sum(g.free_micros for g in usable)
+    pending = 0
+    if available < amount_micros:
+        pending_room = (
+            _pending_promotion_room(locked, now) if allow_pending_promotion else 0
         )
-        writer.insert(hold)
-        to_hold = amount_micros - pending
-        for grant in usable:
-            if to_hold == 0:
-                break
-            take = min(grant.free_micros, to_hold)
-            writer.write(EntryType.HOLD, grant=grant, held_change=take, hold=hold,
-                         description=f"Held ${money.format_usd(take)}")
-            to_hold -= take
-        writer.flush()
-        return hold
+        if available + pending_room < amount_micros:
+            return InsufficientCredits(required_micros=amount_micros,
+                                       available_micros=available + pending_room)
+        pending = amount_micros - available
+    hold = CreditHold(
+        id=hold_id, user_id=locked.user_id, amount_micros=amount_micros, pending_promotion_micros=pending,
+        reference=reference, idempotency_key=key, created_at=now, metadata=metadata or {},
+    )
+    writer.insert(hold)
+    to_hold = amount_micros - pending
+    for grant in usable:
+        if to_hold == 0:
+            break
+        take = min(grant.free_micros, to_hold)
+        writer.write(EntryType.HOLD, grant=grant, held_change=take, hold=hold,
+                     description=f"Held ${money.format_usd(take)}")
+        to_hold -= take
+    writer.flush()
+    return hold
 
 
 def _pending_promotion_room(account: CreditAccount, now: dt.datetime) -> int:

@@ -220,3 +220,38 @@ def test_a_statement_the_server_no_longer_has_is_prepared_again(scratch_table):
     connection.connection.pgconn.exec_(b"DEALLOCATE ALL")  # behind psycopg's back
 
     assert _read(scratch_table) == (5,)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_hold_keeps_the_connection_s_prepared_statements(user, make_user, fund):
+    """A client out of credit is refused on every call; its refusal must not make the pooled
+    connection forget the ledger's prepared statements (psycopg forgets them all on a
+    ROLLBACK), or everyone's next calls on it plan them again."""
+    import psycopg
+    from django.db import connection
+
+    from credits.exceptions import InsufficientCredits
+
+    fund(user, 5)
+    broke = make_user(promotion_eligible=False)
+    authorize(user=user, amount_micros=1_000, reference="paid")
+    prepared = _prepared_names()
+    assert prepared
+
+    with pytest.raises(InsufficientCredits):
+        authorize(user=broke, amount_micros=1_000, reference="refused")
+
+    assert _prepared_names() >= prepared  # none forgotten
+    assert connection.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert not CreditHold.objects.filter(reference="refused").exists()
+    authorize(user=user, amount_micros=1_000, reference="paid again")
+    assert _prepared_names() >= prepared
+
+
+def _prepared_names() -> set[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM pg_prepared_statements")
+        return {name for (name,) in cursor.fetchall()}
