@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Count, Max, QuerySet, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -189,6 +189,23 @@ def history_entries(*, user: User, entry_type: str = "", every_entry: bool = Fal
     if every_entry and not entry_type:
         return qs
     return qs.filter(entry_type__in=history_filter(entry_type).entry_types)
+
+
+# Rows per query of the history CSV: a page is read, written out and let go.
+HISTORY_CSV_PAGE_ROWS = 500
+
+
+def history_entries_page(*, user: User, entry_type: str = "", after: LedgerEntry | None = None
+                         ) -> list[LedgerEntry]:
+    """The next HISTORY_CSV_PAGE_ROWS entries of the history CSV (`history_entries` with
+    `every_entry`), newest first, from just past `after`. Keyed on (created_at, id), the
+    order itself, so a page boundary between entries of the same moment neither skips nor
+    repeats one, and each page is one indexed range read, however deep into the ledger."""
+    entries = history_entries(user=user, entry_type=entry_type, every_entry=True)
+    if after is not None:
+        entries = entries.filter(Q(created_at__lt=after.created_at)
+                                 | Q(created_at=after.created_at, id__lt=after.pk))
+    return list(entries[:HISTORY_CSV_PAGE_ROWS])
 
 
 USAGE_TYPES = (EntryType.USAGE, EntryType.CAPTURE)
