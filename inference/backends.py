@@ -575,6 +575,12 @@ def _upstream_message(payload) -> str:
     return str(payload)[:200]
 
 
+# Connections a serving process keeps to each upstream, as each backend's own client had:
+# one busy upstream never takes the connections another needs. A stream past them waits for
+# one (within the upstream's timeout; see OpenAICompatibleBackend).
+UPSTREAM_CONNECTIONS_PER_HOST = 1000
+
+
 class UpstreamSessions:
     """aiohttp sessions for reading upstreams asynchronously, one per serving event loop.
 
@@ -603,9 +609,8 @@ class UpstreamSessions:
             return self._new(limit=1), True
         session = self._kept[loop]
         if session is None or session.closed:
-            # 1,000 connections to each upstream, as each backend's own client had: one
-            # busy upstream never takes the connections another needs.
-            session = self._kept[loop] = self._new(limit=0, limit_per_host=1000)
+            session = self._kept[loop] = self._new(
+                limit=0, limit_per_host=UPSTREAM_CONNECTIONS_PER_HOST)
         return session, False
 
     @staticmethod

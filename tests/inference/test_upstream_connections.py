@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import socket
 import threading
 import time
 import warnings
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from inference import backends
 from inference.backends import Prompt, get_backend, upstream_sessions
 from inference.exceptions import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from inference.models import AiModel, ModelPrice, UsageRecord, UsageStatus
@@ -89,10 +91,10 @@ def keepalive_upstream():
     server.server_close()
 
 
-def _backend_for(settings, port: int, name: str = "keepalive"):
+def _backend_for(settings, port: int, name: str = "keepalive", **timeouts):
     settings.INFERENCE_BACKENDS = {**settings.INFERENCE_BACKENDS, name: {
         "ENGINE": "openai_compatible", "BASE_URL": f"http://127.0.0.1:{port}/v1",
-        "TIMEOUT_SECONDS": 0.5}}
+        "TIMEOUT_SECONDS": 0.5, **timeouts}}
     return get_backend(name)
 
 
@@ -136,6 +138,51 @@ def test_an_unreachable_upstream_is_unavailable_on_the_async_path_too(settings):
     stream = _stream(_backend_for(settings, 9, name="nowhere"))
     with pytest.raises(UpstreamUnavailable, match="Could not reach"):
         asyncio.run(_read(stream))
+
+
+@pytest.fixture
+def unanswering_upstream():
+    """A port whose listen queue is full: the kernel drops new SYNs, so a connect hangs
+    (an upstream host that is down behind a firewall, or overloaded)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))  # fills the queue
+    yield port
+    queued.close()
+    listener.close()
+
+
+def test_an_upstream_that_never_accepts_is_unavailable_after_the_connect_timeout(
+        settings, unanswering_upstream):
+    """Not after the read timeout: a dead host is given up on (and failed over) quickly."""
+    backend = _backend_for(settings, unanswering_upstream, name="blackhole",
+                           TIMEOUT_SECONDS=30, CONNECT_TIMEOUT_SECONDS=0.2)
+    with pytest.raises(UpstreamUnavailable, match="Could not reach"):
+        asyncio.run(asyncio.wait_for(_read(_stream(backend)), timeout=10))
+
+
+def test_a_stream_waiting_for_a_free_pooled_connection_waits_it_is_not_failed_over(
+        settings, keepalive_upstream, monkeypatch):
+    """Every connection to the upstream busy: the next stream waits for one to come back
+    (within the upstream's whole timeout), where a connect timeout would have reported a
+    healthy upstream as unreachable."""
+    monkeypatch.setattr(backends, "UPSTREAM_CONNECTIONS_PER_HOST", 1)
+    keepalive_upstream.tokens, keepalive_upstream.delay = 10, 0.05  # 0.5 s per stream
+    backend = _backend_for(settings, keepalive_upstream.server_port,
+                           TIMEOUT_SECONDS=5, CONNECT_TIMEOUT_SECONDS=0.1)
+
+    async def two_at_once():
+        upstream_sessions.keep_for_this_loop()
+        try:
+            return await asyncio.gather(_read(_stream(backend, max_tokens=10)),
+                                        _read(_stream(backend, max_tokens=10)))
+        finally:
+            await upstream_sessions.close_this_loop()
+
+    assert asyncio.run(two_at_once()) == ["tok " * 10] * 2
+    assert keepalive_upstream.opened == 1  # the second waited for the first's connection
 
 
 def test_a_loop_the_server_did_not_keep_leaves_no_session_or_connection_open(
