@@ -8,6 +8,7 @@ right here (`inline_if_broker_down`), or drop it and rely on a periodic catch-up
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 from django.db import transaction
@@ -34,8 +35,11 @@ def enqueue_on_commit(task_name: str, *args, inline_if_broker_down: bool = False
 
 def _task(task_name: str):
     if task_name not in celery_app.tasks:
-        # A web process has not imported the apps' tasks modules yet (the worker does at start).
-        celery_app.loader.import_default_modules()
+        # A web process has not imported the task's module yet (the worker does at start).
+        # By name, not with the loader's import_default_modules(): that makes Celery's Django
+        # fixup run django.setup() again in the middle of a request, which applies LOGGING
+        # anew (dropping every handler added since start-up) and runs the system checks.
+        importlib.import_module(task_name.rpartition(".")[0])
     return celery_app.tasks[task_name]
 
 

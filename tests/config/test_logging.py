@@ -77,3 +77,25 @@ def test_the_json_log_line_of_a_metered_call_carries_its_request_id(make_user, f
     assert (line["user_id"], line["key_id"], line["model"], line["level"]) == (
         spender.pk, key.pk, "demo-small", "INFO")
     assert {"time", "level", "logger", "message"} <= set(line)
+
+
+def test_the_first_task_a_web_process_enqueues_leaves_the_logging_set_up_alone(monkeypatch):
+    """A web process imports a task's module when it first enqueues it (after a paid call's
+    commit, say): that must not configure Django, and so the logging, a second time, which
+    would drop every handler added since start-up (a log shipper's, a test's capture)."""
+    from config import queue
+    from config.celery import app as celery_app
+
+    name = "credits.tasks.evaluate_promotions"
+    # As if this process had never imported credits.tasks (the registry is finalized).
+    for registered in [n for n in celery_app.tasks if n.startswith("credits.tasks.")]:
+        monkeypatch.delitem(celery_app.tasks, registered)
+    monkeypatch.delitem(sys.modules, "credits.tasks", raising=False)
+    shipper = logging.NullHandler()
+    logging.getLogger().addHandler(shipper)
+    try:
+        task = queue._task(name)
+        assert task.name == name
+        assert shipper in logging.getLogger().handlers
+    finally:
+        logging.getLogger().removeHandler(shipper)
