@@ -560,9 +560,15 @@ class MeteredCall:
             except IntegrityError:
                 # The sweep took this call for dead and recorded it from its journal; the
                 # call's own account is the whole one.
-                if not UsageRecord.objects.filter(request_id=self.request_id,
-                                                  status=UsageStatus.SWEPT).update(**fields):
+                if UsageRecord.objects.filter(request_id=self.request_id,
+                                              status=UsageStatus.SWEPT).update(**fields):
+                    return
+                # Or the settlement wrote it and committed, but the commit's reply was lost
+                # on the way back (the retry then found the hold settled): it is written.
+                if not UsageRecord.objects.filter(request_id=self.request_id).exists():
                     raise
+                logger.info("Call %s: its usage record was already written by its settlement",
+                            self.request_id)
         except Exception:
             logger.exception("BILLING: the usage record of call %s (charged %s micros) was "
                              "not written", self.request_id, self.cost_micros)

@@ -131,3 +131,36 @@ def test_a_record_that_cannot_even_be_built_leaves_the_call_charged_and_answered
     user.refresh_from_db()
     assert (user.credit_balance, user.credit_held) == (1_000_000 - charged, 0)
     assert_books_balance(user.pk)
+
+
+def test_a_settlement_whose_commit_reply_is_lost_charges_once_and_says_the_record_is_written(
+        paying, monkeypatch, caplog):
+    """The settlement commits (the charge and the record) but its reply never comes back: the
+    retry finds the hold settled. One charge, one record, and no alarm that the record was
+    not written."""
+    from django.db import OperationalError
+
+    from credits import services as credit_services
+
+    real_capture, replies_lost = credit_services.capture, []
+
+    def commit_then_lose_the_reply(**kwargs):
+        settled = real_capture(**kwargs)
+        if not replies_lost:
+            replies_lost.append(kwargs["hold"].pk)
+            raise OperationalError("server closed the connection unexpectedly")
+        return settled
+
+    user, client = paying
+    monkeypatch.setattr(credit_services, "capture", commit_then_lose_the_reply)
+    response = client.post("/v1/chat/completions", CALL, format="json")
+
+    assert response.status_code == 200 and replies_lost
+    charged = usd_to_micros(response.json()["usage"]["cost"])
+    record = UsageRecord.objects.get(user=user)
+    assert (record.status, record.cost_micros) == (UsageStatus.SUCCEEDED, charged) and charged > 0
+    assert CreditHold.objects.get(pk=record.hold_id).captured_micros == charged
+    user.refresh_from_db()
+    assert (user.credit_balance, user.credit_held) == (1_000_000 - charged, 0)
+    assert "was not written" not in caplog.text
+    assert_books_balance(user.pk)
