@@ -200,11 +200,14 @@ def history_entries_page(*, user: User, entry_type: str = "", after: LedgerEntry
     """The next HISTORY_CSV_PAGE_ROWS entries of the history CSV (`history_entries` with
     `every_entry`), newest first, from just past `after`. Keyed on (created_at, id), the
     order itself, so a page boundary between entries of the same moment neither skips nor
-    repeats one, and each page is one indexed range read, however deep into the ledger."""
+    repeats one. The plain `created_at <=` bound is what lets PostgreSQL start the index
+    scan at the boundary (it cannot from the OR alone, and would read every newer entry
+    again on each page), so each page is one range read however deep into the ledger."""
     entries = history_entries(user=user, entry_type=entry_type, every_entry=True)
     if after is not None:
         entries = entries.filter(Q(created_at__lt=after.created_at)
-                                 | Q(created_at=after.created_at, id__lt=after.pk))
+                                 | Q(created_at=after.created_at, id__lt=after.pk),
+                                 created_at__lte=after.created_at)
     return list(entries[:HISTORY_CSV_PAGE_ROWS])
 
 

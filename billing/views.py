@@ -1,6 +1,5 @@
 """The billing dashboard and the ledger's CSV export (thin doors over the selectors)."""
 
-import functools
 from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
@@ -24,6 +23,7 @@ from credits.promotion.milestones import milestone_progress
 from credits.promotion.referrals import referral_summary
 from credits.promotion.verification import pending_verification
 from credits.selectors import get_user_credits
+from inference.services import ledger_runner
 
 HISTORY_PAGE_SIZE = 25
 
@@ -95,10 +95,10 @@ CSV_HEADER = ["time", "type", "type_label", "amount_usd", "balance_after_usd", "
 def history_csv(request):
     """The whole ledger, holds included (the audit trail), or one filter of it, as CSV sent a
     page of rows at a time; `type` is the raw entry type, `type_label` what the dashboard
-    calls it. Under ASGI the body is an async generator whose pages are read on a worker
-    thread that hands its database connection back after each one, so a slow download holds
-    no connection and Django never has to read the whole ledger into memory before the first
-    byte (what it does with a synchronous iterator under ASGI)."""
+    calls it. Under ASGI the body is an async generator whose pages are read on the
+    process's bounded pool of database steps, each handing its connection back, so a slow
+    download holds no connection and Django never reads the whole ledger into memory before
+    the first byte (what it does with a synchronous iterator under ASGI)."""
     user = request.user
     entry_type = selectors.history_filter(request.GET.get("type", "")).value
     writer = csv_writer(_Echo())  # formula-looking cells are quoted (credits.exports)
@@ -122,12 +122,15 @@ def history_csv(request):
             page = page_after(page[-1]) if len(page) == selectors.HISTORY_CSV_PAGE_ROWS else []
 
     async def pages_async():
-        read_page = sync_to_async(_handing_back_connection(page_after), thread_sensitive=False)
+        # The session and the user were read on the request's thread: its connection goes
+        # back now, not once the last byte has left.
+        await sync_to_async(close_old_connections)()
+        run = ledger_runner(asgi=True)  # the process's bounded pool of short database steps
         yield writer.writerow(CSV_HEADER)
-        page = await read_page(None)
+        page = await run(page_after, None)
         while page:
             yield lines(page)
-            page = (await read_page(page[-1])
+            page = (await run(page_after, page[-1])
                     if len(page) == selectors.HISTORY_CSV_PAGE_ROWS else [])
 
     suffix = f"-{entry_type.lower()}" if entry_type else ""
@@ -137,17 +140,6 @@ def history_csv(request):
         f'attachment; filename="tokenbank-ledger{suffix}-{timezone.now():%Y%m%d}.csv"'
     )
     return response
-
-
-def _handing_back_connection(read):
-    """`read` on a worker thread, its connection back to the pool (or closed) afterwards."""
-    @functools.wraps(read)
-    def read_and_hand_back(*args, **kwargs):
-        try:
-            return read(*args, **kwargs)
-        finally:
-            close_old_connections()
-    return read_and_hand_back
 
 
 def signed_usd(micros: int) -> str:

@@ -7,6 +7,7 @@ import warnings
 
 import httpx
 import pytest
+from django.db import connections
 from django.test import Client
 from django.urls import reverse
 
@@ -69,3 +70,54 @@ def test_a_filtered_history_pages_through_only_its_own_entries(live_server, memb
     assert [row["reference"] for row in rows] == [f"call-{n}" for n in reversed(range(5))]
     assert [row["amount_usd"] for row in rows] == [f"-0.00{n}000" for n in (5, 4, 3, 2, 1)]
     assert 'filename="tokenbank-ledger-usage-' in response.headers["content-disposition"]
+
+
+@pytest.mark.postgres
+def test_a_download_holds_one_pooled_connection_only_while_it_reads_a_page(
+        live_server, member, fund, monkeypatch):
+    """The request's own connection (its session and user) goes back before the first page,
+    and each page's reader hands its connection back: between pages a slow download holds
+    none, and while reading, one."""
+    pool = connections["default"].pool
+    assert pool is not None, "the PostgreSQL connection pool is on (DB_POOL_MAX_SIZE)"
+
+    def checked_out() -> int:
+        stats = pool.get_stats()
+        return stats["pool_size"] - stats["pool_available"]
+
+    monkeypatch.setattr(selectors, "HISTORY_CSV_PAGE_ROWS", 2)
+    for _ in range(5):
+        fund(member, usd=1)
+    read_page, while_reading = selectors.history_entries_page, []
+
+    def counting_page(**kwargs):
+        page = read_page(**kwargs)
+        while_reading.append(checked_out())  # the reader's connection is still out
+        return page
+
+    monkeypatch.setattr(selectors, "history_entries_page", counting_page)
+    cookies = session_cookies(member)
+    before = checked_out()  # this test's own connection
+    with httpx.stream("GET", live_server.url + reverse("billing:history_csv"),
+                      cookies=cookies) as response:
+        body = b"".join(response.iter_bytes())
+
+    assert body.count(b"\n") == 1 + 5  # the header and five grants
+    assert len(while_reading) == 3 and set(while_reading) == {before + 1}
+
+
+def test_under_wsgi_the_same_pages_come_from_a_plain_generator(client, member, fund,
+                                                               monkeypatch):
+    monkeypatch.setattr(selectors, "HISTORY_CSV_PAGE_ROWS", 2)
+    for _ in range(5):
+        fund(member, usd=1)
+    client.force_login(member)
+
+    response = client.get(reverse("billing:history_csv"))
+
+    assert not response.is_async
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [int(row["entry_id"]) for row in rows] == list(
+        LedgerEntry.objects.filter(user=member).order_by("-created_at", "-id")
+        .values_list("pk", flat=True))
+    assert len(rows) == 5

@@ -160,7 +160,7 @@ def test_an_upstream_that_never_accepts_is_unavailable_after_the_connect_timeout
     backend = _backend_for(settings, unanswering_upstream, name="blackhole",
                            TIMEOUT_SECONDS=30, CONNECT_TIMEOUT_SECONDS=0.2)
     with pytest.raises(UpstreamUnavailable, match="Could not reach"):
-        asyncio.run(asyncio.wait_for(_read(_stream(backend)), timeout=10))
+        asyncio.run(asyncio.wait_for(_read(_stream(backend)), timeout=3))
 
 
 def test_a_stream_waiting_for_a_free_pooled_connection_waits_it_is_not_failed_over(
