@@ -8,21 +8,15 @@ import warnings
 import httpx
 import pytest
 from django.db import connections
-from django.test import Client
 from django.urls import reverse
 
 from billing import selectors
 from credits import services
 from credits.models import LedgerEntry
 from tests.books import USD
+from tests.sessions import session_cookies
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-def session_cookies(user) -> dict:
-    browser = Client()
-    browser.force_login(user)
-    return {"sessionid": browser.cookies["sessionid"].value}
 
 
 def test_a_long_history_arrives_whole_and_in_order_without_being_gathered_first(

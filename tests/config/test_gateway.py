@@ -5,12 +5,12 @@ no header mix lets a session cookie in without its CSRF check."""
 
 import httpx
 import pytest
-from django.test import Client
 
 import config.asgi
 from config.observability import metrics
 from inference.models import UsageRecord
 from tests.seeds import seed_demo_models
+from tests.sessions import session_cookies
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -113,12 +113,6 @@ def test_a_bad_key_gets_the_json_401_with_a_request_id(live_server, paths_taken)
     assert paths_taken["gateway"] == ["/v1/chat/completions"]
 
 
-def session_cookie(user) -> str:
-    browser = Client()
-    browser.force_login(user)
-    return browser.cookies["sessionid"].value
-
-
 def test_a_session_cookie_with_a_junk_authorization_header_is_not_let_in(
         live_server, funded_key, paths_taken):
     """The lean path has no session middleware: a cookie there authenticates nobody, so a
@@ -127,7 +121,7 @@ def test_a_session_cookie_with_a_junk_authorization_header_is_not_let_in(
     response = httpx.post(f"{live_server.url}/api/inference",
                           json={"model": "demo-small", "prompt": "hi", "max_tokens": 4},
                           headers={"Authorization": "Basic anVuazpqdW5r"},
-                          cookies={"sessionid": session_cookie(user)})
+                          cookies=session_cookies(user))
 
     assert response.status_code == 401
     assert paths_taken["gateway"] == ["/api/inference"]
@@ -139,7 +133,7 @@ def test_a_browser_call_without_a_key_goes_through_the_site_and_its_csrf_check(
     user, _secret = funded_key
     response = httpx.post(f"{live_server.url}/api/inference",
                           json={"model": "demo-small", "prompt": "hi", "max_tokens": 4},
-                          cookies={"sessionid": session_cookie(user)})
+                          cookies=session_cookies(user))
 
     assert response.status_code == 403
     assert "CSRF" in response.json()["error"]["message"]
