@@ -41,8 +41,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import quote, urlparse, urlunparse
 
 import aiohttp
 import httpx
@@ -182,11 +184,12 @@ def start(command: str, env: dict, probe_url: str) -> subprocess.Popen:
     raise SystemExit(f"{command!r} did not start")
 
 
-def cpu_seconds(root_pid: int) -> float:
-    """utime + stime of a process and all its descendants (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
+def tree_usage(root_pid: int) -> tuple[float, int]:
+    """CPU seconds (utime + stime) and resident memory in bytes of a process and all its
+    descendants (Linux /proc)."""
+    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
     children: dict[int, list[int]] = {}
-    stats: dict[int, float] = {}
+    stats: dict[int, tuple[float, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -196,20 +199,23 @@ def cpu_seconds(root_pid: int) -> float:
             continue
         pid, ppid = int(entry), int(fields[1])
         children.setdefault(ppid, []).append(pid)
-        stats[pid] = (int(fields[11]) + int(fields[12])) / tick
-    total, pending = 0.0, [root_pid]
+        stats[pid] = ((int(fields[11]) + int(fields[12])) / tick, int(fields[21]) * page)
+    cpu, rss, pending = 0.0, 0, [root_pid]
     while pending:
         pid = pending.pop()
-        total += stats.get(pid, 0.0)
+        used, resident = stats.get(pid, (0.0, 0))
+        cpu, rss = cpu + used, rss + resident
         pending += children.get(pid, [])
-    return total
+    return cpu, rss
 
 
 class ConnectionWatch:
-    """Polls pg_stat_activity for the bench database's connections; keeps the peak."""
+    """Polls pg_stat_activity for one server's connections to the bench database (by their
+    application_name, see `named`); keeps the peak."""
 
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str, server_name: str):
         self.url, self.name = database_url, urlparse(database_url).path.lstrip("/")
+        self.application_name = application_name(server_name)
         self.peak, self._stop = 0, threading.Event()
 
     def __enter__(self):
@@ -227,8 +233,9 @@ class ConnectionWatch:
         admin = urlunparse(urlparse(self.url)._replace(path="/postgres"))
         with psycopg.connect(admin, autocommit=True) as conn:
             while not self._stop.is_set():
-                (count,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                        [self.name]).fetchone()
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name = %s", [self.name, self.application_name]).fetchone()
                 self.peak = max(self.peak, count)
                 time.sleep(0.05)
 
@@ -400,87 +407,143 @@ def _median(values):
 
 
 def _summary(rounds: list[dict], cpu: list[float] | None = None,
-             peaks: list[int] | None = None) -> dict:
+             peaks: list[int] | None = None, memory: list[int] | None = None) -> dict:
     """The median over rounds of each figure (a round's p50 and p99 are its own); the
-    highest connection peak of any round."""
+    highest connection peak and resident memory of any round."""
     return {"per_s": _median([r["per_s"] for r in rounds]),
             "ttft50": _median([percentile(r["ttft"], .5) for r in rounds]),
             "ttft99": _median([percentile(r["ttft"], .99) for r in rounds]),
             "total50": _median([percentile(r["totals"], .5) for r in rounds]),
             "total99": _median([percentile(r["totals"], .99) for r in rounds]),
             "cpu": _median(cpu) if cpu else None, "peak": max(peaks) if peaks else None,
+            "rss": max(memory) if memory else None,
             "errors": sum(sum(r["errors"].values()) for r in rounds)}
 
 
-def measure_streams(args, env, secrets, levels, name, command, upstream_url) -> list[tuple]:
-    """Each level `--rounds` times, upstream-direct then the server in turn, so both see
-    the box in the same state (this shared box drifts by tens of percent within minutes)."""
-    port = free_port()
-    proc = start(command(port=port), env, f"http://127.0.0.1:{port}/v1/models")
+@dataclass
+class Server:
+    """A server command measured under load: its name, command and environment (the
+    database URL names it to PostgreSQL, so its own connections are counted)."""
+
+    name: str
+    command: Callable[..., str]
+    env: dict
+
+    def started(self, args) -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        proc = start(self.command(port=port), self.env, f"http://127.0.0.1:{port}/v1/models")
+        return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def named(args, env: dict, name: str, extra: dict | None = None) -> dict:
+    """`env` with `extra`, whose database connections carry `name` (application_name)."""
+    url = urlparse(args.database_url)
+    return {**env, **(extra or {}), "DATABASE_URL": urlunparse(
+        url._replace(query=f"application_name={quote(application_name(name))}"))}
+
+
+def application_name(name: str) -> str:
+    return name[:63]  # PostgreSQL keeps 63 bytes of it
+
+
+def measure_streams(args, servers: list[Server], secrets, levels, upstream_url) -> list[tuple]:
+    """Each level `--rounds` times: upstream-direct, then each server in turn (the first
+    server changes every round), so all see the box in the same state (this shared box
+    drifts by tens of percent within minutes)."""
+    running = []
     rows = []
     try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        asyncio.run(drive_streams(url, secrets, concurrency=8, seconds=2,
-                                  tokens=args.tokens))  # warm up
+        for server in servers:
+            running.append((server, *server.started(args)))
+        for _, _, url in running:
+            asyncio.run(drive_streams(url, secrets, concurrency=8, seconds=2,
+                                      tokens=args.tokens))  # warm up
         for level in levels:
-            direct, served, cpu, peaks, told = [], [], [], [], {}
-            for _ in range(args.rounds):
+            direct, served, told = [], {s.name: [] for s in servers}, {}
+            cpu, peaks, memory = ({s.name: [] for s in servers} for _ in range(3))
+            for round_ in range(args.rounds):
                 direct.append(asyncio.run(drive_streams(
                     upstream_url, [""], concurrency=level, seconds=args.seconds,
                     tokens=args.tokens)))
-                with ConnectionWatch(args.database_url) as watch:
-                    cpu_before = cpu_seconds(proc.pid)
-                    result = asyncio.run(drive_streams(url, secrets, concurrency=level,
-                                                       seconds=args.seconds, tokens=args.tokens))
-                    used = cpu_seconds(proc.pid) - cpu_before
-                time.sleep(0.5)
-                served.append(result)
-                cpu.append(used / max(1, result["completed"]) * 1000)
-                peaks.append(watch.peak)
-                told.update(result["told"])
-            rows.append((name, level, _summary(direct), _summary(served, cpu, peaks),
-                         reconcile(told)))
+                turn = round_ % len(running)
+                for server, proc, url in running[turn:] + running[:turn]:
+                    with ConnectionWatch(args.database_url, server.name) as watch:
+                        cpu_before = tree_usage(proc.pid)[0]
+                        result = asyncio.run(drive_streams(
+                            url, secrets, concurrency=level, seconds=args.seconds,
+                            tokens=args.tokens))
+                        cpu_after, rss = tree_usage(proc.pid)
+                        used = cpu_after - cpu_before
+                    time.sleep(0.5)
+                    served[server.name].append(result)
+                    cpu[server.name].append(used / max(1, result["completed"]) * 1000)
+                    peaks[server.name].append(watch.peak)
+                    memory[server.name].append(rss)
+                    told.update(result["told"])
+            ledger = reconcile(told)
+            rows += [(s.name, level, _summary(direct),
+                      _summary(served[s.name], cpu[s.name], peaks[s.name], memory[s.name]),
+                      ledger)
+                     for s in servers]
     finally:
-        stop_server(proc)
+        for _, proc, _ in running:
+            stop_server(proc)
     return rows
 
 
-def measure_short_calls(args, upstream_port, secrets) -> dict:
-    """The same server command metered and with billing off, both up; batches interleaved
-    (16 clients, then 1 client, each server in turn) `--rounds` times. The overhead is the
-    median of each round's metered minus unmetered p50."""
+def measure_short_calls(args, variants: dict[str, dict], upstream_port, secrets) -> dict:
+    """The same server command metered and with billing off, both up, for each variant's
+    environment; batches interleaved (16 clients, then 1 client, each server in turn)
+    `--rounds` times. A variant's overhead is the median of each round's metered minus
+    unmetered p50."""
     servers = {}
     try:
-        for billing in (True, False):
-            port = free_port()
-            servers[billing] = (start(procfile_web(port), server_env(
-                args, billing=billing, upstream_port=upstream_port),
-                f"http://127.0.0.1:{port}/v1/models"),
-                f"http://127.0.0.1:{port}/v1/chat/completions")
+        for variant, extra in variants.items():
+            for billing in (True, False):
+                env = named(args, server_env(args, billing=billing, upstream_port=upstream_port),
+                            f"short {variant} {billing}", extra)
+                servers[variant, billing] = Server(variant, procfile_web, env).started(args)
         for _, url in servers.values():
             asyncio.run(drive_calls(url, secrets, concurrency=8, total=100))  # warm up
-        many, one = {True: [], False: []}, {True: [], False: []}
+        many = {key: [] for key in servers}
+        one = {key: [] for key in servers}
+        keys = list(servers)
         for round_ in range(args.rounds):
-            for billing, (_, url) in servers.items():
-                many[billing].append(asyncio.run(drive_calls(url, secrets, concurrency=16,
-                                                             total=args.short_calls)))
-            # The 1-client batches back to back, in turns: neither always follows the
-            # metered server's burst of writes (PostgreSQL's background work after it).
-            for billing in (True, False) if round_ % 2 else (False, True):
-                one[billing].append(asyncio.run(drive_calls(
-                    servers[billing][1], secrets, concurrency=1, total=args.short_calls // 2)))
-        rounds = {b: list(zip(many[b], one[b], strict=True)) for b in servers}
+            for key in keys:
+                many[key].append(asyncio.run(drive_calls(servers[key][1], secrets,
+                                                         concurrency=16, total=args.short_calls)))
+            # The 1-client batches back to back, in turns: none always follows a metered
+            # server's burst of writes (PostgreSQL's background work after it).
+            turn = round_ % len(keys)
+            for key in keys[turn:] + keys[:turn]:
+                one[key].append(asyncio.run(drive_calls(
+                    servers[key][1], secrets, concurrency=1, total=args.short_calls // 2)))
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
-    overheads = [metered[1]["p50"] - unmetered[1]["p50"]
-                 for metered, unmetered in zip(rounds[True], rounds[False], strict=True)]
-    return {
-        "rps": {b: _median([many["rps"] for many, _ in rounds[b]]) for b in rounds},
-        "p50": {b: _median([one["p50"] for _, one in rounds[b]]) for b in rounds},
-        "overhead": _median(overheads), "overheads": overheads,
-        "errors": sum(many["errors"] + one["errors"] for b in rounds for many, one in rounds[b]),
-    }
+    results = {}
+    for variant in variants:
+        overheads = [metered["p50"] - unmetered["p50"] for metered, unmetered
+                     in zip(one[variant, True], one[variant, False], strict=True)]
+        results[variant] = {
+            "rps": {b: _median([r["rps"] for r in many[variant, b]]) for b in (True, False)},
+            "p50": {b: _median([r["p50"] for r in one[variant, b]]) for b in (True, False)},
+            "overhead": _median(overheads), "overheads": overheads,
+            "errors": sum(r["errors"] for b in (True, False)
+                          for r in many[variant, b] + one[variant, b]),
+        }
+    return results
+
+
+def parse_env(text: str) -> dict:
+    """"A=1 B=" -> {"A": "1", "B": ""}."""
+    pairs = {}
+    for item in shlex.split(text):
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise SystemExit(f"--compare-env takes NAME=VALUE pairs, not {item!r}")
+        pairs[name] = value
+    return pairs
 
 
 def main() -> int:
@@ -499,6 +562,9 @@ def main() -> int:
     parser.add_argument("--database-url", default=urlunparse(
         urlparse(default_url)._replace(path="/tokenbank_gateway")))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
+    parser.add_argument("--compare-env", default="", metavar="'NAME=VALUE ...'",
+                        help="also measure the Procfile server with these environment "
+                             "variables set, interleaved with the others in the same run")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.pool_size = os.environ.get("DB_POOL_MAX_SIZE", "8")
@@ -516,48 +582,58 @@ def main() -> int:
     env = server_env(args, billing=True, upstream_port=upstream_port)
     secrets = prepare(args, env)
     levels = [int(level) for level in args.levels.split(",") if level]  # "": short calls only
-    servers = {"TokenBank (Procfile)": procfile_web}
+    variants = {"TokenBank (Procfile)": {}}
+    if args.compare_env:
+        variants[f"TokenBank ({args.compare_env})"] = parse_env(args.compare_env)
+    servers = [Server(name, procfile_web, named(args, env, name, extra))
+               for name, extra in variants.items()]
     if not args.skip_previous:
-        servers["TokenBank (previous: gthread 2x8)"] = PREVIOUS_WEB.format
-    rows = []
+        name = "TokenBank (previous: gthread 2x8)"
+        servers.append(Server(name, PREVIOUS_WEB.format, named(args, env, name)))
     try:
         time.sleep(1)
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-        for name, command in servers.items():
-            rows += measure_streams(args, env, secrets, levels, name, command, upstream_url)
-        short = measure_short_calls(args, upstream_port, secrets)
+        rows = measure_streams(args, servers, secrets, levels, upstream_url)
+        short = measure_short_calls(args, variants, upstream_port, secrets)
     finally:
         stop_server(upstream)
 
     print(f"\nStreams of {args.tokens} tokens {args.delay_ms:g} ms apart from a local upstream; "
           f"{args.seconds:g} s per measurement, {args.rounds} interleaved rounds (medians); "
           f"PostgreSQL; {os.cpu_count()} CPUs shared by the clients, the upstream, the "
-          f"database and the server.")
+          f"database and the server(s).")
     print(f"Procfile web: {procfile_web(8000)}; pool per process: "
-          f"DB_POOL_MAX_SIZE={args.pool_size}")
-    print(f"{'server':<34}{'streams':>8}{'done/s':>9}{'ttft p50':>10}{'ttft p99':>10}"
-          f"{'total p50':>11}{'total p99':>11}{'cpu ms':>8}{'pg conns':>9}{'errors':>8}")
+          f"DB_POOL_MAX_SIZE={args.pool_size}; pg conns: the server's own, at their peak; rss: "
+          f"the server's processes together, at the end of a measurement (the highest)")
+    width = max(34, *(len(server.name) + 2 for server in servers))
+    print(f"{'server':<{width}}{'streams':>8}{'done/s':>9}{'ttft p50':>10}{'ttft p99':>10}"
+          f"{'total p50':>11}{'total p99':>11}{'cpu ms':>8}{'pg conns':>9}{'rss MB':>8}"
+          f"{'errors':>8}")
 
     def line(name, level, r):
-        print(f"{name:<34}{level:>8}{r['per_s']:>9.1f}{r['ttft50']:>10.0f}{r['ttft99']:>10.0f}"
-              f"{r['total50']:>11.0f}{r['total99']:>11.0f}"
+        print(f"{name:<{width}}{level:>8}{r['per_s']:>9.1f}{r['ttft50']:>10.0f}"
+              f"{r['ttft99']:>10.0f}{r['total50']:>11.0f}{r['total99']:>11.0f}"
               f"{'' if r['cpu'] is None else format(r['cpu'], '.1f'):>8}"
-              f"{'' if r['peak'] is None else r['peak']:>9}{r['errors']:>8}")
+              f"{'' if r['peak'] is None else r['peak']:>9}"
+              f"{'' if r['rss'] is None else format(r['rss'] / 2**20, '.0f'):>8}{r['errors']:>8}")
 
-    for name, level, direct, served, _ in rows:
-        line("upstream direct", level, direct)
+    for index, (name, level, direct, served, _) in enumerate(rows):
+        if index % len(servers) == 0:
+            line("upstream direct", level, direct)
         line(name, level, served)
     print()
     for name, level, direct, served, ledger in rows:
         print(f"{name} at {level}: {100 * served['per_s'] / direct['per_s']:.0f}% of "
               f"upstream-direct streams/s, ttft p50 {served['ttft50'] - direct['ttft50']:+.0f} "
               f"ms; ledger {ledger}")
-    rps, p50 = short["rps"], short["p50"]
-    print(f"\nshort non-streaming calls (demo model, Procfile server): {rps[True]:.0f} req/s at "
-          f"16 clients metered ({rps[False]:.0f} unmetered); at 1 client p50 {p50[True]:.2f} ms "
-          f"metered vs {p50[False]:.2f} ms: overhead {short['overhead']:+.2f} ms (median of "
-          f"rounds: {', '.join(f'{o:+.2f}' for o in short['overheads'])}); "
-          f"{short['errors']} errors")
+    print("\nshort non-streaming calls (demo model):")
+    for name, result in short.items():
+        rps, p50 = result["rps"], result["p50"]
+        print(f"{name}: {rps[True]:.0f} req/s at 16 clients metered ({rps[False]:.0f} "
+              f"unmetered); at 1 client p50 {p50[True]:.2f} ms metered vs {p50[False]:.2f} ms: "
+              f"overhead {result['overhead']:+.2f} ms (median of rounds: "
+              f"{', '.join(f'{o:+.2f}' for o in result['overheads'])}); "
+              f"{result['errors']} errors")
     return 0
 
 

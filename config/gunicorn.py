@@ -30,6 +30,13 @@ def on_starting(server):
         path.mkdir(parents=True, exist_ok=True)
 
 
+def post_worker_init(worker):
+    # The application is loaded (Django set up): the collector is set for serving.
+    from config.serving import tune_garbage_collector
+
+    tune_garbage_collector()
+
+
 def child_exit(server, worker):
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

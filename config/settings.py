@@ -129,6 +129,9 @@ DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=
 # Threads per process that run the async gateway's ledger steps (hold, first token,
 # settlement); each borrows a pooled connection for one step only.
 LEDGER_THREADS = env.int("LEDGER_THREADS", default=max(DB_POOL_MAX_SIZE, 4))
+# A web worker's garbage collector (config/serving.py, from gunicorn's post_worker_init):
+# what start-up loaded is frozen, out of every later collection's walk.
+GC_FREEZE_AFTER_START = env.bool("GC_FREEZE_AFTER_START", default=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
