@@ -11,11 +11,17 @@ For each concurrency level it drives streams for `--seconds`, upstream-direct an
 server in turn, `--rounds` times (this shared box drifts by tens of percent within minutes;
 interleaving lets both see the same box), and prints the medians side by side: completed
 streams/s, time to first token p50/p99, total p50/p99, the server's CPU seconds per stream
-(from /proc), and the peak number of PostgreSQL connections (pg_stat_activity). Then the
+(from /proc), the peak number of its own PostgreSQL connections (pg_stat_activity, by
+application_name) and its processes' resident memory. Then the
 short non-streaming call: requests/s at 16 clients, and the metered overhead at 1 client
 against the same server command with billing off, both servers up and their batches
 interleaved. After each level the ledger must reconcile (`credits_verify`) and every stream
 must have been charged what its final chunk said.
+
+A change is measured against what it changes in the same run: `--compare-env 'NAME=VALUE
+...'` adds the Procfile server with those environment variables, `--compare-ref GIT_REF` the
+Procfile server running that commit's code (a temporary git worktree); every server runs
+its measurements in turn within each round, the short calls too.
 
 The load generator is aiohttp (a C HTTP parser) and decodes only the events it needs: it
 shares the cores with the server, and with httpx it took a whole core at 64 streams, which
@@ -23,6 +29,7 @@ capped upstream-direct at 256 streams well below what the upstream serves.
 
     .venv/bin/python bench/gateway.py [--levels 16,64,256] [--seconds 8] [--rounds 3]
                                       [--tokens 32] [--delay-ms 20]
+                                      [--compare-env 'NAME=VALUE ...'] [--compare-ref REF]
 
 Needs PostgreSQL (DATABASE_URL's server; the database `tokenbank_gateway` is dropped and
 recreated).
@@ -32,13 +39,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -142,8 +152,8 @@ def serve_upstream(port: int, tokens: int, delay_ms: float) -> None:
 # --- processes ------------------------------------------------------------------------
 
 
-def procfile_web(port: int) -> str:
-    line = next(line for line in (ROOT / "Procfile").read_text().splitlines()
+def procfile_web(port: int, checkout: Path = ROOT) -> str:
+    line = next(line for line in (checkout / "Procfile").read_text().splitlines()
                 if line.startswith("web:"))
     return (line.removeprefix("web:").strip().replace("${PORT:-8000}", str(port))
             .replace("0.0.0.0", "127.0.0.1"))
@@ -166,10 +176,10 @@ def server_env(args, *, billing: bool, upstream_port: int) -> dict:
     return env
 
 
-def start(command: str, env: dict, probe_url: str) -> subprocess.Popen:
+def start(command: str, env: dict, probe_url: str, cwd: Path = ROOT) -> subprocess.Popen:
     argv = shlex.split(command)
     argv[0] = str(BIN / argv[0]) if (BIN / argv[0]).exists() else argv[0]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True,
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
@@ -422,17 +432,45 @@ def _summary(rounds: list[dict], cpu: list[float] | None = None,
 
 @dataclass
 class Server:
-    """A server command measured under load: its name, command and environment (the
-    database URL names it to PostgreSQL, so its own connections are counted)."""
+    """A server command measured under load: its name, command, environment (the database
+    URL names it to PostgreSQL, so its own connections are counted) and the checkout it
+    runs from (its code: the server's directory comes first on its import path)."""
 
     name: str
     command: Callable[..., str]
     env: dict
+    checkout: Path = ROOT
 
     def started(self, args) -> tuple[subprocess.Popen, str]:
         port = free_port()
-        proc = start(self.command(port=port), self.env, f"http://127.0.0.1:{port}/v1/models")
+        proc = start(self.command(port=port), self.env, f"http://127.0.0.1:{port}/v1/models",
+                     cwd=self.checkout)
         return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+@dataclass
+class Variant:
+    """The Procfile server as measured beside the working tree's: other environment
+    variables (--compare-env) or another commit's code (--compare-ref)."""
+
+    extra_env: dict
+    checkout: Path = ROOT
+
+
+@contextlib.contextmanager
+def checkout_of(ref: str):
+    """A temporary git worktree of `ref` (the same virtualenv serves it), removed after."""
+    if not ref:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="tokenbank-bench-"))
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), ref],
+                   cwd=ROOT, check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT,
+                       check=False)
 
 
 def named(args, env: dict, name: str, extra: dict | None = None) -> dict:
@@ -447,9 +485,11 @@ def application_name(name: str) -> str:
 
 
 def measure_streams(args, servers: list[Server], secrets, levels, upstream_url) -> list[tuple]:
-    """Each level `--rounds` times: upstream-direct, then each server in turn (the first
-    server changes every round), so all see the box in the same state (this shared box
-    drifts by tens of percent within minutes)."""
+    """Each level `--rounds` times: each server in turn (the first server changes every
+    round), each right after an upstream-direct run, so all see the box in the same state
+    (this shared box drifts by tens of percent within minutes; with one direct run per
+    round, before all servers, two servers of the same commit differed by 15% at 256
+    streams). The upstream-direct row is the median of all its runs."""
     running = []
     rows = []
     try:
@@ -462,11 +502,11 @@ def measure_streams(args, servers: list[Server], secrets, levels, upstream_url) 
             direct, served, told = [], {s.name: [] for s in servers}, {}
             cpu, peaks, memory = ({s.name: [] for s in servers} for _ in range(3))
             for round_ in range(args.rounds):
-                direct.append(asyncio.run(drive_streams(
-                    upstream_url, [""], concurrency=level, seconds=args.seconds,
-                    tokens=args.tokens)))
                 turn = round_ % len(running)
                 for server, proc, url in running[turn:] + running[:turn]:
+                    direct.append(asyncio.run(drive_streams(
+                        upstream_url, [""], concurrency=level, seconds=args.seconds,
+                        tokens=args.tokens)))
                     with ConnectionWatch(args.database_url, server.name) as watch:
                         cpu_before = tree_usage(proc.pid)[0]
                         result = asyncio.run(drive_streams(
@@ -491,18 +531,20 @@ def measure_streams(args, servers: list[Server], secrets, levels, upstream_url) 
     return rows
 
 
-def measure_short_calls(args, variants: dict[str, dict], upstream_port, secrets) -> dict:
+def measure_short_calls(args, variants: dict[str, Variant], upstream_port, secrets) -> dict:
     """The same server command metered and with billing off, both up, for each variant's
     environment; batches interleaved (16 clients, then 1 client, each server in turn)
     `--rounds` times. A variant's overhead is the median of each round's metered minus
     unmetered p50."""
     servers = {}
     try:
-        for variant, extra in variants.items():
+        for name, variant in variants.items():
             for billing in (True, False):
                 env = named(args, server_env(args, billing=billing, upstream_port=upstream_port),
-                            f"short {variant} {billing}", extra)
-                servers[variant, billing] = Server(variant, procfile_web, env).started(args)
+                            f"short {name} {billing}", variant.extra_env)
+                servers[name, billing] = Server(
+                    name, functools.partial(procfile_web, checkout=variant.checkout), env,
+                    variant.checkout).started(args)
         for _, url in servers.values():
             asyncio.run(drive_calls(url, secrets, concurrency=8, total=100))  # warm up
         many = {key: [] for key in servers}
@@ -565,6 +607,10 @@ def main() -> int:
     parser.add_argument("--compare-env", default="", metavar="'NAME=VALUE ...'",
                         help="also measure the Procfile server with these environment "
                              "variables set, interleaved with the others in the same run")
+    parser.add_argument("--compare-ref", default="", metavar="GIT_REF",
+                        help="also measure the Procfile server running that commit's code (a "
+                             "temporary git worktree; its migrations must match the working "
+                             "tree's), interleaved with the others in the same run")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.pool_size = os.environ.get("DB_POOL_MAX_SIZE", "8")
@@ -582,19 +628,26 @@ def main() -> int:
     env = server_env(args, billing=True, upstream_port=upstream_port)
     secrets = prepare(args, env)
     levels = [int(level) for level in args.levels.split(",") if level]  # "": short calls only
-    variants = {"TokenBank (Procfile)": {}}
+    variants = {"TokenBank (Procfile)": Variant({})}
     if args.compare_env:
-        variants[f"TokenBank ({args.compare_env})"] = parse_env(args.compare_env)
-    servers = [Server(name, procfile_web, named(args, env, name, extra))
-               for name, extra in variants.items()]
-    if not args.skip_previous:
-        name = "TokenBank (previous: gthread 2x8)"
-        servers.append(Server(name, PREVIOUS_WEB.format, named(args, env, name)))
+        variants[f"TokenBank ({args.compare_env})"] = Variant(parse_env(args.compare_env))
     try:
-        time.sleep(1)
-        upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-        rows = measure_streams(args, servers, secrets, levels, upstream_url)
-        short = measure_short_calls(args, variants, upstream_port, secrets)
+        with checkout_of(args.compare_ref) as other:
+            if other is not None:
+                commit = subprocess.run(["git", "rev-parse", "--short", args.compare_ref],
+                                        cwd=ROOT, capture_output=True, text=True,
+                                        check=True).stdout.strip()
+                variants[f"TokenBank at {args.compare_ref} ({commit})"] = Variant({}, other)
+            servers = [Server(name, functools.partial(procfile_web, checkout=variant.checkout),
+                              named(args, env, name, variant.extra_env), variant.checkout)
+                       for name, variant in variants.items()]
+            if not args.skip_previous:
+                name = "TokenBank (previous: gthread 2x8)"
+                servers.append(Server(name, PREVIOUS_WEB.format, named(args, env, name)))
+            time.sleep(1)
+            upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+            rows = measure_streams(args, servers, secrets, levels, upstream_url)
+            short = measure_short_calls(args, variants, upstream_port, secrets)
     finally:
         stop_server(upstream)
 
