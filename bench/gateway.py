@@ -45,6 +45,7 @@ import functools
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlparse, urlunparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import aiohttp
 import httpx
@@ -221,11 +222,11 @@ def tree_usage(root_pid: int) -> tuple[float, int]:
 
 class ConnectionWatch:
     """Polls pg_stat_activity for one server's connections to the bench database (by their
-    application_name, see `named`); keeps the peak."""
+    application_name, see `connecting_as`); keeps the peak."""
 
-    def __init__(self, database_url: str, server_name: str):
+    def __init__(self, database_url: str, application_name: str):
         self.url, self.name = database_url, urlparse(database_url).path.lstrip("/")
-        self.application_name = application_name(server_name)
+        self.application_name = application_name
         self.peak, self._stop = 0, threading.Event()
 
     def __enter__(self):
@@ -432,16 +433,17 @@ def _summary(rounds: list[dict], cpu: list[float] | None = None,
 
 @dataclass
 class Server:
-    """A server command measured under load: its name, command, environment (the database
-    URL names it to PostgreSQL, so its own connections are counted) and the checkout it
-    runs from (its code: the server's directory comes first on its import path)."""
+    """A server command measured under load: its name, command, environment (its
+    DATABASE_URL names its connections `application_name`, so its own are counted) and the
+    checkout it runs from (its code: the server's directory comes first on its import path)."""
 
     name: str
     command: Callable[..., str]
     env: dict
+    application_name: str
     checkout: Path = ROOT
 
-    def started(self, args) -> tuple[subprocess.Popen, str]:
+    def started(self) -> tuple[subprocess.Popen, str]:
         port = free_port()
         proc = start(self.command(port=port), self.env, f"http://127.0.0.1:{port}/v1/models",
                      cwd=self.checkout)
@@ -456,32 +458,39 @@ class Variant:
     extra_env: dict
     checkout: Path = ROOT
 
+    def server(self, args, name: str, env: dict, application_name: str) -> Server:
+        return Server(name, functools.partial(procfile_web, checkout=self.checkout),
+                      connecting_as(args, {**env, **self.extra_env}, application_name),
+                      application_name, self.checkout)
+
 
 @contextlib.contextmanager
 def checkout_of(ref: str):
-    """A temporary git worktree of `ref` (the same virtualenv serves it), removed after."""
+    """A temporary git worktree of `ref` (the same virtualenv serves it, and the working
+    tree's .env if there is one), removed after."""
     if not ref:
         yield None
         return
     path = Path(tempfile.mkdtemp(prefix="tokenbank-bench-"))
-    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), ref],
-                   cwd=ROOT, check=True)
     try:
+        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), ref],
+                       cwd=ROOT, check=True)
+        if (ROOT / ".env").exists():
+            (path / ".env").symlink_to(ROOT / ".env")
         yield path
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT,
-                       check=False)
+                       check=False, capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def named(args, env: dict, name: str, extra: dict | None = None) -> dict:
-    """`env` with `extra`, whose database connections carry `name` (application_name)."""
+def connecting_as(args, env: dict, application_name: str) -> dict:
+    """`env` with the bench database's URL, its connections named `application_name` (short
+    and ASCII: PostgreSQL keeps 63 bytes of it). Other query parameters stay."""
     url = urlparse(args.database_url)
-    return {**env, **(extra or {}), "DATABASE_URL": urlunparse(
-        url._replace(query=f"application_name={quote(application_name(name))}"))}
-
-
-def application_name(name: str) -> str:
-    return name[:63]  # PostgreSQL keeps 63 bytes of it
+    query = [(key, value) for key, value in parse_qsl(url.query) if key != "application_name"]
+    query.append(("application_name", application_name))
+    return {**env, "DATABASE_URL": urlunparse(url._replace(query=urlencode(query)))}
 
 
 def measure_streams(args, servers: list[Server], secrets, levels, upstream_url) -> list[tuple]:
@@ -494,7 +503,7 @@ def measure_streams(args, servers: list[Server], secrets, levels, upstream_url) 
     rows = []
     try:
         for server in servers:
-            running.append((server, *server.started(args)))
+            running.append((server, *server.started()))
         for _, _, url in running:
             asyncio.run(drive_streams(url, secrets, concurrency=8, seconds=2,
                                       tokens=args.tokens))  # warm up
@@ -507,7 +516,7 @@ def measure_streams(args, servers: list[Server], secrets, levels, upstream_url) 
                     direct.append(asyncio.run(drive_streams(
                         upstream_url, [""], concurrency=level, seconds=args.seconds,
                         tokens=args.tokens)))
-                    with ConnectionWatch(args.database_url, server.name) as watch:
+                    with ConnectionWatch(args.database_url, server.application_name) as watch:
                         cpu_before = tree_usage(proc.pid)[0]
                         result = asyncio.run(drive_streams(
                             url, secrets, concurrency=level, seconds=args.seconds,
@@ -538,26 +547,31 @@ def measure_short_calls(args, variants: dict[str, Variant], upstream_port, secre
     unmetered p50."""
     servers = {}
     try:
-        for name, variant in variants.items():
+        for index, (name, variant) in enumerate(variants.items()):
             for billing in (True, False):
-                env = named(args, server_env(args, billing=billing, upstream_port=upstream_port),
-                            f"short {name} {billing}", variant.extra_env)
-                servers[name, billing] = Server(
-                    name, functools.partial(procfile_web, checkout=variant.checkout), env,
-                    variant.checkout).started(args)
+                env = server_env(args, billing=billing, upstream_port=upstream_port)
+                application = f"tokenbank-bench-short-{index}-{'metered' if billing else 'free'}"
+                servers[name, billing] = variant.server(args, name, env, application).started()
         for _, url in servers.values():
             asyncio.run(drive_calls(url, secrets, concurrency=8, total=100))  # warm up
         many = {key: [] for key in servers}
         one = {key: [] for key in servers}
-        keys = list(servers)
+        names = list(variants)
+
+        def in_turns(round_: int) -> list[tuple[str, bool]]:
+            # Which variant goes first changes every round, and so does whether a variant's
+            # metered or unmetered server goes first: none always follows a metered server's
+            # burst of writes (PostgreSQL's background work after it).
+            turn = round_ % len(names)
+            return [(name, metered) for name in names[turn:] + names[:turn]
+                    for metered in ((True, False) if (round_ + names.index(name)) % 2 == 0
+                                    else (False, True))]
+
         for round_ in range(args.rounds):
-            for key in keys:
+            for key in in_turns(round_):
                 many[key].append(asyncio.run(drive_calls(servers[key][1], secrets,
                                                          concurrency=16, total=args.short_calls)))
-            # The 1-client batches back to back, in turns: none always follows a metered
-            # server's burst of writes (PostgreSQL's background work after it).
-            turn = round_ % len(keys)
-            for key in keys[turn:] + keys[:turn]:
+            for key in in_turns(round_):  # the 1-client batches back to back
                 one[key].append(asyncio.run(drive_calls(
                     servers[key][1], secrets, concurrency=1, total=args.short_calls // 2)))
     finally:
@@ -620,30 +634,35 @@ def main() -> int:
     if not args.database_url.startswith("postgres"):
         raise SystemExit("bench/gateway.py needs PostgreSQL (DATABASE_URL=postgres://...)")
 
+    variants = {"TokenBank (Procfile)": Variant({})}
+    if args.compare_env:  # checked before anything starts
+        variants[f"TokenBank ({args.compare_env})"] = Variant(parse_env(args.compare_env))
+    if args.compare_ref:
+        found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--short",
+                                f"{args.compare_ref}^{{commit}}"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if found.returncode:
+            raise SystemExit(f"--compare-ref: no commit {args.compare_ref!r} in this repository")
+        compared_name = f"TokenBank at {args.compare_ref} ({found.stdout.strip()})"
+
     upstream_port = free_port()
     upstream = subprocess.Popen(
         [str(BIN / "python"), __file__, "--serve-upstream", str(upstream_port),
          "--tokens", str(args.tokens), "--delay-ms", str(args.delay_ms)],
         cwd=ROOT, start_new_session=True)
-    env = server_env(args, billing=True, upstream_port=upstream_port)
-    secrets = prepare(args, env)
-    levels = [int(level) for level in args.levels.split(",") if level]  # "": short calls only
-    variants = {"TokenBank (Procfile)": Variant({})}
-    if args.compare_env:
-        variants[f"TokenBank ({args.compare_env})"] = Variant(parse_env(args.compare_env))
     try:
+        env = server_env(args, billing=True, upstream_port=upstream_port)
+        secrets = prepare(args, env)
+        levels = [int(level) for level in args.levels.split(",") if level]  # "": short calls only
         with checkout_of(args.compare_ref) as other:
             if other is not None:
-                commit = subprocess.run(["git", "rev-parse", "--short", args.compare_ref],
-                                        cwd=ROOT, capture_output=True, text=True,
-                                        check=True).stdout.strip()
-                variants[f"TokenBank at {args.compare_ref} ({commit})"] = Variant({}, other)
-            servers = [Server(name, functools.partial(procfile_web, checkout=variant.checkout),
-                              named(args, env, name, variant.extra_env), variant.checkout)
-                       for name, variant in variants.items()]
+                variants[compared_name] = Variant({}, other)
+            servers = [variant.server(args, name, env, f"tokenbank-bench-{index}")
+                       for index, (name, variant) in enumerate(variants.items())]
             if not args.skip_previous:
-                name = "TokenBank (previous: gthread 2x8)"
-                servers.append(Server(name, PREVIOUS_WEB.format, named(args, env, name)))
+                servers.append(Server("TokenBank (previous: gthread 2x8)", PREVIOUS_WEB.format,
+                                      connecting_as(args, env, "tokenbank-bench-previous"),
+                                      "tokenbank-bench-previous"))
             time.sleep(1)
             upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
             rows = measure_streams(args, servers, secrets, levels, upstream_url)
@@ -657,7 +676,8 @@ def main() -> int:
           f"database and the server(s).")
     print(f"Procfile web: {procfile_web(8000)}; pool per process: "
           f"DB_POOL_MAX_SIZE={args.pool_size}; pg conns: the server's own, at their peak; rss: "
-          f"the server's processes together, at the end of a measurement (the highest)")
+          f"the server's processes together at the end of a measurement, the highest; "
+          f"upstream direct: the median of all its runs (one before each server's)")
     width = max(34, *(len(server.name) + 2 for server in servers))
     print(f"{'server':<{width}}{'streams':>8}{'done/s':>9}{'ttft p50':>10}{'ttft p99':>10}"
           f"{'total p50':>11}{'total p99':>11}{'cpu ms':>8}{'pg conns':>9}{'rss MB':>8}"
@@ -675,10 +695,12 @@ def main() -> int:
             line("upstream direct", level, direct)
         line(name, level, served)
     print()
-    for name, level, direct, served, ledger in rows:
+    for index, (name, level, direct, served, ledger) in enumerate(rows):
         print(f"{name} at {level}: {100 * served['per_s'] / direct['per_s']:.0f}% of "
               f"upstream-direct streams/s, ttft p50 {served['ttft50'] - direct['ttft50']:+.0f} "
-              f"ms; ledger {ledger}")
+              f"ms")
+        if index % len(servers) == len(servers) - 1:
+            print(f"ledger after {level} streams (every server's): {ledger}")
     print("\nshort non-streaming calls (demo model):")
     for name, result in short.items():
         rps, p50 = result["rps"], result["p50"]

@@ -1,17 +1,12 @@
 """A web worker's garbage collector, set up once the application is loaded
 (config/gunicorn.py's `post_worker_init`).
 
-CPython's cycle collector walks every tracked object of the generation it collects. A loaded
-Django process holds ≈ 130,000 of them (modules, classes, Django's and DRF's caches) that
-live as long as the process, and every full collection walked them all. `gc.freeze()` after
-start-up moves them to a permanent generation that is never walked again (the URL patterns,
-and so every view module, are loaded first). Measured with gc callbacks (the collecting
-thread's CPU time) in the two workers of bench/gateway.py at 256 streams, in one run: the
-collector's share of a worker's CPU went from 13-16% to 11%, and its longest pause, during
-which every stream of the process waits, from 124-139 ms to 77-93 ms. What is left is
-mostly the young generations' collections of the streams' own objects; a first-generation
-threshold of 50,000 instead of 700 saved no CPU per stream in the bench and took 12% more
-memory, so Python's thresholds stay.
+Every full collection of CPython's cycle collector walks every tracked object, and a loaded
+Django process holds ≈ 130,000 that live as long as it does (modules, classes, Django's and
+DRF's caches): walking them cost a serving worker CPU and paused all its streams.
+`gc.freeze()` moves them out of every later walk (figures: the README's Serving and
+Benchmarks). The URL patterns are loaded first, so every view module is frozen too, and a
+view that cannot be imported stops the worker at boot rather than failing requests.
 """
 
 from __future__ import annotations

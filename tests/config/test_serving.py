@@ -39,7 +39,7 @@ def test_switched_off_the_collector_walks_everything_as_python_does(settings, un
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_each_gunicorn_worker_freezes_what_it_loaded_before_it_serves(tmp_path):
+def test_each_gunicorn_worker_freezes_what_it_loaded_and_serves(tmp_path):
     log = tmp_path / "server.log"
     with log.open("w") as stderr:
         server, url = start_site(workers=2, env={"LOG_LEVEL": "INFO"}, stderr=stderr)
