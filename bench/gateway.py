@@ -433,8 +433,8 @@ def _summary(rounds: list[dict], cpu: list[float] | None = None,
 
 @dataclass
 class Server:
-    """A server command measured under load: its name, command, environment (its
-    DATABASE_URL names its connections `application_name`, so its own are counted) and the
+    """A server command measured under load: its name, command, environment, the
+    `application_name` its database connections carry (so its own are counted) and the
     checkout it runs from (its code: the server's directory comes first on its import path)."""
 
     name: str
@@ -445,8 +445,8 @@ class Server:
 
     def started(self) -> tuple[subprocess.Popen, str]:
         port = free_port()
-        proc = start(self.command(port=port), self.env, f"http://127.0.0.1:{port}/v1/models",
-                     cwd=self.checkout)
+        proc = start(self.command(port=port), connecting_as(self.env, self.application_name),
+                     f"http://127.0.0.1:{port}/v1/models", cwd=self.checkout)
         return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
@@ -458,10 +458,9 @@ class Variant:
     extra_env: dict
     checkout: Path = ROOT
 
-    def server(self, args, name: str, env: dict, application_name: str) -> Server:
+    def server(self, name: str, env: dict, application_name: str) -> Server:
         return Server(name, functools.partial(procfile_web, checkout=self.checkout),
-                      connecting_as(args, {**env, **self.extra_env}, application_name),
-                      application_name, self.checkout)
+                      {**env, **self.extra_env}, application_name, self.checkout)
 
 
 @contextlib.contextmanager
@@ -484,10 +483,10 @@ def checkout_of(ref: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def connecting_as(args, env: dict, application_name: str) -> dict:
-    """`env` with the bench database's URL, its connections named `application_name` (short
-    and ASCII: PostgreSQL keeps 63 bytes of it). Other query parameters stay."""
-    url = urlparse(args.database_url)
+def connecting_as(env: dict, application_name: str) -> dict:
+    """`env` whose DATABASE_URL names its connections `application_name` (short and ASCII:
+    PostgreSQL keeps 63 bytes of it). Other query parameters stay."""
+    url = urlparse(env["DATABASE_URL"])
     query = [(key, value) for key, value in parse_qsl(url.query) if key != "application_name"]
     query.append(("application_name", application_name))
     return {**env, "DATABASE_URL": urlunparse(url._replace(query=urlencode(query)))}
@@ -551,7 +550,7 @@ def measure_short_calls(args, variants: dict[str, Variant], upstream_port, secre
             for billing in (True, False):
                 env = server_env(args, billing=billing, upstream_port=upstream_port)
                 application = f"tokenbank-bench-short-{index}-{'metered' if billing else 'free'}"
-                servers[name, billing] = variant.server(args, name, env, application).started()
+                servers[name, billing] = variant.server(name, env, application).started()
         for _, url in servers.values():
             asyncio.run(drive_calls(url, secrets, concurrency=8, total=100))  # warm up
         many = {key: [] for key in servers}
@@ -657,12 +656,11 @@ def main() -> int:
         with checkout_of(args.compare_ref) as other:
             if other is not None:
                 variants[compared_name] = Variant({}, other)
-            servers = [variant.server(args, name, env, f"tokenbank-bench-{index}")
+            servers = [variant.server(name, env, f"tokenbank-bench-{index}")
                        for index, (name, variant) in enumerate(variants.items())]
             if not args.skip_previous:
                 servers.append(Server("TokenBank (previous: gthread 2x8)", PREVIOUS_WEB.format,
-                                      connecting_as(args, env, "tokenbank-bench-previous"),
-                                      "tokenbank-bench-previous"))
+                                      env, "tokenbank-bench-previous"))
             time.sleep(1)
             upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
             rows = measure_streams(args, servers, secrets, levels, upstream_url)
