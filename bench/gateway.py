@@ -611,7 +611,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=20)
     parser.add_argument("--users", type=int, default=64)
-    parser.add_argument("--short-calls", type=int, default=400)
+    parser.add_argument("--short-calls", type=int, default=400,
+                        help="calls per batch of the short non-streaming calls; 0 skips them")
     parser.add_argument("--skip-previous", action="store_true",
                         help="do not also measure the previous server (gunicorn gthread 2x8)")
     parser.add_argument("--database-url", default=urlunparse(
@@ -627,6 +628,13 @@ def main() -> int:
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.pool_size = os.environ.get("DB_POOL_MAX_SIZE", "8")
+    for option in ("rounds", "tokens", "users"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1")
+    if args.short_calls < 0 or 0 < args.short_calls < 2:
+        parser.error("--short-calls must be 0 (skip them) or at least 2")
+    if args.seconds <= 0 or args.delay_ms < 0:
+        parser.error("--seconds must be positive and --delay-ms not negative")
     if args.serve_upstream:
         serve_upstream(args.serve_upstream, args.tokens, args.delay_ms)
         return 0
@@ -664,7 +672,8 @@ def main() -> int:
             time.sleep(1)
             upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
             rows = measure_streams(args, servers, secrets, levels, upstream_url)
-            short = measure_short_calls(args, variants, upstream_port, secrets)
+            short = (measure_short_calls(args, variants, upstream_port, secrets)
+                     if args.short_calls else {})
     finally:
         stop_server(upstream)
 
@@ -699,7 +708,8 @@ def main() -> int:
               f"ms")
         if index % len(servers) == len(servers) - 1:
             print(f"ledger after {level} streams (every server's): {ledger}")
-    print("\nshort non-streaming calls (demo model):")
+    print("\nshort non-streaming calls (demo model):" if short else
+          "\nshort non-streaming calls: skipped (--short-calls 0)")
     for name, result in short.items():
         rps, p50 = result["rps"], result["p50"]
         print(f"{name}: {rps[True]:.0f} req/s at 16 clients metered ({rps[False]:.0f} "

@@ -640,6 +640,7 @@ def start_call(
                           "input_price_per_million_micros": price.input_price_per_million_micros,
                           "output_price_per_million_micros": price.output_price_per_million_micros},
             )
+            call._balance_micros = call.hold.balance_after_micros  # None: read when asked
         except InsufficientCredits as exc:
             affordable = affordable_output_tokens(available_micros=exc.available_micros,
                                                   prompt_tokens=prompt_tokens, price=price)

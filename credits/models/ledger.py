@@ -293,6 +293,11 @@ class CreditHold(models.Model):
     # Settled by the stale-hold sweep (not by its call): the call left no usage record.
     swept = models.BooleanField(default=False)
 
+    # Not a column: the account's balance as the transaction that made this hold left it
+    # (authorize() sets it; None on a hold read from the database). A stream shows it in its
+    # headers without reading the account again.
+    balance_after_micros: int | None = None
+
     class Meta:
         ordering = ["-created_at"]
         constraints = [

@@ -122,6 +122,7 @@ def _reserve(user, amount_micros: int, *, reference: str, idempotency_key: str |
                      description=f"Held ${money.format_usd(take)}")
         to_hold -= take
     writer.flush()
+    hold.balance_after_micros = locked.balance_micros  # the writer kept it: expiries included
     return hold
 
 

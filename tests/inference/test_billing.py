@@ -218,6 +218,27 @@ def test_streamed_call_ends_with_usage_and_credits_then_done(api, spender, fund,
 
 
 @pytest.mark.django_db
+def test_a_started_call_knows_the_balance_its_hold_left_after_expiring_lapsed_credit(
+        spender, fund, django_assert_num_queries):
+    """A stream's headers show the balance before generation. The hold expires lapsed credit
+    under the account's lock, and the balance it leaves is the one shown, with no further
+    query of the account."""
+    long_ago = timezone.now() - dt.timedelta(days=40)
+    fund(spender, 3, now=long_ago, expires_at=long_ago + dt.timedelta(days=30))  # lapsed
+    fund(spender, 1)
+    spender.refresh_from_db()
+    assert spender.credit_balance == 4_000_000  # the lapsed $3 is not expired yet
+    call = services.start_call(user=spender, api_key=None, model_id="demo-small",
+                               prompt=Prompt(kind="completion", text="Hi"), max_tokens=10,
+                               endpoint="completions", streamed=True)
+    with django_assert_num_queries(0):
+        assert call.balance_micros() == 1_000_000
+    spender.refresh_from_db()
+    assert (spender.credit_balance, spender.credit_held) == (1_000_000, call.held_micros)
+    assert_books_balance(spender.pk)
+
+
+@pytest.mark.django_db
 def test_upstream_failure_before_the_first_token_releases_the_hold(api, spender, fund,
                                                                    client_for, upstream):
     from accounts.services import create_api_key
