@@ -72,6 +72,59 @@ class StopField(serializers.Field):
         return value
 
 
+@extend_schema_field({"oneOf": [
+    {"type": "string", "enum": ["none", "auto", "required"]},
+    {"type": "object", "required": ["type"], "properties": {
+        "type": {"type": "string"},
+        "function": {"type": "object", "required": ["name"],
+                     "properties": {"name": {"type": "string"}}}}},
+], "nullable": True})
+class ToolChoiceField(serializers.Field):
+    """OpenAI's tool_choice: "none", "auto", "required", or an object with a `type`; a
+    function choice must name its function. Object types we do not know (newer ones) go to
+    the upstream as sent."""
+
+    MODES = ("none", "auto", "required")
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            if data in self.MODES:
+                return data
+            raise serializers.ValidationError(
+                f"tool_choice must be 'none', 'auto', 'required' or an object; got {data!r}.")
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise serializers.ValidationError(
+                "tool_choice must be 'none', 'auto', 'required' or an object with a type.")
+        function = data.get("function")
+        if data["type"] == "function" and not (
+                isinstance(function, dict) and isinstance(function.get("name"), str)
+                and function["name"]):
+            raise serializers.ValidationError(
+                'A function tool_choice names its function: {"type": "function", '
+                '"function": {"name": "..."}}.')
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+def _check_tool_choice(attrs: dict) -> None:
+    """What OpenAI refuses: a tool_choice that requires a tool when no tools are given, or
+    that names a function the tools do not define."""
+    choice, tools = attrs.get("tool_choice"), attrs.get("tools") or []
+    if (choice == "required" or isinstance(choice, dict)) and not tools:
+        raise serializers.ValidationError(
+            {"tool_choice": "tool_choice is only allowed when tools are specified."})
+    if isinstance(choice, dict) and choice["type"] == "function":
+        name = choice["function"]["name"]
+        defined = {(tool.get("function") or {}).get("name") for tool in tools
+                   if isinstance(tool.get("function"), dict)}
+        if name not in defined:
+            raise serializers.ValidationError(
+                {"tool_choice": f"tool_choice names the function {name!r}, which is not "
+                                f"among the tools."})
+
+
 class _GenerationOptions(serializers.Serializer):
     model = StrictCharField(max_length=100)
     max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
@@ -97,7 +150,7 @@ class _PassThroughFields(serializers.Serializer):
 
     tools = serializers.ListField(child=serializers.DictField(), required=False,
                                   allow_null=True)
-    tool_choice = serializers.JSONField(required=False, allow_null=True)
+    tool_choice = ToolChoiceField(required=False, allow_null=True)
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
     functions = serializers.ListField(child=serializers.DictField(), required=False,
                                       allow_null=True)
@@ -146,6 +199,7 @@ class ChatCompletionRequestSerializer(ChatPassThroughFields, _GenerationOptions)
     def validate(self, attrs):
         if attrs.get("max_tokens") is None and attrs.get("max_completion_tokens") is not None:
             attrs["max_tokens"] = attrs["max_completion_tokens"]
+        _check_tool_choice(attrs)
         return attrs
 
 

@@ -94,6 +94,9 @@ def _dead_port() -> int:
 
 @pytest.mark.parametrize("ask", [
     {"tools": TOOLS, "tool_choice": "auto", "parallel_tool_calls": False},
+    # A tool_choice type newer than our checks goes through as sent.
+    {"tools": TOOLS, "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+        "mode": "required", "tools": [{"type": "function", "function": {"name": "get_weather"}}]}}},
     {"response_format": {"type": "json_schema", "json_schema": {
         "name": "answer", "strict": True,
         "schema": {"type": "object", "properties": {"answer": {"type": "integer"}}}}}},
@@ -102,7 +105,7 @@ def _dead_port() -> int:
     {"n": 2, "seed": 7, "stop": ["\n\n"], "presence_penalty": 0.5, "frequency_penalty": 0.1,
      "logit_bias": {"50256": -100}, "user": "u-1", "metadata": {"team": "a"},
      "reasoning_effort": "low"},
-], ids=["tools", "json_schema", "json_object", "logprobs", "n2_and_knobs"])
+], ids=["tools", "newer_tool_choice", "json_schema", "json_object", "logprobs", "n2_and_knobs"])
 def test_the_client_gets_the_upstreams_choices_whole_and_each_token_class_is_charged(
         routed, customer, fakes, ask):
     user, client = customer

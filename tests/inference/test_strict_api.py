@@ -13,6 +13,7 @@ from inference.models import UsageRecord
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Hi"}]
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
 
 
 @pytest.fixture
@@ -103,6 +104,14 @@ def test_reads_carry_a_request_id_and_calls_keep_their_own(http):
     (CHAT, {"messages": [{"role": "user", "content": "x", "name": 5}]}, "messages.0.name",
      "expected a string"),
     (CHAT, {"parallel_tool_calls": 0}, "parallel_tool_calls", "expected a boolean"),
+    (CHAT, {"tools": WEATHER, "tool_choice": "always"}, "tool_choice",
+     "must be 'none', 'auto', 'required' or an object; got 'always'"),
+    (CHAT, {"tools": WEATHER, "tool_choice": 1}, "tool_choice", "an object with a type"),
+    (CHAT, {"tools": WEATHER, "tool_choice": {"type": "function"}}, "tool_choice",
+     "A function tool_choice names its function"),
+    (CHAT, {"tool_choice": "required"}, "tool_choice", "only allowed when tools are specified"),
+    (CHAT, {"tools": WEATHER, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice", "names the function 'nope', which is not among the tools"),
     (CHAT, {"logprobs": "true"}, "logprobs", "expected a boolean"),
     (CHAT, {"max_completion_tokens": "9"}, "max_completion_tokens", "expected an integer"),
     ("/v1/completions", {"prompt": 123}, "prompt", "prompt must be a string"),
