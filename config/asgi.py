@@ -1,16 +1,18 @@
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 from config.observability.tracing import setup_tracing
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 setup_tracing(service="web")  # before the middleware loads; nothing when OTEL_* is unset
-site = get_asgi_application()
+django.setup(set_prefix=False)  # as get_asgi_application() does
 
 from config.gateway import GatewayHandler, takes_gateway  # noqa: E402 (after django.setup())
+from config.request_threads import RequestThreadsHandler  # noqa: E402
 from inference.backends import upstream_sessions  # noqa: E402
 
+site = RequestThreadsHandler()  # Django's ASGI handler, its request threads reused
 gateway = GatewayHandler()
 
 

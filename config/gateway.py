@@ -14,10 +14,10 @@ Everything else, browser calls with a session cookie included, goes through the 
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
 from django.middleware import common, security
 
 from config.observability import tracing
+from config.request_threads import RequestThreadsHandler
 
 # The metered endpoints (inference.urls): the calls that hold streams open and pay per call.
 GATEWAY_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
@@ -31,8 +31,9 @@ def takes_gateway(scope) -> bool:
     return any(name == b"authorization" for name, _ in scope["headers"])
 
 
-class GatewayHandler(ASGIHandler):
-    """Django's ASGI handler with GATEWAY_MIDDLEWARE instead of MIDDLEWARE."""
+class GatewayHandler(RequestThreadsHandler):
+    """Django's ASGI handler with GATEWAY_MIDDLEWARE instead of MIDDLEWARE (and reused
+    request threads, as on the site)."""
 
     def load_middleware(self, is_async=False):
         # BaseHandler builds the chain from settings.MIDDLEWARE: this handler's list stands
@@ -44,10 +45,6 @@ class GatewayHandler(ASGIHandler):
             super().load_middleware(is_async)
         finally:
             settings.MIDDLEWARE = site_middleware
-
-    # __call__ stays Django's: each request keeps its own thread for Django's sync steps
-    # (the request signals, rendering a DRF Response, closing it), so one slow render never
-    # holds up the other calls of the process.
 
 
 class InlineMiddleware:

@@ -1,0 +1,109 @@
+"""Each request's thread for Django's sync steps is reused (config/request_threads.py), on
+the site and the gateway alike, and never handed to a request while another's work is still
+on it."""
+
+import threading
+
+import httpx
+import pytest
+
+from config.request_threads import RequestThreads
+from inference.models import UsageRecord
+from tests.seeds import seed_demo_models
+
+CALL = {"model": "demo-small", "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hello there"}]}
+
+
+@pytest.fixture
+def threads_used():
+    """The names of the threads that sent each request's request_started signal (Django
+    sends it on the request's own thread)."""
+    from django.core import signals
+
+    names = []
+
+    def note_thread(**kwargs):
+        names.append(threading.current_thread().name)
+
+    signals.request_started.connect(note_thread, weak=False)
+    yield names
+    signals.request_started.disconnect(note_thread)
+
+
+def _wait_until(condition) -> bool:
+    for _ in range(500):
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_calls_one_after_another_reuse_one_request_thread(live_server, make_user, fund,
+                                                               threads_used):
+    """Each call's sync steps (the request signals, rendering, closing) run on a thread of
+    its own; the gateway hands the next call that thread instead of starting one (and a
+    second to join it) per call."""
+    from accounts.services import create_api_key
+
+    seed_demo_models()
+    user = make_user(promotion_eligible=False)
+    fund(user, 5)
+    secret = create_api_key(user=user, name="threads")[1]
+    with httpx.Client(base_url=live_server.url, timeout=30,
+                      headers={"Authorization": f"Bearer {secret}"}) as client:
+        for _ in range(8):
+            assert client.post("/v1/chat/completions", json=CALL).status_code == 200
+    assert len(threads_used) == 8
+    assert len(set(threads_used)) <= 2  # two if a call's clean-up had not run yet
+    assert UsageRecord.objects.count() == 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pages_one_after_another_reuse_their_request_threads(live_server, threads_used):
+    with httpx.Client(base_url=live_server.url, timeout=30) as client:
+        for _ in range(8):
+            assert client.get("/accounts/login/").status_code == 200
+    assert len(threads_used) == 8
+    assert len(set(threads_used)) <= 2
+
+
+def test_a_request_thread_is_handed_out_again_only_once_its_work_is_done():
+    """A call cancelled while its render still runs (a client gone) must not hand that busy
+    thread to the next call, which would then wait behind the render."""
+    threads = RequestThreads(keep_idle=4)
+    busy = threads.take()
+    render_may_finish = threading.Event()
+    busy.submit(render_may_finish.wait, 10)
+    threads.give_back(busy)  # the request ended; its render has not
+    try:
+        other = threads.take()
+        assert other is not busy
+        assert threads.idle_count() == 0
+    finally:
+        render_may_finish.set()
+    assert _wait_until(lambda: threads.idle_count() == 1)
+    assert threads.take() is busy  # used again, not started anew
+    threads.give_back(other)
+
+
+def test_request_threads_beyond_those_kept_idle_are_let_go():
+    threads = RequestThreads(keep_idle=1)
+    first, second = threads.take(), threads.take()
+    threads.give_back(first)
+    threads.give_back(second)
+    assert _wait_until(lambda: threads.idle_count() == 1)
+    kept = threads.take()
+    let_go = second if kept is first else first
+    assert kept in (first, second)
+    for _ in range(200):  # until the other's give-back has run: it no longer takes work
+        try:
+            let_go.submit(lambda: None)
+        except RuntimeError:
+            break
+        threading.Event().wait(0.01)
+    else:
+        pytest.fail("the thread beyond keep_idle was not let go")
+    assert threads.idle_count() == 0
+    assert kept.submit(lambda: 7).result(timeout=5) == 7
