@@ -4,8 +4,8 @@ Under ASGI, Django runs a request's sync steps (sync middleware, the request sig
 rendering a DRF Response, closing the response) on a thread of that request's own
 (asgiref's ThreadSensitiveContext), so one slow step never holds up another request. It
 starts that thread for the request, and a second one to join it when the request ends:
-≈ 0.4 ms of CPU per request on this VM, and under load a new thread waits to be
-scheduled before the request can go on. `RequestThreadsHandler` keeps the one thread per
+0.2–0.45 ms of CPU per request here (bench/request_threads.py), and under load a new thread
+waits to be scheduled before the request can go on. `RequestThreadsHandler` keeps the one thread per
 request but takes it from `RequestThreads`, which hands finished threads out again
 (asgiref's documented `ThreadSensitiveContext(executor=...)`).
 """
@@ -14,23 +14,29 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext
 from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
 
 
 class RequestThreads:
     """Threads for requests' sync steps, one request at a time each.
 
     A thread goes back to the idle list only once everything its request gave it has run
-    (a no-op queued behind that work: a request cancelled while its render still runs
-    leaves it busy), so a request never waits behind another's leftovers. At most
+    (a last step queued behind that work: a request cancelled while its render still runs
+    leaves it busy), so a request never waits behind another's leftovers. That last step
+    hands back any database connection the request left open on the thread (Django's
+    request_finished does it, but is skipped when the response fails to send). At most
     `keep_idle` idle threads are kept; the others are let go."""
 
     def __init__(self, keep_idle: int = 64):
         self.keep_idle = keep_idle
         self._idle: collections.deque[ThreadPoolExecutor] = collections.deque()
+        # A forked child has none of these threads.
+        os.register_at_fork(after_in_child=self._idle.clear)
 
     def take(self) -> ThreadPoolExecutor:
         try:
@@ -47,14 +53,10 @@ class RequestThreads:
 
         # Shut down (the interpreter is exiting): it is not used again.
         with contextlib.suppress(RuntimeError):
-            executor.submit(_nothing).add_done_callback(idle)
+            executor.submit(close_old_connections).add_done_callback(idle)
 
     def idle_count(self) -> int:
         return len(self._idle)
-
-
-def _nothing() -> None:
-    return None
 
 
 request_threads = RequestThreads()

@@ -91,7 +91,8 @@ class ToolChoiceField(serializers.Field):
             if data in self.MODES:
                 return data
             raise serializers.ValidationError(
-                f"tool_choice must be 'none', 'auto', 'required' or an object; got {data!r}.")
+                f"tool_choice must be 'none', 'auto', 'required' or an object; "
+                f"got {data[:40]!r}.")
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise serializers.ValidationError(
                 "tool_choice must be 'none', 'auto', 'required' or an object with a type.")

@@ -164,4 +164,3 @@ def test_the_gateway_redirects_plain_http_to_https_as_the_site_does(settings):
     assert response.status_code == 301
     assert response.headers["Location"] == "https://api.example.com/v1/chat/completions"
     assert not UsageRecord.objects.exists()
-

@@ -2,6 +2,7 @@
 the site and the gateway alike, and never handed to a request while another's work is still
 on it."""
 
+import collections
 import threading
 
 import httpx
@@ -17,17 +18,17 @@ CALL = {"model": "demo-small", "max_tokens": 4,
 
 @pytest.fixture
 def threads_used():
-    """The names of the threads that sent each request's request_started signal (Django
-    sends it on the request's own thread)."""
+    """The threads (held, so none is freed and its identity reused) that sent each
+    request's request_started signal, by path: Django sends it on the request's thread."""
     from django.core import signals
 
-    names = []
+    threads = collections.defaultdict(list)
 
-    def note_thread(**kwargs):
-        names.append(threading.current_thread().name)
+    def note_thread(scope=None, **kwargs):
+        threads[scope["path"]].append(threading.current_thread())
 
     signals.request_started.connect(note_thread, weak=False)
-    yield names
+    yield threads
     signals.request_started.disconnect(note_thread)
 
 
@@ -55,8 +56,9 @@ def test_key_calls_one_after_another_reuse_one_request_thread(live_server, make_
                       headers={"Authorization": f"Bearer {secret}"}) as client:
         for _ in range(8):
             assert client.post("/v1/chat/completions", json=CALL).status_code == 200
-    assert len(threads_used) == 8
-    assert len(set(threads_used)) <= 2  # two if a call's clean-up had not run yet
+    used = threads_used["/v1/chat/completions"]
+    assert len(used) == 8
+    assert len({id(thread) for thread in used}) <= 2  # two if a clean-up had not run yet
     assert UsageRecord.objects.count() == 8
 
 
@@ -65,8 +67,9 @@ def test_pages_one_after_another_reuse_their_request_threads(live_server, thread
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
         for _ in range(8):
             assert client.get("/accounts/login/").status_code == 200
-    assert len(threads_used) == 8
-    assert len(set(threads_used)) <= 2
+    used = threads_used["/accounts/login/"]
+    assert len(used) == 8
+    assert len({id(thread) for thread in used}) <= 2
 
 
 def test_a_request_thread_is_handed_out_again_only_once_its_work_is_done():
@@ -92,18 +95,39 @@ def test_request_threads_beyond_those_kept_idle_are_let_go():
     threads = RequestThreads(keep_idle=1)
     first, second = threads.take(), threads.take()
     threads.give_back(first)
-    threads.give_back(second)
     assert _wait_until(lambda: threads.idle_count() == 1)
-    kept = threads.take()
-    let_go = second if kept is first else first
-    assert kept in (first, second)
-    for _ in range(200):  # until the other's give-back has run: it no longer takes work
+    threads.give_back(second)  # one is idle already: this one goes
+
+    def refuses_work() -> bool:
         try:
-            let_go.submit(lambda: None)
+            second.submit(lambda: None)
         except RuntimeError:
-            break
-        threading.Event().wait(0.01)
-    else:
-        pytest.fail("the thread beyond keep_idle was not let go")
-    assert threads.idle_count() == 0
-    assert kept.submit(lambda: 7).result(timeout=5) == 7
+            return True
+        return False
+
+    assert _wait_until(refuses_work)
+    assert threads.idle_count() == 1
+    assert threads.take() is first
+    assert first.submit(lambda: 7).result(timeout=5) == 7
+
+
+@pytest.mark.postgres  # SQLite's in-memory test database is never closed
+def test_a_request_thread_hands_back_a_database_connection_its_request_left_open(
+        transactional_db):
+    """Django's request_finished closes a request's connections, but is skipped when the
+    response fails to send: the thread's last step hands the connection back instead, so a
+    pooled connection is not kept by an idle thread."""
+    from django.db import connection
+
+    threads = RequestThreads(keep_idle=4)
+    executor = threads.take()
+
+    def open_a_connection():
+        connection.ensure_connection()
+        return connection.connection is not None
+
+    assert executor.submit(open_a_connection).result(timeout=10)
+    threads.give_back(executor)
+    assert _wait_until(lambda: threads.idle_count() == 1)
+    assert executor.submit(lambda: connection.connection is None).result(timeout=10)
+    threads.give_back(threads.take())

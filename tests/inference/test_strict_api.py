@@ -153,3 +153,21 @@ def test_api_key_names_and_sign_up_fields_are_strict_too(http, live_server):
         response = anonymous.post("/api/auth/register",
                                   json={"email": "a@example.com", "password": 12345678901234})
     assert _error(response, 400)["param"] == "password"
+
+
+@pytest.mark.parametrize("ask", [
+    {"tool_choice": None},
+    {"tool_choice": "none"},
+    {"tool_choice": "auto"},
+    {"tools": [{"type": "custom", "custom": {"name": "grep"}}],
+     "tool_choice": {"type": "custom", "custom": {"name": "grep"}}},
+    {"tools": WEATHER, "tool_choice": "required"},
+    {"tools": WEATHER, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+], ids=["null", "none_without_tools", "auto_without_tools", "custom_tool", "required",
+        "named_function"])
+def test_tool_choices_openai_accepts_are_accepted(ask):
+    from inference.serializers import ChatCompletionRequestSerializer, validated_request
+
+    data = validated_request(ChatCompletionRequestSerializer,
+                             {"model": "any", "messages": MESSAGES, **ask})
+    assert data.get("tool_choice") == ask["tool_choice"]
