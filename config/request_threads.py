@@ -4,10 +4,10 @@ Under ASGI, Django runs a request's sync steps (sync middleware, the request sig
 rendering a DRF Response, closing the response) on a thread of that request's own
 (asgiref's ThreadSensitiveContext), so one slow step never holds up another request. It
 starts that thread for the request, and a second one to join it when the request ends:
-0.2–0.45 ms of CPU per request here (bench/request_threads.py), and under load a new thread
-waits to be scheduled before the request can go on. `RequestThreadsHandler` keeps the one thread per
-request but takes it from `RequestThreads`, which hands finished threads out again
-(asgiref's documented `ThreadSensitiveContext(executor=...)`).
+0.2 to 0.45 ms of CPU per request here (bench/request_threads.py), and under load a new
+thread waits to be scheduled before the request can go on. `RequestThreadsHandler` keeps
+the one thread per request but takes it from `RequestThreads`, which hands finished
+threads out again (asgiref's documented `ThreadSensitiveContext(executor=...)`).
 """
 
 from __future__ import annotations
