@@ -91,18 +91,19 @@ class ToolChoiceField(serializers.Field):
             if data in self.MODES:
                 return data
             raise serializers.ValidationError(
-                f"tool_choice must be 'none', 'auto', 'required' or an object; "
-                f"got {data[:40]!r}.")
+                f"Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or an "
+                f"object; got {data[:40]!r}.")
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise serializers.ValidationError(
-                "tool_choice must be 'none', 'auto', 'required' or an object with a type.")
+                "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or an "
+                "object with a type.")
         function = data.get("function")
         if data["type"] == "function" and not (
                 isinstance(function, dict) and isinstance(function.get("name"), str)
                 and function["name"]):
             raise serializers.ValidationError(
-                'A function tool_choice names its function: {"type": "function", '
-                '"function": {"name": "..."}}.')
+                "Invalid value for 'tool_choice': a function choice names its function: "
+                '{"type": "function", "function": {"name": "..."}}.')
         return data
 
     def to_representation(self, value):
@@ -115,15 +116,16 @@ def _check_tool_choice(attrs: dict) -> None:
     choice, tools = attrs.get("tool_choice"), attrs.get("tools") or []
     if (choice == "required" or isinstance(choice, dict)) and not tools:
         raise serializers.ValidationError(
-            {"tool_choice": "tool_choice is only allowed when tools are specified."})
+            {"tool_choice": "Invalid value for 'tool_choice': 'tool_choice' is only allowed "
+                            "when 'tools' are specified."})
     if isinstance(choice, dict) and choice["type"] == "function":
         name = choice["function"]["name"]
         defined = {(tool.get("function") or {}).get("name") for tool in tools
                    if isinstance(tool.get("function"), dict)}
         if name not in defined:
             raise serializers.ValidationError(
-                {"tool_choice": f"tool_choice names the function {name!r}, which is not "
-                                f"among the tools."})
+                {"tool_choice": f"Invalid value for 'tool_choice': the function {name!r} is "
+                                f"not among the tools."})
 
 
 class _GenerationOptions(serializers.Serializer):
