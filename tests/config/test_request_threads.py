@@ -11,6 +11,7 @@ import pytest
 from config.request_threads import RequestThreads
 from inference.models import UsageRecord
 from tests.seeds import seed_demo_models
+from tests.waiting import wait_for
 
 CALL = {"model": "demo-small", "max_tokens": 4,
         "messages": [{"role": "user", "content": "hello there"}]}
@@ -30,14 +31,6 @@ def threads_used():
     signals.request_started.connect(note_thread, weak=False)
     yield threads
     signals.request_started.disconnect(note_thread)
-
-
-def _wait_until(condition) -> bool:
-    for _ in range(500):
-        if condition():
-            return True
-        threading.Event().wait(0.01)
-    return False
 
 
 @pytest.mark.django_db(transaction=True)
@@ -86,7 +79,7 @@ def test_a_request_thread_is_handed_out_again_only_once_its_work_is_done():
         assert threads.idle_count() == 0
     finally:
         render_may_finish.set()
-    assert _wait_until(lambda: threads.idle_count() == 1)
+    assert wait_for(lambda: threads.idle_count() == 1)
     assert threads.take() is busy  # used again, not started anew
     threads.give_back(other)
 
@@ -95,7 +88,7 @@ def test_request_threads_beyond_those_kept_idle_are_let_go():
     threads = RequestThreads(keep_idle=1)
     first, second = threads.take(), threads.take()
     threads.give_back(first)
-    assert _wait_until(lambda: threads.idle_count() == 1)
+    assert wait_for(lambda: threads.idle_count() == 1)
     threads.give_back(second)  # one is idle already: this one goes
 
     def refuses_work() -> bool:
@@ -105,7 +98,7 @@ def test_request_threads_beyond_those_kept_idle_are_let_go():
             return True
         return False
 
-    assert _wait_until(refuses_work)
+    assert wait_for(refuses_work)
     assert threads.idle_count() == 1
     assert threads.take() is first
     assert first.submit(lambda: 7).result(timeout=5) == 7
@@ -128,6 +121,6 @@ def test_a_request_thread_hands_back_a_database_connection_its_request_left_open
 
     assert executor.submit(open_a_connection).result(timeout=10)
     threads.give_back(executor)
-    assert _wait_until(lambda: threads.idle_count() == 1)
+    assert wait_for(lambda: threads.idle_count() == 1)
     assert executor.submit(lambda: connection.connection is None).result(timeout=10)
     threads.give_back(threads.take())

@@ -3,13 +3,13 @@ each worker the Procfile's gunicorn starts, so no collection walks it again."""
 
 import gc
 import re
-import time
 
 import httpx
 import pytest
 
 from config.serving import tune_garbage_collector
 from tests.config.servers import start_site, stop
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -44,15 +44,16 @@ def test_each_gunicorn_worker_freezes_what_it_loaded_and_serves(tmp_path):
     with log.open("w") as stderr:
         server, url = start_site(workers=2, env={"LOG_LEVEL": "INFO"}, stderr=stderr)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            frozen = re.findall(r"Garbage collector: (\d+) objects loaded at start-up frozen",
-                                log.read_text())
-            if len(frozen) == 2:
-                break
-            time.sleep(0.1)
+        wait_for(lambda: len(frozen_counts(log)) == 2, seconds=10, interval=0.1)
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
     finally:
         stop(server)
+    frozen = frozen_counts(log)
     assert len(frozen) == 2, log.read_text()[-2000:]
     assert all(int(count) > 10_000 for count in frozen)
+
+
+def frozen_counts(log) -> list[str]:
+    """What each worker logged it froze, in the server's log so far."""
+    return re.findall(r"Garbage collector: (\d+) objects loaded at start-up frozen",
+                      log.read_text())

@@ -21,6 +21,7 @@ from inference import backends
 from inference.backends import Prompt, get_backend, upstream_sessions
 from inference.exceptions import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from inference.models import AiModel, ModelPrice, UsageRecord, UsageStatus
+from tests.waiting import wait_for
 
 
 class _KeepAliveHandler(BaseHTTPRequestHandler):
@@ -107,15 +108,6 @@ async def _read(stream) -> str:
     return "".join([piece async for piece in stream])
 
 
-def _wait_for(condition, seconds: float = 5) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("mode", "error", "message"),
@@ -196,7 +188,7 @@ def test_a_loop_the_server_did_not_keep_leaves_no_session_or_connection_open(
             assert asyncio.run(_read(_stream(backend))) == "tok " * 4
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
-    assert _wait_for(lambda: keepalive_upstream.open == 0)
+    assert wait_for(lambda: keepalive_upstream.open == 0)
     assert keepalive_upstream.opened == 3
 
 
@@ -214,7 +206,7 @@ def test_the_server_loop_reuses_one_upstream_connection_and_closes_it_when_it_st
     answers, open_while_serving = asyncio.run(serve())
     assert answers == ["tok " * 4] * 5
     assert (keepalive_upstream.opened, open_while_serving) == (1, 1)
-    assert _wait_for(lambda: keepalive_upstream.open == 0)
+    assert wait_for(lambda: keepalive_upstream.open == 0)
 
 
 def test_a_stream_abandoned_early_closes_its_upstream_connection_on_the_server_loop(
@@ -270,7 +262,7 @@ def test_a_client_hanging_up_on_an_upstream_stream_stops_the_upstream_and_pays_w
                 break
     assert keepalive_upstream.hung_up.wait(5)
     assert keepalive_upstream.sent[-1] <= 8
-    assert _wait_for(lambda: UsageRecord.objects.filter(request_id=request_id).exists())
+    assert wait_for(lambda: UsageRecord.objects.filter(request_id=request_id).exists())
     record = UsageRecord.objects.get(request_id=request_id)
     assert record.status == UsageStatus.CLIENT_DISCONNECTED
     assert 3 <= record.completion_tokens <= 5
