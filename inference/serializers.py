@@ -72,6 +72,9 @@ class StopField(serializers.Field):
         return value
 
 
+INVALID_TOOL_CHOICE = "Invalid value for 'tool_choice': "  # OpenAI's words
+
+
 @extend_schema_field({"oneOf": [
     {"type": "string", "enum": ["none", "auto", "required"]},
     {"type": "object", "required": ["type"], "properties": {
@@ -91,18 +94,18 @@ class ToolChoiceField(serializers.Field):
             if data in self.MODES:
                 return data
             raise serializers.ValidationError(
-                f"Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or an "
-                f"object; got {data[:40]!r}.")
+                f"{INVALID_TOOL_CHOICE}expected 'none', 'auto', 'required' or an object; "
+                f"got {data[:40]!r}.")
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise serializers.ValidationError(
-                "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or an "
-                "object with a type.")
+                f"{INVALID_TOOL_CHOICE}expected 'none', 'auto', 'required' or an object "
+                "with a type.")
         function = data.get("function")
         if data["type"] == "function" and not (
                 isinstance(function, dict) and isinstance(function.get("name"), str)
                 and function["name"]):
             raise serializers.ValidationError(
-                "Invalid value for 'tool_choice': a function choice names its function: "
+                f"{INVALID_TOOL_CHOICE}a function choice names its function: "
                 '{"type": "function", "function": {"name": "..."}}.')
         return data
 
@@ -116,16 +119,16 @@ def _check_tool_choice(attrs: dict) -> None:
     choice, tools = attrs.get("tool_choice"), attrs.get("tools") or []
     if (choice == "required" or isinstance(choice, dict)) and not tools:
         raise serializers.ValidationError(
-            {"tool_choice": "Invalid value for 'tool_choice': 'tool_choice' is only allowed "
-                            "when 'tools' are specified."})
+            {"tool_choice": f"{INVALID_TOOL_CHOICE}'tool_choice' is only allowed when "
+                            "'tools' are specified."})
     if isinstance(choice, dict) and choice["type"] == "function":
         name = choice["function"]["name"]
-        defined = {(tool.get("function") or {}).get("name") for tool in tools
+        defined = {tool["function"].get("name") for tool in tools
                    if isinstance(tool.get("function"), dict)}
         if name not in defined:
             raise serializers.ValidationError(
-                {"tool_choice": f"Invalid value for 'tool_choice': the function {name!r} is "
-                                f"not among the tools."})
+                {"tool_choice": f"{INVALID_TOOL_CHOICE}the function {name!r} is not among "
+                                "the tools."})
 
 
 class _GenerationOptions(serializers.Serializer):
