@@ -16,7 +16,9 @@ application_name) and its processes' resident memory. Then the
 short non-streaming call: requests/s at 16 clients, and the metered overhead at 1 client
 against the same server command with billing off, both servers up and their batches
 interleaved. After each level the ledger must reconcile (`credits_verify`) and every stream
-must have been charged what its final chunk said.
+must have been charged what its final chunk said. Last, each of issue 13's targets with
+this run's figure for the working tree's Procfile server: met, NOT MET, or not measured
+(a level or the short calls left out).
 
 A change is measured against what it changes in the same run: `--compare-env 'NAME=VALUE
 ...'` adds the Procfile server with those environment variables, `--compare-ref GIT_REF` the
@@ -44,6 +46,7 @@ import datetime as dt
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -717,7 +720,66 @@ def main() -> int:
               f"overhead {result['overhead']:+.2f} ms (median of rounds: "
               f"{', '.join(f'{o:+.2f}' for o in result['overheads'])}); "
               f"{result['errors']} errors")
+    print("\nIssue 13's targets, for TokenBank (Procfile) in this run:")
+    for target, figure, met in target_verdicts(args, rows, short):
+        verdict = "not measured" if met is None else "met" if met else "NOT MET"
+        print(f"  {target:<64}{figure:<24}{verdict}")
     return 0
+
+
+# The issue's targets (32-token streams 20 ms apart; its "today" figures).
+STREAM_SHARE = 0.80  # of upstream-direct streams/s, at 64 and 256 streams
+TTFT_MARGIN_MS = 15  # TTFT p50 over upstream-direct's, at 64 streams
+CPU_PER_STREAM_MS = 10  # measured at 64 streams, as the issue's table was
+SHORT_CALLS_PER_S = 202  # metered, 16 clients
+SHORT_CALL_OVERHEAD_MS = 3  # metered over unmetered p50, 1 client
+
+
+def target_verdicts(args, rows, short) -> list[tuple[str, str, bool | None]]:
+    """(target, this run's figure, met: True, False, or None when this run did not measure
+    it) for the working tree's Procfile server."""
+    name = "TokenBank (Procfile)"
+    served = {level: (direct, result, ledger) for server, level, direct, result, ledger in rows
+              if server == name}
+    workers = int(re.search(r"--workers (\d+)", procfile_web(8000)).group(1))
+    pools_total = workers * int(args.pool_size)
+    verdicts = []
+    for level in (64, 256):
+        if level in served:
+            direct, result, _ = served[level]
+            share = result["per_s"] / direct["per_s"]
+            verdicts.append((f">= {STREAM_SHARE:.0%} of upstream-direct streams/s at {level}",
+                             f"{share:.0%}", share >= STREAM_SHARE))
+        else:
+            verdicts.append((f">= {STREAM_SHARE:.0%} of upstream-direct streams/s at {level}",
+                             "", None))
+    if 64 in served:
+        direct, result, _ = served[64]
+        over = result["ttft50"] - direct["ttft50"]
+        verdicts.append((f"TTFT p50 <= upstream-direct + {TTFT_MARGIN_MS} ms at 64",
+                         f"{over:+.0f} ms", over <= TTFT_MARGIN_MS))
+        cpu = served[64][1]["cpu"]
+        verdicts.append((f"CPU per stream <= {CPU_PER_STREAM_MS} ms at 64 ({args.tokens} tokens)",
+                         f"{cpu:.1f} ms", cpu <= CPU_PER_STREAM_MS if args.tokens == 32 else None))
+    else:
+        verdicts += [(f"TTFT p50 <= upstream-direct + {TTFT_MARGIN_MS} ms at 64", "", None),
+                     (f"CPU per stream <= {CPU_PER_STREAM_MS} ms at 64", "", None)]
+    peak = max((result["peak"] for _, result, _ in served.values()), default=None)
+    verdicts.append((f"peak PostgreSQL connections <= the pools' total ({workers} x "
+                     f"{args.pool_size})", "" if peak is None else f"{peak} at most",
+                     None if peak is None else peak <= pools_total))
+    ledgers = [ledger for _, _, ledger in served.values()]
+    verdicts.append(("ledger clean, every stream charged what its final chunk said",
+                     "clean at every level" if ledgers and set(ledgers) == {"clean"}
+                     else "; ".join(ledgers), set(ledgers) == {"clean"} if ledgers else None))
+    calls = short.get(name)
+    verdicts.append((f"short calls >= {SHORT_CALLS_PER_S} req/s at 16 clients, metered",
+                     f"{calls['rps'][True]:.0f} req/s" if calls else "",
+                     calls["rps"][True] >= SHORT_CALLS_PER_S if calls else None))
+    verdicts.append((f"metered overhead <= {SHORT_CALL_OVERHEAD_MS} ms at 1 client",
+                     f"{calls['overhead']:+.2f} ms" if calls else "",
+                     calls["overhead"] <= SHORT_CALL_OVERHEAD_MS if calls else None))
+    return verdicts
 
 
 if __name__ == "__main__":
