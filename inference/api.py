@@ -7,6 +7,7 @@ that goes out as a final SSE event with an `error` object.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -155,6 +156,7 @@ class _MeteredView(JsonAPIView):
                 max_tokens=data.get("max_tokens"), endpoint=self.endpoint, streamed=stream,
                 # The request as sent: every field goes through to the upstream.
                 options=request.data, request_id=request_id,
+                on_hold_granted=self._ask_upstream_early,
             )
             # The key's tokens-per-minute count takes the real usage once the call ends.
             count_actual_tokens(request, lambda: call.charged_prompt_tokens + call.completion_tokens)
@@ -167,8 +169,25 @@ class _MeteredView(JsonAPIView):
             raise
         return Begun(data=data, call=call, record=record)
 
+    def _ask_upstream_early(self, call) -> None:
+        """start_call's `on_hold_granted`, on the ledger thread under the account's lock: the
+        event loop asks the upstream while the hold is written and committed. Scheduled
+        before this step's result, so it has run by the time `post` has the hold or the
+        step's error."""
+        self.loop.call_soon_threadsafe(self._open_upstream, call)
+
+    def _open_upstream(self, call) -> None:
+        self.asked_early = call
+        call.open_upstream()
+
     async def post(self, request):
-        begun = await self.run(self.begin, request)
+        self.loop, self.asked_early = asyncio.get_running_loop(), None
+        try:
+            begun = await self.run(self.begin, request)
+        except BaseException:
+            if self.asked_early is not None:  # the hold or the rest of the start failed
+                await asyncio.shield(self.asked_early.abandon_upstream())
+            raise
         if begun.replay is not None:
             replay = begun.replay
             return Response(replay.body, status=replay.status_code,

@@ -74,6 +74,27 @@ def record_first_token(*, user_id: int, at: dt.datetime | None = None) -> bool:
 # --- metering a call -------------------------------------------------------------------
 
 
+_NO_PIECE = object()  # an upstream read ahead (open_upstream) that ended before any piece
+
+
+async def _led_by(first, pieces: AsyncIterator) -> AsyncIterator:
+    """`pieces` after the `first` piece already read from them (unless _NO_PIECE)."""
+    if first is not _NO_PIECE:
+        yield first
+    async for piece in pieces:
+        yield piece
+
+
+async def _close(*readers) -> None:
+    """Closes a call's readers of its upstream, outermost first: the generators, then the
+    backend's stream itself, whose own close ends the upstream request at once (closing a
+    generator that wraps another leaves the inner one suspended until it is collected)."""
+    for reader in readers:
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await reader.aclose()
+
+
 def _failure(exc: BaseException) -> tuple[str, str]:
     """The usage status and error of a call that ended with `exc`."""
     if isinstance(exc, GeneratorExit | asyncio.CancelledError):
@@ -171,6 +192,7 @@ class MeteredCall:
     _balance_micros: int | None = None  # cached; settling replaces or clears it
     _journaled_pieces: int = 0
     _journaled_at: float | None = None  # time.monotonic() of the last journal write
+    _opening: asyncio.Task | None = None  # the upstream asked early (open_upstream)
 
     @property
     def text(self) -> str:
@@ -245,16 +267,49 @@ class MeteredCall:
                 stream.close()
             self._settle(status=status, error=error)
 
+    def open_upstream(self) -> None:
+        """Asks the upstream now, from the event loop, while the hold is still being written
+        (start_call's `on_hold_granted`): its first piece is read ahead and kept for
+        `atokens`, which alone delivers it, once the view has the committed hold. The
+        upstream's own time to a first token then covers the hold's commit."""
+        self._opening = asyncio.ensure_future(self._read_first_piece())
+
+    async def _read_first_piece(self) -> tuple[AsyncIterator, object]:
+        stream = self._stream = self.backend.agenerate(**self._generation())
+        pieces = aiter(stream)
+        try:
+            return pieces, await anext(pieces)
+        except StopAsyncIteration:
+            return pieces, _NO_PIECE
+
+    async def abandon_upstream(self) -> None:
+        """Ends an upstream asked by `open_upstream` for a call that did not start after all
+        (its hold or the rest of its start failed): the request is closed, which tells the
+        upstream to stop, and nothing read from it goes anywhere."""
+        opening, self._opening = self._opening, None
+        if opening is None:
+            return
+        opening.cancel()  # a read still waiting for the first piece ends here
+        await asyncio.wait([opening])
+        read = not opening.cancelled() and opening.exception() is None
+        await _close(opening.result()[0] if read else None, self._stream)
+
     async def atokens(self, run: LedgerRunner) -> AsyncIterator[str]:
         """`tokens()` for async code: waiting for the upstream holds no thread and no database
         connection; each ledger step (first token, settlement) goes through `run`. A client
         that goes away cancels the task (or closes this generator): the call settles for what
         was delivered, in `finally`, shielded from a second cancellation."""
-        stream = pieces = journal = None
+        stream = pieces = upstream = journal = None
         status, error = UsageStatus.FAILED, ""
         try:
-            stream = self._stream = self.backend.agenerate(**self._generation())
-            pieces = aiter(stream)
+            if self._opening is not None:  # asked while the hold committed: the first piece read
+                opening, self._opening = self._opening, None
+                upstream, first = await opening
+                stream = self._stream
+                pieces = _led_by(first, upstream)
+            else:
+                stream = self._stream = self.backend.agenerate(**self._generation())
+                upstream = pieces = aiter(stream)
             async for piece in pieces:
                 if piece:
                     self._check_time_limit()
@@ -283,9 +338,7 @@ class MeteredCall:
             status, error = _failure(exc)
             raise
         finally:
-            if pieces is not None:
-                with contextlib.suppress(Exception):
-                    await pieces.aclose()  # stops the upstream read now
+            await _close(pieces, upstream, stream)  # stops the upstream read now
             await asyncio.shield(self._settle_after(journal, run, status=status, error=error))
 
     async def _settle_after(self, journal: asyncio.Future | None, run: LedgerRunner, *,
@@ -585,9 +638,14 @@ def start_call(
     streamed: bool = False,
     options: dict | None = None,
     request_id: str | None = None,
+    on_hold_granted: Callable[[MeteredCall], None] | None = None,
 ) -> MeteredCall:
     """Validate a call and hold its worst-case cost (prompt at the input price plus
     `max_tokens`, or the model's limit, at the output price) at the price in effect now.
+
+    `on_hold_granted(call)` is called once the hold is certain and before it is written
+    (credit_services.authorize's `on_granted`), so the caller may ask the upstream while the
+    hold commits (MeteredCall.open_upstream); never for a call that holds nothing.
 
     Raises ModelNotFound (unknown, inactive or unpriced model), InvalidRequest (limits),
     InsufficientCreditsForCall (nothing held). A user inside the promotion window may
@@ -639,6 +697,7 @@ def start_call(
                           "prompt_tokens": prompt_tokens,
                           "input_price_per_million_micros": price.input_price_per_million_micros,
                           "output_price_per_million_micros": price.output_price_per_million_micros},
+                on_granted=on_hold_granted and functools.partial(on_hold_granted, call),
             )
             call._balance_micros = call.hold.balance_after_micros  # None: read when asked
         except InsufficientCredits as exc:

@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -56,6 +57,7 @@ def authorize(
     allow_pending_promotion: bool = True,
     metadata: dict | None = None,
     now: dt.datetime | None = None,
+    on_granted: Callable[[], None] | None = None,
 ) -> CreditHold:
     """Reserve credit for work whose cost is known only afterwards.
 
@@ -64,6 +66,12 @@ def authorize(
     amount across all their holds). `metadata` (JSON) describes the work for whoever
     records it should the stale-hold sweep settle it. Raises InsufficientCredits,
     nothing written.
+
+    `on_granted()` is called under the account's lock once a new hold is certain (its
+    credit counted and free), before the hold is written and committed: a caller may start
+    the work the hold pays for meanwhile, as long as it delivers nothing before this
+    returns. It must be quick and must not raise. It is not called for a refusal or an
+    idempotent replay.
     """
     require_amount(amount_micros)
     now = now_or(now)
@@ -71,7 +79,7 @@ def authorize(
         reserved = _reserve(user, amount_micros, reference=reference,
                             idempotency_key=idempotency_key,
                             allow_pending_promotion=allow_pending_promotion,
-                            metadata=metadata, now=now)
+                            metadata=metadata, now=now, on_granted=on_granted)
     # A refusal is raised once its transaction has ended with COMMIT (it wrote nothing; the
     # commit only lets go of the locks): a ROLLBACK would make psycopg forget every statement
     # prepared on the connection, and a client calling with no credit left would make each
@@ -82,8 +90,8 @@ def authorize(
 
 
 def _reserve(user, amount_micros: int, *, reference: str, idempotency_key: str | None,
-             allow_pending_promotion: bool, metadata: dict | None,
-             now: dt.datetime) -> CreditHold | InsufficientCredits:
+             allow_pending_promotion: bool, metadata: dict | None, now: dt.datetime,
+             on_granted: Callable[[], None] | None = None) -> CreditHold | InsufficientCredits:
     """authorize()'s work under the account's lock: the hold, or the refusal (nothing
     written: the writer's rows go out only at `flush`)."""
     hold_id = uuid.uuid4()
@@ -108,6 +116,8 @@ def _reserve(user, amount_micros: int, *, reference: str, idempotency_key: str |
             return InsufficientCredits(required_micros=amount_micros,
                                        available_micros=available + pending_room)
         pending = amount_micros - available
+    if on_granted is not None:
+        on_granted()
     hold = CreditHold(
         id=hold_id, user_id=locked.user_id, amount_micros=amount_micros, pending_promotion_micros=pending,
         reference=reference, idempotency_key=key, created_at=now, metadata=metadata or {},

@@ -1,0 +1,190 @@
+"""The upstream is asked while a call's hold commits, not after: once the hold is certain
+(its credit counted under the account's lock), the gateway starts the upstream request and
+writes the hold meanwhile. Nothing reaches the client before the hold has committed; a call
+the credit cannot pay for never reaches the upstream; and a hold that fails after the
+upstream was asked ends that request and charges nothing (live ASGI server, real HTTP
+upstream, PostgreSQL)."""
+
+import datetime as dt
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from accounts.services import create_api_key
+from credits.models import CreditHold
+from credits.money import usd_to_micros
+from credits.services.writer import LedgerWriter
+from inference.models import AiModel, Deployment, ModelPrice, Upstream, UsageRecord, UsageStatus
+from tests.books import assert_books_balance
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.postgres]
+
+TOKENS = 12
+
+
+class _StreamingHandler(BaseHTTPRequestHandler):
+    """Streams TOKENS tokens `server.delay` seconds apart; notes each request as it arrives
+    and a client that hangs up before the end."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _event(self, payload) -> None:
+        data = f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+        self.wfile.write(data.encode())
+        self.wfile.flush()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for _ in range(TOKENS):
+                self._event({"id": "up", "choices": [{"index": 0, "delta": {"content": "tok "}}]})
+                time.sleep(self.server.delay)
+            self._event({"id": "up", "choices": [{"index": 0, "delta": {},
+                                                  "finish_reason": "stop"}]})
+            self._event({"id": "up", "choices": [],
+                         "usage": {"prompt_tokens": 5, "completion_tokens": TOKENS}})
+            self._event("[DONE]")
+        except (BrokenPipeError, ConnectionResetError):
+            self.server.hung_up.set()
+        self.close_connection = True
+
+
+@pytest.fixture
+def upstream():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StreamingHandler)
+    server.daemon_threads = True
+    server.requests, server.hung_up, server.delay = [], threading.Event(), 0.02
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def routed(upstream, transactional_db):
+    model = AiModel.objects.create(id="gpt-early", max_output_tokens=1000, context_length=10_000)
+    ModelPrice.objects.create(model=model, input_price_per_million_micros=1_000_000,
+                              output_price_per_million_micros=4_000_000,
+                              effective_from=timezone.now() - dt.timedelta(days=1))
+    port = upstream.server_port
+    Deployment.objects.create(model=model, upstream_model="up-model", position=0,
+                              upstream=Upstream.objects.create(
+                                  name="early", base_url=f"http://127.0.0.1:{port}/v1",
+                                  api_key="sk-up", connect_timeout_seconds=1,
+                                  read_timeout_seconds=5))
+    return model
+
+
+def _customer(make_user, fund, usd: int):
+    user = make_user(promotion_eligible=False)
+    if usd:
+        fund(user, usd)
+    return user, create_api_key(user=user, name="early")[1]
+
+
+def _on_hold_write(monkeypatch, action) -> None:
+    """Runs `action` on the ledger thread, under the account's lock, just before a hold's
+    rows are written (after authorize() has found the credit and called `on_granted`)."""
+    original = LedgerWriter.flush
+
+    def flush(self):
+        if self.operation_key.startswith("hold:"):
+            action()
+        return original(self)
+
+    monkeypatch.setattr(LedgerWriter, "flush", flush)
+
+
+STREAM = {"model": "gpt-early", "stream": True, "max_tokens": 50,
+          "stream_options": {"include_usage": True},
+          "messages": [{"role": "user", "content": "hello"}]}
+
+
+def test_the_upstream_is_asked_while_the_hold_commits_and_no_token_leaves_before_it(
+        live_server, upstream, routed, make_user, fund, monkeypatch):
+    user, secret = _customer(make_user, fund, usd=5)
+    asked_during_the_hold, committed = [], []
+
+    def slow_hold_write():
+        asked_during_the_hold.append(wait_for(lambda: upstream.requests, seconds=3))
+        # A slow write and commit: the upstream's first tokens are ready before they end.
+        time.sleep(0.2)
+        transaction.on_commit(lambda: committed.append(time.monotonic()))
+
+    _on_hold_write(monkeypatch, slow_hold_write)
+    first_token_at, charged = None, None
+    with httpx.Client(base_url=live_server.url, timeout=10) as client, client.stream(
+            "POST", "/v1/chat/completions", json=STREAM,
+            headers={"Authorization": f"Bearer {secret}"}) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if first_token_at is None and any(choice.get("delta", {}).get("content")
+                                               for choice in chunk["choices"]):
+                first_token_at = time.monotonic()
+            charged = (chunk.get("credits") or {}).get("charged", charged)
+
+    assert response.status_code == 200
+    assert asked_during_the_hold == [True]  # before: only once the hold had committed
+    assert committed and first_token_at > committed[0]
+    record = UsageRecord.objects.get()
+    assert record.status == UsageStatus.SUCCEEDED and record.completion_tokens == TOKENS
+    assert usd_to_micros(charged) == record.cost_micros > 0
+    assert_books_balance(user.pk)
+
+
+def test_a_call_the_credit_cannot_pay_for_never_reaches_the_upstream(
+        live_server, upstream, routed, make_user, fund):
+    user, secret = _customer(make_user, fund, usd=0)
+    response = httpx.post(f"{live_server.url}/v1/chat/completions", json=STREAM, timeout=10,
+                          headers={"Authorization": f"Bearer {secret}"})
+
+    assert response.status_code == 402
+    assert response.json()["error"]["code"] == "insufficient_credits"
+    assert upstream.requests == []
+    assert not CreditHold.objects.exists()
+    assert_books_balance(user.pk)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "answer"])
+def test_a_hold_that_fails_after_the_upstream_was_asked_ends_that_request_and_charges_nothing(
+        live_server, upstream, routed, make_user, fund, monkeypatch, stream):
+    user, secret = _customer(make_user, fund, usd=5)
+    upstream.delay = 0.1  # still streaming when the hold fails
+    asked = []
+
+    def failing_hold_write():
+        asked.append(wait_for(lambda: upstream.requests, seconds=3))
+        raise DatabaseError("the connection was lost while writing the hold")
+
+    _on_hold_write(monkeypatch, failing_hold_write)
+    response = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=10,
+                          json={**STREAM, "stream": stream},
+                          headers={"Authorization": f"Bearer {secret}"})
+
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    assert asked == [True]
+    assert upstream.hung_up.wait(3)  # the request was closed, not left generating
+    assert not CreditHold.objects.exists()
+    assert not UsageRecord.objects.exists()
+    user.credit_account.refresh_from_db()
+    assert user.credit_account.balance_micros == 5_000_000
+    assert_books_balance(user.pk)
