@@ -156,7 +156,9 @@ class _MeteredView(JsonAPIView):
                 max_tokens=data.get("max_tokens"), endpoint=self.endpoint, streamed=stream,
                 # The request as sent: every field goes through to the upstream.
                 options=request.data, request_id=request_id,
-                on_hold_granted=self._ask_upstream_early,
+                # A stream's client waits for its first token: its upstream is asked while
+                # the hold commits. An answer is waited for whole; it keeps the plain order.
+                on_hold_granted=self._ask_upstream_early if stream else None,
             )
             # The key's tokens-per-minute count takes the real usage once the call ends.
             count_actual_tokens(request, lambda: call.charged_prompt_tokens + call.completion_tokens)

@@ -338,7 +338,9 @@ class MeteredCall:
             status, error = _failure(exc)
             raise
         finally:
-            await _close(pieces, upstream, stream)  # stops the upstream read now
+            # Stops the upstream read now (the backend's stream: read ahead, it may have failed
+            # before this call held it).
+            await _close(pieces, upstream, self._stream)
             await asyncio.shield(self._settle_after(journal, run, status=status, error=error))
 
     async def _settle_after(self, journal: asyncio.Future | None, run: LedgerRunner, *,

@@ -1,9 +1,9 @@
-"""The upstream is asked while a call's hold commits, not after: once the hold is certain
+"""A stream's upstream is asked while its hold commits, not after: once the hold is certain
 (its credit counted under the account's lock), the gateway starts the upstream request and
 writes the hold meanwhile. Nothing reaches the client before the hold has committed; a call
-the credit cannot pay for never reaches the upstream; and a hold that fails after the
-upstream was asked ends that request and charges nothing (live ASGI server, real HTTP
-upstream, PostgreSQL)."""
+the credit cannot pay for never reaches the upstream; a hold that fails after the upstream
+was asked ends that request and charges nothing; an answer not streamed keeps the plain
+order (live ASGI server, real HTTP upstream, PostgreSQL)."""
 
 import datetime as dt
 import json
@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from accounts.services import create_api_key
 from credits.models import CreditHold
-from credits.money import usd_to_micros
+from credits.money import format_usd, usd_to_micros
 from credits.services.writer import LedgerWriter
 from inference.models import AiModel, Deployment, ModelPrice, Upstream, UsageRecord, UsageStatus
 from tests.books import assert_books_balance
@@ -30,8 +30,8 @@ TOKENS = 12
 
 
 class _StreamingHandler(BaseHTTPRequestHandler):
-    """Streams TOKENS tokens `server.delay` seconds apart; notes each request as it arrives
-    and a client that hangs up before the end."""
+    """Streams TOKENS tokens `server.delay` seconds apart (answers whole when not asked to
+    stream); notes each request as it arrives and a client that hangs up before the end."""
 
     protocol_version = "HTTP/1.1"
 
@@ -46,6 +46,17 @@ class _StreamingHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append(body)
+        if not body.get("stream"):
+            answer = json.dumps({"id": "up", "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "tok " * TOKENS},
+                 "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": TOKENS}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
@@ -150,6 +161,23 @@ def test_the_upstream_is_asked_while_the_hold_commits_and_no_token_leaves_before
     assert_books_balance(user.pk)
 
 
+def test_an_answer_not_streamed_asks_the_upstream_once_its_hold_has_committed(
+        live_server, upstream, routed, make_user, fund, monkeypatch):
+    user, secret = _customer(make_user, fund, usd=5)
+    asked_during_the_hold = []
+    _on_hold_write(monkeypatch, lambda: asked_during_the_hold.append(bool(upstream.requests)))
+    response = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=10,
+                          json={**STREAM, "stream": False},
+                          headers={"Authorization": f"Bearer {secret}"})
+
+    assert response.status_code == 200
+    assert asked_during_the_hold == [False] and len(upstream.requests) == 1
+    record = UsageRecord.objects.get()
+    assert record.status == UsageStatus.SUCCEEDED
+    assert response.headers["X-Credits-Charged"] == format_usd(record.cost_micros)
+    assert_books_balance(user.pk)
+
+
 def test_a_call_the_credit_cannot_pay_for_never_reaches_the_upstream(
         live_server, upstream, routed, make_user, fund):
     user, secret = _customer(make_user, fund, usd=0)
@@ -163,9 +191,8 @@ def test_a_call_the_credit_cannot_pay_for_never_reaches_the_upstream(
     assert_books_balance(user.pk)
 
 
-@pytest.mark.parametrize("stream", [True, False], ids=["stream", "answer"])
 def test_a_hold_that_fails_after_the_upstream_was_asked_ends_that_request_and_charges_nothing(
-        live_server, upstream, routed, make_user, fund, monkeypatch, stream):
+        live_server, upstream, routed, make_user, fund, monkeypatch):
     user, secret = _customer(make_user, fund, usd=5)
     upstream.delay = 0.1  # still streaming when the hold fails
     asked = []
@@ -176,7 +203,7 @@ def test_a_hold_that_fails_after_the_upstream_was_asked_ends_that_request_and_ch
 
     _on_hold_write(monkeypatch, failing_hold_write)
     response = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=10,
-                          json={**STREAM, "stream": stream},
+                          json=STREAM,
                           headers={"Authorization": f"Bearer {secret}"})
 
     assert response.status_code == 500
