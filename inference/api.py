@@ -184,8 +184,14 @@ class _MeteredView(JsonAPIView):
 
     async def post(self, request):
         self.loop, self.asked_early = asyncio.get_running_loop(), None
+        # The step runs to its end on its thread whatever happens to this request.
+        starting = asyncio.ensure_future(self.run(self.begin, request))
         try:
-            begun = await self.run(self.begin, request)
+            begun = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The client went away while the call was starting.
+            await asyncio.shield(self._end_unstarted(starting))
+            raise
         except BaseException:
             if self.asked_early is not None:  # the hold or the rest of the start failed
                 await asyncio.shield(self.asked_early.abandon_upstream())
@@ -221,6 +227,22 @@ class _MeteredView(JsonAPIView):
             await self.run(idempotency.store_idempotent_response, record=record, status_code=200,
                            body=body, headers=headers)
         return Response(body, headers=headers)
+
+    async def _end_unstarted(self, starting: asyncio.Future) -> None:
+        """Undoes what a start its client walked away from began, once the step is done: its
+        upstream request, its hold (settled as a disconnect, nothing delivered) and its
+        Idempotency-Key claim (free to be retried), so no credit stays held until the
+        stale-hold sweep."""
+        await asyncio.wait([starting])
+        if starting.cancelled() or starting.exception() is not None:
+            if self.asked_early is not None:
+                await self.asked_early.abandon_upstream()
+            return
+        begun = starting.result()
+        if begun.call is not None:
+            await begun.call.end_unstarted(self.run)
+        if begun.record is not None:
+            await self.run(idempotency.forget_idempotency_key, record=begun.record)
 
     def answer(self, call, data, created) -> tuple[dict, dict]:
         """The body and headers of a settled non-streaming call."""

@@ -294,6 +294,13 @@ class MeteredCall:
         read = not opening.cancelled() and opening.exception() is None
         await _close(opening.result()[0] if read else None, self._stream)
 
+    async def end_unstarted(self, run: LedgerRunner) -> None:
+        """Settles a call whose client went away while it was starting (its hold taken, no
+        token delivered): the upstream asked early is ended and the hold settled as the
+        client's leaving, with its usage record, now rather than by the stale-hold sweep."""
+        await self.abandon_upstream()
+        await run(self._settle, status=UsageStatus.CLIENT_DISCONNECTED, error="")
+
     async def atokens(self, run: LedgerRunner) -> AsyncIterator[str]:
         """`tokens()` for async code: waiting for the upstream holds no thread and no database
         connection; each ledger step (first token, settlement) goes through `run`. A client

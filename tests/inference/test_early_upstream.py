@@ -3,7 +3,8 @@
 writes the hold meanwhile. Nothing reaches the client before the hold has committed; a call
 the credit cannot pay for never reaches the upstream; a hold that fails after the upstream
 was asked ends that request and charges nothing; an answer not streamed keeps the plain
-order (live ASGI server, real HTTP upstream, PostgreSQL)."""
+order; and a client that leaves while its call starts leaves nothing held or claimed (live
+ASGI server, real HTTP upstream, PostgreSQL)."""
 
 import datetime as dt
 import json
@@ -17,7 +18,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from accounts.services import create_api_key
-from credits.models import CreditHold
+from credits.models import CreditHold, HoldStatus
 from credits.money import format_usd, usd_to_micros
 from credits.services.writer import LedgerWriter
 from inference.models import AiModel, Deployment, ModelPrice, Upstream, UsageRecord, UsageStatus
@@ -214,4 +215,32 @@ def test_a_hold_that_fails_after_the_upstream_was_asked_ends_that_request_and_ch
     assert not UsageRecord.objects.exists()
     user.credit_account.refresh_from_db()
     assert user.credit_account.balance_micros == 5_000_000
+    assert_books_balance(user.pk)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "answer"])
+def test_a_client_that_leaves_while_its_call_starts_leaves_nothing_held_or_claimed(
+        live_server, upstream, routed, make_user, fund, monkeypatch, stream):
+    user, secret = _customer(make_user, fund, usd=5)
+    upstream.delay = 0.1  # still streaming when the start is undone
+    _on_hold_write(monkeypatch, lambda: time.sleep(0.6))  # the client gives up meanwhile
+    headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": "start-once"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{live_server.url}/v1/chat/completions", json={**STREAM, "stream": stream},
+                   headers=headers, timeout=httpx.Timeout(5, read=0.2))
+
+    # Before: the hold stayed active (and the key claimed) until the stale-hold sweep.
+    assert wait_for(lambda: UsageRecord.objects.exists() and not CreditHold.objects.filter(
+        status=HoldStatus.ACTIVE).exists())
+    record = UsageRecord.objects.get()
+    assert (record.status, record.cost_micros) == (UsageStatus.CLIENT_DISCONNECTED, 0)
+    account = user.credit_account
+    account.refresh_from_db()
+    assert (account.balance_micros, account.held_micros) == (5_000_000, 0)
+    if stream:
+        assert upstream.hung_up.wait(3)  # its upstream, asked early, was closed
+    monkeypatch.undo()
+    retried = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=10,
+                         json={**STREAM, "stream": stream}, headers=headers)
+    assert retried.status_code == 200  # the key was not left claimed by the abandoned start
     assert_books_balance(user.pk)
