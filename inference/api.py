@@ -26,7 +26,7 @@ from accounts.throttles import ApiKeyRateThrottle, count_actual_tokens
 from credits.money import TOKEN_CLASSES, format_usd
 from inference import idempotency, services
 from inference.backends import Prompt, Relay
-from inference.errors import error_body, exception_handler
+from inference.errors import error_body, exception_handler, is_refusal
 from inference.exceptions import InferenceError
 from inference.models import AiModel
 from inference.serializers import (
@@ -179,17 +179,19 @@ class _MeteredView(JsonAPIView):
         self.loop.call_soon_threadsafe(self._open_upstream, call)
 
     def _open_upstream(self, call) -> None:
-        self.asked_early = call
-        call.open_upstream()
+        if not self.client_left:  # no upstream work for nobody
+            self.asked_early = call
+            call.open_upstream()
 
     async def post(self, request):
-        self.loop, self.asked_early = asyncio.get_running_loop(), None
+        self.loop, self.asked_early, self.client_left = asyncio.get_running_loop(), None, False
         # The step runs to its end on its thread whatever happens to this request.
         starting = asyncio.ensure_future(self.run(self.begin, request))
         try:
             begun = await asyncio.shield(starting)
         except asyncio.CancelledError:
-            # The client went away while the call was starting.
+            # What the step began (a hold, a key's claim) would otherwise wait for the sweep.
+            self.client_left = True
             await asyncio.shield(self._end_unstarted(starting))
             raise
         except BaseException:
@@ -231,10 +233,14 @@ class _MeteredView(JsonAPIView):
     async def _end_unstarted(self, starting: asyncio.Future) -> None:
         """Undoes what a start its client walked away from began, once the step is done: its
         upstream request, its hold (settled as a disconnect, nothing delivered) and its
-        Idempotency-Key claim (free to be retried), so no credit stays held until the
-        stale-hold sweep."""
+        Idempotency-Key claim (free to be retried). A step that failed wrote nothing, unless
+        its hold's COMMIT reply was lost: the stale-hold sweep settles that one."""
         await asyncio.wait([starting])
         if starting.cancelled() or starting.exception() is not None:
+            failure = None if starting.cancelled() else starting.exception()
+            if failure is not None and not is_refusal(failure):  # never lost with its client
+                logger.error("A call to %s failed to start after its client left",
+                             self.request.path, exc_info=failure)
             if self.asked_early is not None:
                 await self.asked_early.abandon_upstream()
             return

@@ -69,6 +69,15 @@ def _validation_response(exc: drf.ValidationError) -> Response:
     )
 
 
+# What exception_handler answers as the API's own refusal (anything else, it logs as a bug).
+_REFUSALS = (InferenceError, credit_errors.CreditError, drf.APIException, RequestDataTooBig,
+             SuspiciousOperation, Http404, DjangoPermissionDenied)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, _REFUSALS)
+
+
 def exception_handler(exc, context) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, InsufficientCreditsForCall):

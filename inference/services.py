@@ -77,12 +77,26 @@ def record_first_token(*, user_id: int, at: dt.datetime | None = None) -> bool:
 _NO_PIECE = object()  # an upstream read ahead (open_upstream) that ended before any piece
 
 
-async def _led_by(first, pieces: AsyncIterator) -> AsyncIterator:
-    """`pieces` after the `first` piece already read from them (unless _NO_PIECE)."""
-    if first is not _NO_PIECE:
-        yield first
-    async for piece in pieces:
-        yield piece
+class _LedBy:
+    """The pieces of an upstream read ahead: `first`, already read (unless _NO_PIECE), then
+    the rest straight from `pieces` (no generator of its own in between: this runs per token)."""
+
+    def __init__(self, first, pieces: AsyncIterator):
+        self.first, self.pieces = first, pieces
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self) -> Awaitable:
+        if self.first is _NO_PIECE:
+            return anext(self.pieces)
+        read = asyncio.get_running_loop().create_future()
+        read.set_result(self.first)
+        self.first = _NO_PIECE
+        return read
+
+    async def aclose(self) -> None:
+        await self.pieces.aclose()
 
 
 async def _close(*readers) -> None:
@@ -274,17 +288,17 @@ class MeteredCall:
         upstream's own time to a first token then covers the hold's commit."""
         self._opening = asyncio.ensure_future(self._read_first_piece())
 
-    async def _read_first_piece(self) -> tuple[AsyncIterator, object]:
-        stream = self._stream = self.backend.agenerate(**self._generation())
-        pieces = aiter(stream)
+    async def _read_first_piece(self) -> _LedBy:
+        self._stream = self.backend.agenerate(**self._generation())
+        pieces = aiter(self._stream)
         try:
-            return pieces, await anext(pieces)
+            return _LedBy(await anext(pieces), pieces)
         except StopAsyncIteration:
-            return pieces, _NO_PIECE
+            return _LedBy(_NO_PIECE, pieces)
 
     async def abandon_upstream(self) -> None:
-        """Ends an upstream asked by `open_upstream` for a call that did not start after all
-        (its hold or the rest of its start failed): the request is closed, which tells the
+        """Ends an upstream asked by `open_upstream` whose pieces will never be delivered
+        (the call's start failed, or its client left): the request is closed, which tells the
         upstream to stop, and nothing read from it goes anywhere."""
         opening, self._opening = self._opening, None
         if opening is None:
@@ -292,7 +306,7 @@ class MeteredCall:
         opening.cancel()  # a read still waiting for the first piece ends here
         await asyncio.wait([opening])
         read = not opening.cancelled() and opening.exception() is None
-        await _close(opening.result()[0] if read else None, self._stream)
+        await _close(opening.result() if read else None, self._stream)
 
     async def end_unstarted(self, run: LedgerRunner) -> None:
         """Settles a call whose client went away while it was starting (its hold taken, no
@@ -306,17 +320,16 @@ class MeteredCall:
         connection; each ledger step (first token, settlement) goes through `run`. A client
         that goes away cancels the task (or closes this generator): the call settles for what
         was delivered, in `finally`, shielded from a second cancellation."""
-        stream = pieces = upstream = journal = None
+        stream = pieces = journal = None
         status, error = UsageStatus.FAILED, ""
         try:
             if self._opening is not None:  # asked while the hold committed: the first piece read
                 opening, self._opening = self._opening, None
-                upstream, first = await opening
+                pieces = await opening
                 stream = self._stream
-                pieces = _led_by(first, upstream)
             else:
                 stream = self._stream = self.backend.agenerate(**self._generation())
-                upstream = pieces = aiter(stream)
+                pieces = aiter(stream)
             async for piece in pieces:
                 if piece:
                     self._check_time_limit()
@@ -345,13 +358,14 @@ class MeteredCall:
             status, error = _failure(exc)
             raise
         finally:
-            # Stops the upstream read now (the backend's stream: read ahead, it may have failed
-            # before this call held it).
-            await _close(pieces, upstream, self._stream)
-            await asyncio.shield(self._settle_after(journal, run, status=status, error=error))
+            # The backend's own stream too: read ahead, it may have failed before this call
+            # held it.
+            await asyncio.shield(self._settle_after(journal, run, status=status, error=error,
+                                                    readers=(pieces, self._stream)))
 
     async def _settle_after(self, journal: asyncio.Future | None, run: LedgerRunner, *,
-                            status: str, error: str) -> None:
+                            status: str, error: str, readers: tuple = ()) -> None:
+        await _close(*readers)  # stops the upstream read now
         if journal is not None:
             with contextlib.suppress(Exception):
                 await journal  # never raises; its UPDATE lands before the settlement locks

@@ -7,6 +7,7 @@ order; and a client that leaves while its call starts leaves nothing held or cla
 ASGI server, real HTTP upstream, PostgreSQL)."""
 
 import datetime as dt
+import gc
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from credits.models import CreditHold, HoldStatus
 from credits.money import format_usd, usd_to_micros
 from credits.services.writer import LedgerWriter
 from inference.models import AiModel, Deployment, ModelPrice, Upstream, UsageRecord, UsageStatus
+from inference.services import MeteredCall
 from tests.books import assert_books_balance
 from tests.waiting import wait_for
 
@@ -47,6 +49,13 @@ class _StreamingHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append(body)
+        if self.server.refuse:
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            return
         if not body.get("stream"):
             answer = json.dumps({"id": "up", "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": "tok " * TOKENS},
@@ -63,6 +72,9 @@ class _StreamingHandler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         try:
+            time.sleep(self.server.first_delay)
+            self.wfile.write(b": thinking\n\n")  # a comment: a client gone by now is noticed
+            self.wfile.flush()
             for _ in range(TOKENS):
                 self._event({"id": "up", "choices": [{"index": 0, "delta": {"content": "tok "}}]})
                 time.sleep(self.server.delay)
@@ -81,6 +93,7 @@ def upstream():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _StreamingHandler)
     server.daemon_threads = True
     server.requests, server.hung_up, server.delay = [], threading.Event(), 0.02
+    server.first_delay, server.refuse = 0, False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -180,14 +193,18 @@ def test_an_answer_not_streamed_asks_the_upstream_once_its_hold_has_committed(
 
 
 def test_a_call_the_credit_cannot_pay_for_never_reaches_the_upstream(
-        live_server, upstream, routed, make_user, fund):
+        live_server, upstream, routed, make_user, fund, monkeypatch):
     user, secret = _customer(make_user, fund, usd=0)
+    asked = []
+    opened = MeteredCall.open_upstream
+    monkeypatch.setattr(MeteredCall, "open_upstream",
+                        lambda call: (asked.append(call.request_id), opened(call)))
     response = httpx.post(f"{live_server.url}/v1/chat/completions", json=STREAM, timeout=10,
                           headers={"Authorization": f"Bearer {secret}"})
 
     assert response.status_code == 402
     assert response.json()["error"]["code"] == "insufficient_credits"
-    assert upstream.requests == []
+    assert asked == [] and upstream.requests == []
     assert not CreditHold.objects.exists()
     assert_books_balance(user.pk)
 
@@ -224,7 +241,9 @@ def test_a_client_that_leaves_while_its_call_starts_leaves_nothing_held_or_claim
     user, secret = _customer(make_user, fund, usd=5)
     upstream.delay = 0.1  # still streaming when the start is undone
     _on_hold_write(monkeypatch, lambda: time.sleep(0.6))  # the client gives up meanwhile
-    headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": "start-once"}
+    headers = {"Authorization": f"Bearer {secret}"}
+    if not stream:  # a stream takes no Idempotency-Key
+        headers["Idempotency-Key"] = "start-once"
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{live_server.url}/v1/chat/completions", json={**STREAM, "stream": stream},
                    headers=headers, timeout=httpx.Timeout(5, read=0.2))
@@ -243,4 +262,39 @@ def test_a_client_that_leaves_while_its_call_starts_leaves_nothing_held_or_claim
     retried = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=10,
                          json={**STREAM, "stream": stream}, headers=headers)
     assert retried.status_code == 200  # the key was not left claimed by the abandoned start
+    assert_books_balance(user.pk)
+
+
+def test_a_client_that_leaves_before_the_first_token_read_ahead_is_charged_nothing(
+        live_server, upstream, routed, make_user, fund):
+    user, secret = _customer(make_user, fund, usd=5)
+    upstream.first_delay = 1.0  # the hold commits long before the upstream's first token
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(
+            timeout=httpx.Timeout(5, read=0.3)) as client, client.stream(
+            "POST", f"{live_server.url}/v1/chat/completions", json=STREAM,
+            headers={"Authorization": f"Bearer {secret}"}) as response:
+        response.read()
+
+    assert wait_for(lambda: UsageRecord.objects.exists() and not CreditHold.objects.filter(
+        status=HoldStatus.ACTIVE).exists())
+    record = UsageRecord.objects.get()
+    assert (record.status, record.cost_micros) == (UsageStatus.CLIENT_DISCONNECTED, 0)
+    assert upstream.hung_up.wait(3)
+    assert_books_balance(user.pk)
+
+
+def test_an_upstream_that_refuses_while_the_hold_commits_is_an_http_error_and_charges_nothing(
+        live_server, upstream, routed, make_user, fund, caplog):
+    user, secret = _customer(make_user, fund, usd=5)
+    upstream.refuse = True
+    response = httpx.post(f"{live_server.url}/v1/chat/completions", json=STREAM, timeout=10,
+                          headers={"Authorization": f"Bearer {secret}"})
+
+    assert response.status_code == 502  # before any byte of the stream: still a status
+    assert "503" in response.json()["error"]["message"]
+    record = UsageRecord.objects.get()
+    assert (record.status, record.cost_micros) == (UsageStatus.UPSTREAM_ERROR, 0)
+    assert not CreditHold.objects.filter(status=HoldStatus.ACTIVE).exists()
+    gc.collect()
+    assert "never retrieved" not in caplog.text
     assert_books_balance(user.pk)
