@@ -1,7 +1,6 @@
 """Metering a call through the API: hold, first token and promotion, settlement."""
 
 import datetime as dt
-import time
 
 import pytest
 from django.utils import timezone
@@ -15,6 +14,7 @@ from inference.backends import Prompt
 from inference.exceptions import PromotionNotGranted
 from inference.models import AiModel, ModelPrice, UsageRecord, UsageStatus
 from tests.books import assert_books_balance
+from tests.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 
@@ -177,13 +177,10 @@ def test_streaming_disconnect_charges_the_tokens_produced(spender, fund, live_se
             if len(received) == 4:  # the role chunk and three tokens
                 break
     assert '"role":"assistant"' in received[0]
-    record = None
-    for _ in range(100):  # the server settles once it notices the hang-up
-        record = UsageRecord.objects.filter(request_id=request_id).first()
-        if record is not None:
-            break
-        time.sleep(0.05)
-    assert record is not None and record.status == UsageStatus.CLIENT_DISCONNECTED
+    # The server settles once it notices the hang-up.
+    assert wait_for(UsageRecord.objects.filter(request_id=request_id).exists)
+    record = UsageRecord.objects.get(request_id=request_id)
+    assert record.status == UsageStatus.CLIENT_DISCONNECTED
     assert 3 <= record.completion_tokens <= 5  # what was sent: stopped within a token or so
     price = _price()
     expected = cost_micros(input_tokens=record.prompt_tokens, output_tokens=record.completion_tokens,
