@@ -210,6 +210,10 @@ class _MeteredView(JsonAPIView):
                 return await self.stream_response(call, data, created)
             async for _ in call.atokens(self.run):
                 pass
+        except asyncio.CancelledError:
+            if record is not None:
+                await asyncio.shield(self._close_key_of_left_call(call, record))
+            raise
         except Exception:
             if record is not None:
                 # A non-streaming call that fails is released uncharged: the key may be retried.
@@ -229,6 +233,18 @@ class _MeteredView(JsonAPIView):
             await self.run(idempotency.store_idempotent_response, record=record, status_code=200,
                            body=body, headers=headers)
         return Response(body, headers=headers)
+
+    async def _close_key_of_left_call(self, call, record) -> None:
+        """The Idempotency-Key of an answer whose client left while it was generated, once
+        its settlement is done: free for a retry when nothing was charged (the usual case: an
+        answer not delivered is not charged), refused at once (409) when the call was charged
+        just before, so it is never run and charged twice. It stayed "still being processed"
+        until the stale-hold age before."""
+        await call.settlement()
+        if call.cost_micros:
+            await self.run(idempotency.refuse_replays, record=record, status_code=200)
+        else:
+            await self.run(idempotency.forget_idempotency_key, record=record)
 
     async def _end_unstarted(self, starting: asyncio.Future) -> None:
         """Undoes what a start its client walked away from began, once the step is done: its

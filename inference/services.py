@@ -207,6 +207,7 @@ class MeteredCall:
     _journaled_pieces: int = 0
     _journaled_at: float | None = None  # time.monotonic() of the last journal write
     _opening: asyncio.Task | None = None  # the upstream asked early (open_upstream)
+    _settling: asyncio.Task | None = None  # the settlement atokens() began
 
     @property
     def text(self) -> str:
@@ -360,8 +361,15 @@ class MeteredCall:
         finally:
             # The backend's own stream too: read ahead, it may have failed before this call
             # held it.
-            await asyncio.shield(self._settle_after(journal, run, status=status, error=error,
-                                                    readers=(pieces, self._stream)))
+            self._settling = asyncio.ensure_future(self._settle_after(
+                journal, run, status=status, error=error, readers=(pieces, self._stream)))
+            await asyncio.shield(self._settling)
+
+    async def settlement(self) -> None:
+        """Waits for the settlement `atokens` began: it goes on, shielded, after a
+        cancellation (the client left) has ended `atokens` itself."""
+        if self._settling is not None:
+            await asyncio.wait([self._settling])
 
     async def _settle_after(self, journal: asyncio.Future | None, run: LedgerRunner, *,
                             status: str, error: str, readers: tuple = ()) -> None:

@@ -3,8 +3,9 @@
 writes the hold meanwhile. Nothing reaches the client before the hold has committed; a call
 the credit cannot pay for never reaches the upstream; a hold that fails after the upstream
 was asked ends that request and charges nothing; an answer not streamed keeps the plain
-order; and a client that leaves while its call starts leaves nothing held or claimed (live
-ASGI server, real HTTP upstream, PostgreSQL)."""
+order; a client that leaves while its call starts leaves nothing held or claimed; and one
+that leaves an answer being generated may retry its Idempotency-Key at once (live ASGI
+server, real HTTP upstream, PostgreSQL)."""
 
 import datetime as dt
 import gc
@@ -22,7 +23,15 @@ from accounts.services import create_api_key
 from credits.models import CreditHold, HoldStatus
 from credits.money import format_usd, usd_to_micros
 from credits.services.writer import LedgerWriter
-from inference.models import AiModel, Deployment, ModelPrice, Upstream, UsageRecord, UsageStatus
+from inference.models import (
+    AiModel,
+    Deployment,
+    IdempotentRequest,
+    ModelPrice,
+    Upstream,
+    UsageRecord,
+    UsageStatus,
+)
 from inference.services import MeteredCall
 from tests.books import assert_books_balance
 from tests.waiting import wait_for
@@ -57,6 +66,7 @@ class _StreamingHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"{}")
             return
         if not body.get("stream"):
+            time.sleep(self.server.first_delay)
             answer = json.dumps({"id": "up", "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": "tok " * TOKENS},
                  "finish_reason": "stop"}],
@@ -297,4 +307,29 @@ def test_an_upstream_that_refuses_while_the_hold_commits_is_an_http_error_and_ch
     assert not CreditHold.objects.filter(status=HoldStatus.ACTIVE).exists()
     gc.collect()
     assert "never retrieved" not in caplog.text
+    assert_books_balance(user.pk)
+
+
+def test_a_client_that_leaves_an_answer_being_generated_may_retry_its_idempotency_key_at_once(
+        live_server, upstream, routed, make_user, fund):
+    user, secret = _customer(make_user, fund, usd=5)
+    upstream.first_delay = 1.0  # the answer takes a second: the client gives up before
+    headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": "retry-me"}
+    answer = {**STREAM, "stream": False}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{live_server.url}/v1/chat/completions", json=answer, headers=headers,
+                   timeout=httpx.Timeout(5, read=0.3))
+
+    # Settled as the client's leaving (an answer not delivered is not charged), key freed.
+    assert wait_for(lambda: UsageRecord.objects.exists()
+                    and not IdempotentRequest.objects.exists())
+    record = UsageRecord.objects.get()
+    assert (record.status, record.cost_micros) == (UsageStatus.CLIENT_DISCONNECTED, 0)
+    upstream.first_delay = 0
+    retried = httpx.post(f"{live_server.url}/v1/chat/completions", json=answer,
+                         headers=headers, timeout=10)
+    # Before: 409 "still being processed" until the stale-hold age (15 minutes).
+    assert retried.status_code == 200
+    charged = UsageRecord.objects.get(status=UsageStatus.SUCCEEDED)
+    assert retried.headers["X-Credits-Charged"] == format_usd(charged.cost_micros)
     assert_books_balance(user.pk)
