@@ -1,14 +1,14 @@
 import contextlib
 import datetime as dt
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from django.utils import timezone
 
 from inference.models import AiModel, ModelPrice
+from tests.loopback import loopback_http
 from tests.seeds import seed_demo_models, seed_upstreams_and_embeddings
 
 # --- a real OpenAI-compatible upstream on loopback ---------------------------------------
@@ -93,15 +93,8 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="session")
 def upstream_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _UpstreamHandler)
-    server.daemon_threads = True
-    server.mode = "ok"
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with loopback_http(_UpstreamHandler, mode="ok", requests=[]) as server:
+        yield server
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import gc
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -34,6 +34,7 @@ from inference.models import (
 )
 from inference.services import MeteredCall
 from tests.books import assert_books_balance
+from tests.loopback import loopback_http
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.postgres]
@@ -100,15 +101,9 @@ class _StreamingHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StreamingHandler)
-    server.daemon_threads = True
-    server.requests, server.hung_up, server.delay = [], threading.Event(), 0.02
-    server.first_delay, server.refuse = 0, False
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with loopback_http(_StreamingHandler, requests=[], hung_up=threading.Event(), delay=0.02,
+                       first_delay=0, refuse=False) as server:
+        yield server
 
 
 @pytest.fixture

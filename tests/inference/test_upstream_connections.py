@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -21,6 +21,7 @@ from inference import backends
 from inference.backends import Prompt, get_backend, upstream_sessions
 from inference.exceptions import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from inference.models import AiModel, ModelPrice, UsageRecord, UsageStatus
+from tests.loopback import loopback_http
 from tests.waiting import wait_for
 
 
@@ -79,17 +80,9 @@ class _KeepAliveHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def keepalive_upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
-    server.daemon_threads = True
-    server.lock = threading.Lock()
-    server.opened = server.open = 0
-    server.tokens, server.delay = 4, 0
-    server.sent = []
-    server.hung_up = threading.Event()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with loopback_http(_KeepAliveHandler, lock=threading.Lock(), opened=0, open=0, tokens=4,
+                       delay=0, sent=[], hung_up=threading.Event()) as server:
+        yield server
 
 
 def _backend_for(settings, port: int, name: str = "keepalive", **timeouts):
