@@ -290,8 +290,7 @@ class MeteredCall:
         self._opening = asyncio.ensure_future(self._read_first_piece())
 
     async def _read_first_piece(self) -> _LedBy:
-        self._stream = self.backend.agenerate(**self._generation())
-        pieces = aiter(self._stream)
+        pieces = self._agenerate()
         try:
             return _LedBy(await anext(pieces), pieces)
         except StopAsyncIteration:
@@ -321,16 +320,14 @@ class MeteredCall:
         connection; each ledger step (first token, settlement) goes through `run`. A client
         that goes away cancels the task (or closes this generator): the call settles for what
         was delivered, in `finally`, shielded from a second cancellation."""
-        stream = pieces = journal = None
+        pieces = journal = None
         status, error = UsageStatus.FAILED, ""
         try:
             if self._opening is not None:  # asked while the hold committed: the first piece read
                 opening, self._opening = self._opening, None
                 pieces = await opening
-                stream = self._stream
             else:
-                stream = self._stream = self.backend.agenerate(**self._generation())
-                pieces = aiter(stream)
+                pieces = self._agenerate()
             async for piece in pieces:
                 if piece:
                     self._check_time_limit()
@@ -353,7 +350,7 @@ class MeteredCall:
                 if piece.__class__ is Relay and not self.streamed:
                     self.response = piece.chunks[-1]
                 yield piece
-            self._finish(stream)
+            self._finish(self._stream)
             status = UsageStatus.SUCCEEDED
         except BaseException as exc:  # CancelledError and GeneratorExit are the client leaving
             status, error = _failure(exc)
@@ -378,6 +375,12 @@ class MeteredCall:
             with contextlib.suppress(Exception):
                 await journal  # never raises; its UPDATE lands before the settlement locks
         await run(self._settle, status=status, error=error)
+
+    def _agenerate(self) -> AsyncIterator:
+        """The backend's async stream, kept as the call's `_stream` (its finish reason, usage
+        and attempts; its own close), and the iterator of its pieces."""
+        self._stream = self.backend.agenerate(**self._generation())
+        return aiter(self._stream)
 
     def _first_token_needs_ledger(self) -> bool:
         """Whether the first token needs the database: the user's first token ever (the
